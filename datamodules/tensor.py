@@ -1,0 +1,345 @@
+"""Datasets as tensors: the shared fast path behind every datamodule in the zoo.
+
+A whole dataset lives in memory (on the GPU when training on one) as uint8 images. `TensorLoader`
+batches it by indexing a seeded permutation and augments whole batches at once (random crop,
+horizontal flip); `TensorDataModule.on_after_batch_transfer` turns uint8 into normalised floats
+on the device. No PIL, no per-sample transforms, no worker processes (the airbench recipe).
+
+Randomness contract (exact resume and DDP depend on it): the order of epoch e is
+`randperm(N, generator seeded from (seed, e))`, identical on every rank; rank r of W takes
+`perm[:N - N % W][r::W]`. Augmentation draws from a generator seeded from (seed, e, rank). The
+global torch RNG is never touched, so the model's own randomness does not shift the data.
+
+    dm = MNISTDataModule(batch_size=256); dm.setup("fit")
+    for x, y in dm.train_dataloader(): ...   # x uint8 (B, 1, 28, 28); dm.normalize(x) -> float
+"""
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.errors import ZooError
+
+
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers, so (seed, epoch) and (seed, epoch, rank) streams are
+    unrelated (plain `seed + epoch` would make seed 1 / epoch 0 replay seed 0 / epoch 1)."""
+    h = 0x2545F4914F6CDD1D
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def random_crop(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
+    """Zero-pad a uint8 batch (B, C, H, W) by `pad` and cut a randomly shifted H x W window per
+    sample, all samples at once: one `gather` over flattened pixels (4x faster than 4-way advanced
+    indexing on CPU)."""
+    b, c, h, w = x.shape
+    wp = w + 2 * pad
+    padded = F.pad(x, (pad, pad, pad, pad)).flatten(2)  # (B, C, (H+2p)*(W+2p))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    window = torch.arange(h, device=x.device)[:, None] * wp + torch.arange(w, device=x.device)  # (H, W)
+    index = (dy * wp + dx)[:, None, None] + window  # (B, H, W): flat position of each output pixel
+    return padded.gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+
+
+def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Mirror a random half of a batch (B, C, H, W) left-right."""
+    mask = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(mask, x.flip(-1), x)
+
+
+def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) on the 0..1 scale, exact in float64.
+    A 256-bin histogram per channel avoids a float64 copy of the data (345 MB for MNIST)."""
+    c = x.shape[1]
+    offset = torch.arange(c).view(1, c, 1, 1) * 256  # channel k counts into bins [256k, 256k+256)
+    counts = torch.zeros(c * 256, dtype=torch.float64)
+    for chunk in x.cpu().split(4096):
+        counts += torch.bincount((chunk.long() + offset).flatten(), minlength=c * 256).double()
+    counts = counts.view(c, 256)
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    var = (counts * values**2).sum(1) / n - mean**2
+    return mean.float(), var.clamp_min(0).sqrt().float()
+
+
+def missing_data_error(dataset: str, directory: Path, names: list[str]) -> ZooError:
+    """The error for absent dataset files: what was expected where, and the three ways to fix it."""
+    missing = [n for n in names if not (directory / n).is_file()]
+    return ZooError(
+        f"{dataset} data not found: expected the files {', '.join(names)} in {directory} "
+        f"(missing: {', '.join(missing)}). Fix: set --data.data_dir (or the ZOO_DATA environment "
+        f"variable) to a folder that holds them, or pass --data.download true on a machine with "
+        f"internet access to fetch them into data_dir with torchvision; project developers run "
+        f"`make data`."
+    )
+
+
+class TensorLoader:
+    """An iterable of (x, y) batches over in-memory tensors: a seeded permutation, sliced into
+    batches, each batch indexed and augmented at once. Not a torch DataLoader: no workers needed.
+
+    Args:
+        x: inputs (N, C, H, W) uint8 images or (N, D) float features; may live on the GPU.
+        y: int64 labels (N,), on the same device as x.
+        batch_size: samples per batch (per rank).
+        shuffle: a fresh permutation each epoch and equal disjoint shards per rank (training);
+            False gives the natural order, every sample exactly once over all ranks (evaluation).
+        seed: the base seed of the permutation and the augmentation.
+        epoch_fn: returns the current epoch, read when iteration starts.
+        rank: this process's rank among `world_size` data-parallel processes.
+        world_size: number of data-parallel processes.
+        pad: random-crop padding in pixels (0: no crop).
+        flip: random horizontal flips.
+        drop_last_small: drop a final batch of one sample (BatchNorm cannot train on one).
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch_fn: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: int = 0,
+        flip: bool = False,
+        drop_last_small: bool = False,
+    ) -> None:
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed, self.epoch_fn = batch_size, shuffle, seed, epoch_fn
+        self.rank, self.world_size = rank, world_size
+        self.pad, self.flip, self.drop_last_small = pad, flip, drop_last_small
+
+    def indices(self, epoch: int) -> Tensor:
+        """The sample indices this rank visits in `epoch`, in order."""
+        n = len(self.y)
+        if not self.shuffle:
+            return torch.arange(n)[self.rank :: self.world_size]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+        # Like DistributedSampler(drop_last=True): equal shard lengths keep DDP ranks in lockstep.
+        return perm[: n - n % self.world_size][self.rank :: self.world_size]
+
+    def _num_samples(self) -> int:
+        n = len(self.y)
+        if self.shuffle:
+            return (n - n % self.world_size) // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        n = self._num_samples()
+        if self.drop_last_small and n % self.batch_size == 1:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch = self.epoch_fn()
+        order = self.indices(epoch).to(self.x.device)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank, 1))
+        for batch in order[: len(self) * self.batch_size].split(self.batch_size):
+            x = self.x[batch]
+            if self.pad:
+                x = random_crop(x, self.pad, g)
+            if self.flip:
+                x = random_flip(x, g)
+            yield x, self.y[batch]
+
+
+def global_seed() -> int:
+    """The seed `seed_everything` published (LightningCLI's --seed_everything), else 42."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 42))
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Base of the zoo's datamodules: loads a dataset once into tensors, carves a seeded
+    validation split out of the official training split (the test split stays untouched), and
+    serves `TensorLoader`s. Subclasses set the class attributes below and implement `load()`.
+
+    Args:
+        data_dir: folder holding the dataset files; None uses $ZOO_DATA, else ./data.
+        batch_size: training batch size (per GPU/process).
+        eval_batch_size: batch size for validation and test (no gradients, so larger is fine).
+        val_size: training examples held out for validation (0: no validation).
+        split_seed: seed of the train/validation split; None uses the global seed
+            (--seed_everything), else 42. The training order always follows the global seed.
+        augment: random crop/flip for training; None uses the dataset's default.
+        train_fraction: train on only this fraction (0, 1] of the training split, for quick runs
+            and data-scaling studies.
+        download: fetch missing files with torchvision (needs internet; writes into data_dir).
+    """
+
+    name: str = ""
+    num_classes: int = 0
+    input_shape: tuple[int, ...] = ()
+    class_names: list[str] = []
+    pad: int = 0  # random-crop padding used when augmenting
+    flip: bool = False  # horizontal flips when augmenting (never for digits)
+    augment_default: bool = False
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int | None = None,
+        augment: bool | None = None,
+        train_fraction: float = 1.0,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir or os.environ.get("ZOO_DATA") or "data")
+        self.batch_size, self.eval_batch_size, self.val_size = batch_size, eval_batch_size, val_size
+        self.split_seed, self.train_fraction, self.download = split_seed, train_fraction, download
+        self.augment = self.augment_default if augment is None else augment
+        self.mean: Tensor | None = None  # (C,) from the training split, or restored from a checkpoint
+        self.std: Tensor | None = None
+        self.train_x: Tensor | None = None  # set by setup(); see also train_indices / val_indices
+
+    # --- what a dataset provides ------------------------------------------------------------
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Return (train images uint8 (N, C, H, W), train labels int64, test images, test labels)."""
+        raise NotImplementedError
+
+    def files(self) -> list[Path]:
+        """The files `load()` reads, so `prepare_data` knows whether to download."""
+        return []
+
+    def fetch(self) -> None:
+        """Download the dataset into data_dir (only called with download=True)."""
+
+    def val_count(self, n_train: int) -> int:
+        """How many of the n_train official training examples become the validation split."""
+        return self.val_size
+
+    # --- Lightning hooks ----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # Lightning runs this on one process per node before setup(), so downloads never race.
+        if self.download and not all(p.is_file() for p in self.files()):
+            self.fetch()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_x is not None:
+            return  # loaded already: fit then test must not reload or re-split
+        if self.trainer is None:
+            self.prepare_data()  # used without a Trainer (tests, scripts): nobody else calls it
+        x, y, self.test_x, self.test_y = self.load()
+        n = len(y)
+        n_val = self.val_count(n)
+        if not 0 <= n_val < n:
+            raise ZooError(
+                f"{self.name}: the validation split must hold between 0 and {n - 1} of the {n} "
+                f"training examples, got {n_val}. Fix: choose a smaller --data.val_size."
+            )
+        if not 0 < self.train_fraction <= 1:
+            raise ZooError(
+                f"{self.name}: train_fraction must be in (0, 1], got {self.train_fraction}. "
+                f"Fix: pass e.g. --data.train_fraction 0.1 to train on a tenth of the data."
+            )
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.resolved_split_seed))
+        self.val_indices = perm[:n_val]  # indices into the official training set
+        self.train_indices = perm[n_val:][: max(1, round(self.train_fraction * (n - n_val)))]
+        self.train_x, self.train_y = x[self.train_indices], y[self.train_indices]
+        self.val_x, self.val_y = x[self.val_indices], y[self.val_indices]
+        for what, size in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
+            if size < 1:
+                raise ZooError(f"{self.name}: {what} must be positive, got {size}. Fix: pass --data.{what} 128.")
+        if self.batch_size > len(self.train_y):
+            raise ZooError(
+                f"{self.name}: batch_size {self.batch_size} is larger than the training split "
+                f"({len(self.train_y)} examples). Fix: lower --data.batch_size or raise "
+                f"--data.train_fraction."
+            )
+        if self.mean is None:  # a checkpoint's statistics (load_state_dict) take precedence
+            if self.train_x.dtype == torch.uint8:
+                self.mean, self.std = channel_stats(self.train_x)
+            else:  # flat float features (moons) are used as they are
+                self.mean, self.std = torch.zeros(self.train_x.shape[1]), torch.ones(self.train_x.shape[1])
+
+    def train_dataloader(self) -> TensorLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> TensorLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> TensorLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, ...] | Tensor, dataloader_idx: int) -> tuple[Tensor, ...] | Tensor:
+        if isinstance(batch, Tensor):  # predict on bare inputs
+            return self.normalize(batch)
+        x, *rest = batch
+        return (self.normalize(x), *rest)
+
+    def state_dict(self) -> dict[str, list[float]]:
+        # Lightning stores this in checkpoints, so evaluate/predict normalise exactly like training.
+        if self.mean is None:
+            return {}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def load_state_dict(self, state_dict: dict[str, list[float]]) -> None:
+        if "mean" in state_dict:
+            self.mean, self.std = torch.tensor(state_dict["mean"]), torch.tensor(state_dict["std"])
+
+    # --- helpers ----------------------------------------------------------------------------
+    @property
+    def resolved_split_seed(self) -> int:
+        return global_seed() if self.split_seed is None else self.split_seed
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """uint8 images (B, C, H, W) -> float32, scaled to 0..1 and standardised per channel.
+        Float inputs (flat features) pass through unchanged."""
+        if x.dtype != torch.uint8:
+            return x
+        if self.mean.device != x.device:  # move once, not every batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return x.float().div_(255).sub_(self.mean.view(-1, 1, 1)).div_(self.std.view(-1, 1, 1))
+
+    def _loader(self, split: str, shuffle: bool) -> TensorLoader:
+        self.setup()
+        rank, world_size = 0, 1
+        if self.trainer is not None:
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+            device = self.trainer.strategy.root_device
+            if device.type != "cpu" and getattr(self, f"{split}_x").device != device:
+                # The whole split moves to the accelerator once; batches are then indexed there.
+                setattr(self, f"{split}_x", getattr(self, f"{split}_x").to(device))
+                setattr(self, f"{split}_y", getattr(self, f"{split}_y").to(device))
+        augment = shuffle and self.augment
+        return TensorLoader(
+            getattr(self, f"{split}_x"),
+            getattr(self, f"{split}_y"),
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            seed=global_seed(),
+            epoch_fn=self._current_epoch,
+            rank=rank,
+            world_size=world_size,
+            pad=self.pad if augment else 0,
+            flip=self.flip and augment,
+            drop_last_small=shuffle,
+        )
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def describe(self) -> str:
+        """One line: name, split sizes, input shape, number of classes."""
+        self.setup()
+        return (
+            f"{self.name}: {len(self.train_y):,} train / {len(self.val_y):,} val / "
+            f"{len(self.test_y):,} test, input {tuple(self.input_shape)}, {self.num_classes} classes"
+            + (", augmented" if self.augment else "")
+        )

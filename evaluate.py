@@ -1,0 +1,177 @@
+"""evaluate.py: a checkpoint in; test metrics, per-class accuracy and the confusion matrix out.
+
+    python evaluate.py checkpoints/fashion_mnist/mlp/<run>/best.ckpt
+    python evaluate.py checkpoints/fashion_mnist/mlp/<run>          # a run directory: its best.ckpt
+    python evaluate.py run1/best.ckpt run2/best.ckpt --json out.json  # several: one table
+
+The model and the datamodule are rebuilt from the checkpoint alone (it stores the model's
+hyperparameters, the dataset name and its normalisation), so no config is needed; the data
+directory can be overridden. Checkpoints are loaded with weights_only=True: a file that would run
+code when unpickled is refused.
+"""
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jsonargparse import ArgumentParser
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from datamodules import get_datamodule_class
+from zoo import ZooError, ZooModule
+from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+
+
+def resolve(path: str) -> Path:
+    """A run directory means its best checkpoint."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / name).is_file():
+                return p / name
+        raise ZooError(f"{p} holds no best.ckpt or last.ckpt. Pass a checkpoint file or a run directory "
+                       f"written by train.py fit.")
+    return p
+
+
+def rebuild(ckpt: dict, data_dir: str | None = None):
+    """Model and datamodule exactly as they were trained, from the checkpoint's contents."""
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    model = ZooModule(**hp)
+    model.load_state_dict(ckpt["state_dict"])
+    data_name = ckpt.get("data_name")
+    if data_name is None:
+        raise ZooError("The checkpoint does not say which dataset it was trained on (written by an old "
+                       "version?). Evaluate it with: python train.py test --config <run>/config.yaml "
+                       "--ckpt_path <checkpoint>.")
+    dm_hparams = dict(ckpt.get("datamodule_hyper_parameters", {}))
+    if data_dir is not None:
+        dm_hparams["data_dir"] = data_dir
+    dm = get_datamodule_class(data_name)(**dm_hparams)
+    if list(dm.input_shape) != list(hp["input_shape"]) or dm.num_classes != hp["num_classes"]:
+        raise ZooError(f"The data ({data_name}: input {list(dm.input_shape)}, {dm.num_classes} classes) does not fit "
+                       f"the model ({hp['arch']}: input {hp['input_shape']}, {hp['num_classes']} classes).")
+    dm.setup("test")
+    state = ckpt.get(type(dm).__qualname__)
+    if state:  # normalise with the statistics the model was trained with
+        dm.load_state_dict(state)
+    return model, dm
+
+
+@torch.inference_mode()
+def evaluate(path: str, data_dir: str | None = None, device: str = "auto") -> dict:
+    """Test loss and accuracy, per-class accuracy, confusion matrix and most-confused pairs."""
+    ckpt_path = resolve(path)
+    ckpt = load_checkpoint(ckpt_path)
+    model, dm = rebuild(ckpt, data_dir)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model.to(dev).eval()
+    k = dm.num_classes
+    acc = MulticlassAccuracy(k, average="micro").to(dev)
+    confusion = MulticlassConfusionMatrix(k).to(dev)
+    loss_sum, n = 0.0, 0
+    for batch in dm.test_dataloader():
+        x, y = dm.on_after_batch_transfer([t.to(dev) for t in batch], 0)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        n += len(y)
+        acc.update(logits, y)
+        confusion.update(logits, y)
+    cm = confusion.compute().cpu()  # (true, predicted)
+    per_class = (cm.diag() / cm.sum(1).clamp(min=1)).tolist()
+    off = cm.clone().fill_diagonal_(0)
+    pairs = []
+    for idx in off.flatten().argsort(descending=True)[:5].tolist():
+        t, p = divmod(idx, k)
+        if off[t, p] > 0:
+            pairs.append({"true": dm.class_names[t], "predicted": dm.class_names[p], "count": int(off[t, p])})
+    return {
+        "checkpoint": str(ckpt_path), "model": ckpt["hyper_parameters"]["arch"], "data": ckpt["data_name"],
+        "test_acc": float(acc.compute()), "test_loss": loss_sum / n, "n": n,
+        "class_names": list(dm.class_names), "per_class_acc": per_class,
+        "confusion_matrix": cm.tolist(), "most_confused": pairs,
+    }
+
+
+def report(r: dict) -> str:
+    """The numbers as text a person reads."""
+    names, cm = r["class_names"], r["confusion_matrix"]
+    width = max(6, max(len(s) for s in names))
+    lines = [f"{r['model']} on {r['data']} ({r['checkpoint']})",
+             f"test accuracy {r['test_acc']:.4f}   test loss {r['test_loss']:.4f}   ({r['n']} images)", "",
+             "per-class accuracy:"]
+    lines += [f"  {name:<{width}} {acc:.4f}" for name, acc in zip(names, r["per_class_acc"])]
+    lines += ["", "confusion matrix (rows: true class, columns: predicted):",
+              " " * (width + 2) + " ".join(f"{i:>6}" for i in range(len(names)))]
+    lines += [f"  {name:<{width}}" + " ".join(f"{v:>6}" for v in row) for name, row in zip(names, cm)]
+    lines += ["", "most confused (true -> predicted):"]
+    lines += [f"  {p['true']} -> {p['predicted']}: {p['count']}" for p in r["most_confused"]] or ["  none"]
+    return "\n".join(lines)
+
+
+def plot_confusion(r: dict, path: Path) -> None:
+    """Row-normalised confusion matrix with class names, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = torch.tensor(r["confusion_matrix"], dtype=torch.float64)
+    frac = cm / cm.sum(1, keepdim=True).clamp(min=1)
+    k = len(r["class_names"])
+    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * k, 1.2 + 0.5 * k))
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), r["class_names"], rotation=45, ha="right")
+    ax.set_yticks(range(k), r["class_names"])
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{r['model']} on {r['data']}: test acc {r['test_acc']:.4f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="Checkpoint files or run directories.")
+    parser.add_argument("--data_dir", type=str | None, default=None, help="Override the data directory.")
+    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps.")
+    parser.add_argument("--json", type=str | None, default=None, help="Also write all numbers to this JSON file.")
+    parser.add_argument("--png", type=bool, default=True, help="Save confusion_matrix.png beside each checkpoint.")
+    parser.add_argument("--debug", type=bool, default=False, help="Show tracebacks.")
+    cfg = parser.parse_args(args)
+    try:
+        results = [evaluate(p, cfg.data_dir, cfg.device) for p in cfg.checkpoints]
+    except ZooError as e:
+        if cfg.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(report(r) + "\n")
+        if cfg.png:
+            png = Path(r["checkpoint"]).with_name(Path(r["checkpoint"]).stem + "_confusion.png")
+            try:
+                plot_confusion(r, png)
+                print(f"confusion matrix image: {png}\n")
+            except OSError as e:
+                print(f"warning: could not write {png}: {e.strerror or e}", file=sys.stderr)
+    if len(results) > 1:
+        print(f"{'model':<14}{'data':<15}{'test acc':>9}  checkpoint")
+        for r in results:
+            print(f"{r['model']:<14}{r['data']:<15}{r['test_acc']:>9.4f}  {r['checkpoint']}")
+    if cfg.json:
+        atomic_write_bytes(cfg.json, json.dumps(results if len(results) > 1 else results[0], indent=2).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

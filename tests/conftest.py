@@ -1,0 +1,32 @@
+"""Shared test fixtures: where the real datasets live, and how tests that need them behave when
+they are absent (skip on a laptop, fail in CI, where missing data is a setup bug)."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """$ZOO_DATA if set, else <repo>/data (made by `make data`)."""
+    return Path(os.environ.get("ZOO_DATA", REPO / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return data_root()
+
+
+def require_data(name: str) -> Path:
+    """Return the data root if dataset `name`'s files are there; otherwise skip the test, or fail
+    it when CI=true."""
+    from datamodules import get_datamodule_class
+
+    missing = [p for p in get_datamodule_class(name)(data_dir=str(data_root())).files() if not p.is_file()]
+    if missing:
+        reason = f"{name} data missing under {data_root()} ({missing[0]} ...): run `make data` or set ZOO_DATA"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return data_root()

@@ -1,0 +1,263 @@
+"""Tests for the datamodules on the real data: splits, counts, normalisation, augmentation, the
+randomness contract of TensorLoader (reproducible, DDP-shardable, global-RNG-free) and the
+error messages for missing, damaged or unknown datasets. Fast: each dataset is loaded once."""
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import require_data
+from datamodules import DATAMODULES, MoonsDataModule, TensorLoader, create_datamodule, get_datamodule_class, list_datasets
+from datamodules.tensor import random_crop
+from zoo.errors import ZooError
+
+IMAGE_DATASETS = ["mnist", "fashion_mnist", "cifar10"]
+# Official per-class counts (train 60,000 / 50,000; test 10,000), from the datasets' documentation.
+COUNTS = {
+    "mnist": ([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+              [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]),
+    "fashion_mnist": ([6000] * 10, [1000] * 10),
+    "cifar10": ([5000] * 10, [1000] * 10),
+}
+
+
+@pytest.fixture(scope="module", params=IMAGE_DATASETS)
+def dm(request):
+    """Each image datamodule, set up once for the whole module (CIFAR-10 takes ~2 s to load)."""
+    dm = create_datamodule(request.param, data_dir=str(require_data(request.param)))
+    dm.setup("fit")
+    return dm
+
+
+def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+# --- registry -------------------------------------------------------------------------------
+def test_registry_names_and_class_attributes():
+    assert list_datasets() == ["moons", "mnist", "fashion_mnist", "cifar10"]
+    for name, cls in DATAMODULES.items():
+        assert cls.name == name and get_datamodule_class(name) is cls
+        assert len(cls.class_names) == cls.num_classes
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ZooError) as e:
+        create_datamodule("imagenet")
+    assert "imagenet" in str(e.value) and all(name in str(e.value) for name in DATAMODULES)
+
+
+# --- the real datasets ----------------------------------------------------------------------
+def test_shapes_dtypes_and_split_sizes(dm):
+    n_train = {"cifar10": 45_000}.get(dm.name, 55_000)
+    assert dm.train_x.shape == (n_train, *dm.input_shape) and dm.train_x.dtype == torch.uint8
+    assert dm.val_x.shape == (5_000, *dm.input_shape) and dm.test_x.shape == (10_000, *dm.input_shape)
+    assert dm.train_y.dtype == dm.val_y.dtype == dm.test_y.dtype == torch.int64
+    assert dm.mean.shape == dm.std.shape == (dm.input_shape[0],)
+    assert dm.describe().startswith(f"{dm.name}: {n_train:,} train / 5,000 val / 10,000 test")
+
+
+def test_per_class_counts(dm):
+    train, test = COUNTS[dm.name]
+    full_train_y = torch.cat([dm.train_y, dm.val_y])
+    assert torch.bincount(full_train_y, minlength=10).tolist() == train
+    assert torch.bincount(dm.test_y, minlength=10).tolist() == test
+
+
+def test_train_and_val_split_the_official_training_set(dm):
+    both = torch.cat([dm.train_indices, dm.val_indices])
+    assert len(both) == len(torch.unique(both)) == len(dm.train_y) + len(dm.val_y)
+
+
+def test_normalised_training_batches_are_standardised(dm):
+    loader = TensorLoader(dm.train_x, dm.train_y, batch_size=5000, shuffle=True)  # no augmentation
+    x = torch.cat([dm.normalize(xb) for xb, _ in list(loader)[:3]])  # (15000, C, H, W) float
+    assert x.dtype == torch.float32
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(x.shape[1]), atol=0.05)
+    assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(x.shape[1]), atol=0.05)
+
+
+def test_val_and_test_batches_are_the_data_unaugmented(dm):
+    dm.augment = True  # even with augmentation on, evaluation must see the plain images
+    try:
+        for loader, x, y in ((dm.val_dataloader(), dm.val_x, dm.val_y), (dm.test_dataloader(), dm.test_x, dm.test_y)):
+            got_x, got_y = collect(loader)
+            assert torch.equal(got_x, x) and torch.equal(got_y, y)
+    finally:
+        dm.augment = type(dm).augment_default
+
+
+def test_augmentation_changes_images_but_not_labels(dm):
+    dm.augment = True
+    try:
+        loader = dm.train_dataloader()
+        x, y = next(iter(loader))
+        idx = loader.indices(0)[: len(y)]
+        plain = dm.train_x[idx]
+        assert x.shape == plain.shape and x.dtype == torch.uint8 and torch.equal(y, dm.train_y[idx])
+        changed = (x != plain).flatten(1).any(1).float().mean()
+        assert changed > 0.5  # most images moved (a zero shift without a flip leaves ~1/25 equal)
+    finally:
+        dm.augment = type(dm).augment_default
+
+
+def test_augmentation_defaults():
+    assert not get_datamodule_class("mnist").augment_default and not get_datamodule_class("mnist").flip
+    assert not get_datamodule_class("fashion_mnist").augment_default and get_datamodule_class("fashion_mnist").flip
+    assert get_datamodule_class("cifar10").augment_default and get_datamodule_class("cifar10").pad == 4
+
+
+def test_split_depends_on_split_seed_only(data_dir, monkeypatch):
+    require_data("mnist")
+
+    def split(**kwargs):
+        dm = create_datamodule("mnist", data_dir=str(data_dir), **kwargs)
+        dm.setup("fit")
+        return dm.val_indices
+
+    assert torch.equal(split(split_seed=0), split(split_seed=0))
+    assert not torch.equal(split(split_seed=0), split(split_seed=1))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1")  # what seed_everything(1) sets
+    assert torch.equal(split(), split(split_seed=1))
+
+
+def test_setup_loads_once_and_train_fraction(data_dir):
+    require_data("mnist")
+    dm = create_datamodule("mnist", data_dir=str(data_dir), train_fraction=0.1)
+    dm.setup("fit")
+    first = dm.train_x
+    dm.setup("test")
+    assert dm.train_x is first and len(dm.train_y) == 5_500 and len(dm.val_y) == 5_000
+
+
+def test_checkpoint_state_restores_normalisation(dm):
+    fresh = type(dm)(data_dir=str(dm.data_dir))
+    fresh.load_state_dict(dm.state_dict())
+    x = dm.train_x[:8]
+    assert torch.allclose(fresh.normalize(x), dm.normalize(x))
+
+
+def test_trainer_supplies_epoch_rank_and_world_size(dm):
+    dm.trainer = SimpleNamespace(current_epoch=3, global_rank=1, world_size=2,
+                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    try:
+        loader = dm.train_dataloader()
+        assert (loader.rank, loader.world_size, loader.epoch_fn()) == (1, 2, 3)
+        assert len(loader) == -(-(len(dm.train_y) // 2) // dm.batch_size)
+    finally:
+        dm.trainer = None
+
+
+# --- errors ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,expected", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
+                                           ("cifar10", "cifar-10-batches-py")])
+def test_missing_data_says_where_and_how_to_fix(name, expected, tmp_path):
+    with pytest.raises(ZooError) as e:
+        create_datamodule(name, data_dir=str(tmp_path)).setup("fit")
+    message = str(e.value)
+    assert str(tmp_path / expected) in message
+    assert ("train-images-idx3-ubyte" if "MNIST" in expected else "data_batch_1") in message
+    assert "--data.data_dir" in message and "ZOO_DATA" in message and "--data.download true" in message
+
+
+def damaged_copy(src_dir, dst_dir, broken: str, keep_bytes: int) -> None:
+    """Symlink every file of src_dir into dst_dir, except `broken`, copied truncated."""
+    dst_dir.mkdir(parents=True)
+    for f in os.listdir(src_dir):
+        if f == broken:
+            (dst_dir / f).write_bytes((src_dir / f).read_bytes()[:keep_bytes])
+        else:
+            (dst_dir / f).symlink_to(src_dir / f)
+
+
+def test_truncated_mnist_file_is_named(data_dir, tmp_path):
+    require_data("mnist")
+    damaged_copy(data_dir / "MNIST" / "raw", tmp_path / "MNIST" / "raw", "t10k-labels-idx1-ubyte", 5000)
+    with pytest.raises(ZooError, match="t10k-labels-idx1-ubyte is truncated or corrupted"):
+        create_datamodule("mnist", data_dir=str(tmp_path)).setup("fit")
+
+
+def test_truncated_cifar_file_is_named(data_dir, tmp_path):
+    require_data("cifar10")
+    damaged_copy(data_dir / "cifar-10-batches-py", tmp_path / "cifar-10-batches-py", "data_batch_3", 1_000_000)
+    with pytest.raises(ZooError, match="data_batch_3 is truncated or corrupted"):
+        create_datamodule("cifar10", data_dir=str(tmp_path)).setup("fit")
+
+
+def test_bad_options_are_zoo_errors():
+    with pytest.raises(ZooError, match="larger than the training split"):
+        MoonsDataModule(batch_size=1000).setup("fit")
+    with pytest.raises(ZooError, match="train_fraction"):
+        MoonsDataModule(train_fraction=0).setup("fit")
+    with pytest.raises(ZooError, match="validation split"):
+        MoonsDataModule(val_fraction=1).setup("fit")
+
+
+# --- moons ----------------------------------------------------------------------------------
+def test_moons_matches_the_lecture_split():
+    from sklearn.datasets import make_moons
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_moons(200, noise=0.2, random_state=42)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=42)
+    dm = MoonsDataModule()
+    dm.setup("fit")
+    assert (len(dm.train_y), len(dm.val_y), len(dm.test_y)) == (126, 14, 60)
+    assert np.array_equal(dm.test_x.numpy(), x_test.astype(np.float32)) and np.array_equal(dm.test_y.numpy(), y_test)
+    rows = torch.cat([dm.train_x, dm.val_x])[torch.argsort(torch.cat([dm.train_indices, dm.val_indices]))]
+    assert np.array_equal(rows.numpy(), x_train.astype(np.float32))  # train + val = sklearn's train part
+    x_batch, y_batch = next(iter(dm.train_dataloader()))
+    assert x_batch.dtype == torch.float32 and x_batch.shape == (32, 2) and y_batch.dtype == torch.int64
+    assert dm.on_after_batch_transfer((x_batch, y_batch), 0)[0] is x_batch  # no normalisation
+
+
+# --- the randomness contract of TensorLoader --------------------------------------------------
+def toy_loader(n: int = 103, epoch: int = 0, **kwargs) -> TensorLoader:
+    x = torch.arange(n * 3 * 8 * 8).remainder(251).to(torch.uint8).view(n, 3, 8, 8)
+    options = dict(batch_size=16, shuffle=True, seed=5, epoch_fn=lambda: epoch, pad=2, flip=True) | kwargs
+    return TensorLoader(x, torch.arange(n), **options)
+
+
+def test_same_seed_and_epoch_give_identical_batches():
+    a, b = collect(toy_loader()), collect(toy_loader())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], collect(toy_loader(epoch=1))[1])  # another epoch, another order
+    assert not torch.equal(a[1], collect(toy_loader(seed=6))[1])  # another seed, another order
+
+
+def test_loader_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    collect(toy_loader())
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_ddp_training_shards_are_disjoint_equal_and_cover_the_epoch():
+    shards = [toy_loader(rank=r, world_size=2).indices(0) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 51  # 103 truncated to 102
+    assert len(toy_loader(rank=0, world_size=2)) == len(toy_loader(rank=1, world_size=2)) == 4
+    whole = toy_loader().indices(0)  # every rank shares the single-process permutation
+    assert torch.equal(torch.sort(torch.cat(shards)).values, torch.sort(whole[:102]).values)
+
+
+def test_ddp_eval_shards_cover_every_sample_once():
+    shards = [collect(toy_loader(shuffle=False, pad=0, flip=False, rank=r, world_size=2))[1] for r in (0, 1)]
+    assert torch.equal(torch.sort(torch.cat(shards)).values, torch.arange(103))
+
+
+def test_a_final_batch_of_one_is_dropped_for_training():
+    loader = toy_loader(n=33, batch_size=16, drop_last_small=True)
+    assert len(loader) == 2 and [len(y) for _, y in loader] == [16, 16]
+    assert [len(y) for _, y in toy_loader(n=33, shuffle=False)] == [16, 16, 1]
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image():
+    x = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop(x, 2, torch.Generator().manual_seed(0))
+    padded = F.pad(x, (2, 2, 2, 2))
+    windows = [padded[..., dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]  # 25 shifts
+    assert all(any(torch.equal(out[i], w[i]) for w in windows) for i in range(64))
+    assert len({tuple(map(int, (out[i] == 0).flatten(1).sum(1))) for i in range(64)}) > 3  # shifts vary

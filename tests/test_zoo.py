@@ -1,0 +1,175 @@
+"""Tests for the model zoo: every registered model builds, runs, learns, and fails clearly.
+
+Parametrised over `list_models()`, so a newly registered model is tested without editing this file.
+Fast by default (about half a minute on 2 CPU cores); the heavy overfit runs are marked `slow`.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo import MODELS, ZooError, create_model, list_models, profile, register_model, registry
+from zoo.profile import format_count
+
+SHAPES = [(1, 28, 28), (3, 32, 32), (2,)]
+FLAT_MODELS = sorted(registry._FLAT_OK)
+SLOW_TO_OVERFIT = {"resnet110", "mobilenetv2"}  # 4-6 s each on 2 CPU cores
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_shape_cases():
+    return [(name, shape) for name in list_models() for shape in SHAPES
+            if len(shape) == 3 or name in FLAT_MODELS]
+
+
+@pytest.mark.parametrize("name,shape", model_shape_cases())
+def test_forward_backward_with_unusual_num_classes(name, shape):
+    torch.manual_seed(0)
+    model = create_model(name, shape, num_classes=7)
+    logits = model(torch.randn(2, *shape))
+    assert logits.shape == (2, 7)
+    logits.logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient reaches {pname}"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient in {pname}"
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_initial_loss_is_near_ln_num_classes(name, shape):
+    # A fresh classifier should be unsure: cross-entropy ~ ln(10) on normalised random input.
+    torch.manual_seed(0)
+    model = create_model(name, shape, num_classes=10)
+    x, y = torch.randn(64, *shape), torch.randint(0, 10, (64,))
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x), y).item()
+    assert loss == pytest.approx(math.log(10), rel=0.15)
+
+
+@pytest.mark.parametrize("name,shape,expected", [
+    ("linear", (1, 28, 28), 7_850),      # 784*10 + 10
+    ("mlp", (1, 28, 28), 101_770),       # 784*128 + 128 + 128*10 + 10
+    ("lenet5", (1, 28, 28), 61_706),     # "about 60K" with 28x28 padded to 32x32
+    ("resnet20", (3, 32, 32), 269_722),  # option A shortcuts, no parameters in them
+    ("resnet56", (3, 32, 32), 853_018),
+    ("mobilenetv2", (3, 32, 32), 2_236_682),  # same count as torchvision's mobilenet_v2(num_classes=10)
+])
+def test_exact_parameter_counts(name, shape, expected):
+    assert count_params(create_model(name, shape, num_classes=10)) == expected
+
+
+@pytest.mark.parametrize("name,shape,low,high", [
+    ("lenet5", (1, 28, 28), 55_000, 65_000),
+    ("resnet20", (3, 32, 32), 0.98 * 0.27e6, 1.02 * 0.27e6),  # He et al. 2015, Table 6
+    ("resnet56", (3, 32, 32), 0.98 * 0.85e6, 1.02 * 0.85e6),
+    ("mobilenetv2", (3, 32, 32), 0.98 * 2.2e6, 1.02 * 2.2e6),
+])
+def test_parameter_counts_match_the_papers(name, shape, low, high):
+    assert low <= count_params(create_model(name, shape, num_classes=10)) <= high
+
+
+def test_mlp_options():
+    moons = create_model("mlp", (2,), num_classes=2, hidden=[10, 10])  # the lecture's MLP(10, 10)
+    assert count_params(moons) == (2 * 10 + 10) + (10 * 10 + 10) + (10 * 2 + 2)
+    # None means "use the default", as the CLI passes unset options.
+    assert count_params(create_model("mlp", (1, 28, 28), 10, hidden=None, dropout=None)) == 101_770
+    with pytest.raises(ZooError, match="dropout"):
+        create_model("mlp", (2,), 2, dropout=1.5)
+
+
+def test_mobilenetv2_width_shrinks_the_model():
+    assert count_params(create_model("mobilenetv2", (3, 32, 32), 10, width=0.5)) < 1.0e6
+
+
+def test_conv_model_on_flat_input_names_the_flat_models():
+    with pytest.raises(ZooError, match="image input") as err:
+        create_model("resnet20", (2,), num_classes=2)
+    assert "linear" in str(err.value) and "mlp" in str(err.value)
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ZooError, match="resnet20") as err:
+        create_model("resnet21", (3, 32, 32), 10)
+    assert all(name in str(err.value) for name in list_models())
+
+
+def test_unknown_option_lists_the_options():
+    with pytest.raises(ZooError, match="model 'lenet5' has no option 'hidden'"):
+        create_model("lenet5", (1, 28, 28), 10, hidden=[64])
+    with pytest.raises(ZooError, match="hidden, dropout"):
+        create_model("mlp", (2,), 2, width=2.0)
+
+
+@pytest.mark.parametrize("shape,num_classes", [((), 10), ((0, 28, 28), 10), ((1, 28.0, 28), 10),
+                                               ((1, 28, 28), 1), ((1, 28, 28), 2.5)])
+def test_bad_shape_or_num_classes(shape, num_classes):
+    with pytest.raises(ZooError):
+        create_model("lenet5", shape, num_classes)
+
+
+def test_register_model(monkeypatch):
+    monkeypatch.setattr(registry, "MODELS", dict(MODELS))
+    monkeypatch.setattr(registry, "_FLAT_OK", set(registry._FLAT_OK))
+
+    @register_model("tiny", flat_ok=True)
+    def tiny(input_shape, num_classes, bias: bool = True):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), num_classes, bias))
+
+    assert "tiny" in list_models() and list_models() == sorted(list_models())
+    assert create_model("tiny", (2,), 3, bias=False)(torch.randn(4, 2)).shape == (4, 3)
+    with pytest.raises(ZooError, match="twice"):
+        register_model("tiny")(tiny)
+
+
+def test_profile_counts_and_leaves_the_model_alone():
+    model = create_model("linear", (1, 28, 28), num_classes=10)
+    stats = profile(model, (1, 28, 28))
+    # FlopCounterMode counts the matmul only, 2 FLOPs per multiply-add; the bias add is not counted.
+    assert stats["flops"] == 2 * 784 * 10
+    assert stats["macs"] == stats["flops"] // 2
+    assert stats["params"] == stats["trainable_params"] == 7_850
+    assert 7_850 * 4 < stats["checkpoint_bytes"] < 7_850 * 4 + 4_096  # float32 weights + pickle overhead
+    assert "latency_ms_b1" not in stats
+    assert model.training  # profiled a copy in eval mode
+
+
+def test_profile_conv_flops_and_latency():
+    stats = profile(create_model("lenet5", (1, 28, 28), 10), (1, 28, 28), latency=True, repeats=3)
+    # conv1 6@28x28x25, conv2 16@10x10x150, FC 400*120 + 120*84 + 84*10 multiply-adds.
+    assert stats["macs"] == 6 * 28 * 28 * 25 + 16 * 10 * 10 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+    assert {"latency_ms_b1", "latency_ms_b256", "throughput_b256"} <= stats.keys()
+    assert stats["latency_ms_b1"] > 0 and stats["throughput_b256"] > 0
+
+
+def test_format_count():
+    assert format_count(7_850) == "7.85K"
+    assert format_count(101_770) == "101.8K"
+    assert format_count(2_236_682) == "2.24M"
+    assert format_count(12_345_678) == "12.3M"
+    assert format_count(999) == "999"
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in SLOW_TO_OVERFIT else name for name in list_models()
+])
+def test_overfits_one_batch_of_random_labels(name):
+    # Memorising 32 random images with random labels proves that gradients reach every layer and the
+    # model has capacity. Accuracy is read from the training-mode forward (BatchNorm on batch
+    # statistics), the number a training loop logs as train/acc.
+    torch.manual_seed(0)
+    model = create_model(name, (1, 28, 28), num_classes=10)
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        logits = model(x)
+        if (logits.argmax(1) == y).all():
+            return
+        optimizer.zero_grad()
+        F.cross_entropy(logits, y).backward()
+        optimizer.step()
+    pytest.fail(f"{name} did not reach 100% training accuracy on one batch in 200 Adam steps")

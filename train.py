@@ -1,0 +1,342 @@
+"""train.py: the single entry point. Any zoo model on any dataset, on any hardware.
+
+    python train.py fit                                        # MLP on two-moons, needs no files
+    python train.py fit --data mnist --model.arch lenet5       # --data NAME = --config configs/NAME.yaml
+    python train.py fit --config checkpoints/mnist/lenet5/<run>/config.yaml --ckpt_path last   # resume
+    python train.py test --config <run>/config.yaml --ckpt_path <run>/best.ckpt
+    python train.py compare --models [linear,mlp] --datasets [moons]
+    python train.py doctor
+
+It is a thin LightningCLI: every option comes from the type-hinted __init__ of ZooModule, the
+datamodules and Lightning's Trainer (see --help). What it adds is the run directory
+(checkpoints/<data>/<model>/<run-id>/), resume of the newest run, early stopping, the loggers and
+a final summary with the test accuracy of the best checkpoint.
+"""
+
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from datamodules import DATAMODULES, TensorDataModule
+from zoo import ZooError, ZooModule, profile
+from zoo.checkpoint import AtomicCheckpointIO, atomic_write_bytes, load_checkpoint
+
+ROOT = Path(__file__).resolve().parent
+
+# Lightning's advice that does not apply here: we pass args on purpose (`--data` shorthand), log
+# per epoch only, write config.yaml into the run directory before the first checkpoint, and don't
+# want an advert for a cloud logger in every run.
+for message in (".*args parameter is intended to run from within Python.*", ".*smaller than the logging interval.*",
+                ".*exists and is not empty.*", ".*LeafSpec.*is deprecated.*", ".*does not have many workers.*"):
+    warnings.filterwarnings("ignore", message=message)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+CONFIGS = ROOT / "configs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories: checkpoints/<data>/<model>/<run-id>/, one per fit, never shared.
+
+def new_run_dir(runs_root: Path, data: str, arch: str) -> Path:
+    parent = runs_root / data / arch
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:  # time stamp for humans, random suffix so concurrent runs never collide
+        run = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+
+
+def find_resume(spec: str, runs_root: Path, data: str, arch: str) -> Path:
+    """Turn --ckpt_path (last, a run directory or a .ckpt file) into a checkpoint file."""
+    if spec == "last":
+        runs = sorted((runs_root / data / arch).glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ZooError(f"--ckpt_path last: there is no run of {arch} on {data} to resume under "
+                           f"{runs_root / data / arch}. Start one without --ckpt_path, or pass a run directory.")
+        return runs[-1]
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "last.ckpt"
+    if not path.is_file():
+        raise ZooError(f"Checkpoint not found: {spec}. Pass 'last' (the newest run of this model and "
+                       f"dataset), a run directory, or a .ckpt file.")
+    return path
+
+
+def check_matches(ckpt: dict, path: Path, data: str, model_cfg) -> None:
+    """Refuse a checkpoint of another model or dataset, before Lightning fails on shapes."""
+    hp = ckpt["hyper_parameters"]
+    theirs = (hp["arch"], ckpt.get("data_name"))
+    if hp["arch"] != model_cfg.arch or (ckpt.get("data_name") and ckpt["data_name"] != data):
+        raise ZooError(f"{path} is a checkpoint of {theirs[0]} on {theirs[1]}, but this command trains "
+                       f"{model_cfg.arch} on {data}. Resume with the run's own config: "
+                       f"--config {path.parent / 'config.yaml'} --ckpt_path {path}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Callbacks that Lightning lacks.
+
+class RunInfo(Callback):
+    """Times the fit and saves last.ckpt when the run is interrupted (Ctrl-C, SIGTERM)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.fit_seconds, self._start = run_dir, 0.0, None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.fit_seconds = time.perf_counter() - self._start
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # A kill by the user is not a failure: keep the progress so `--ckpt_path last` continues.
+        if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException":
+            trainer.save_checkpoint(self.run_dir / "last.ckpt")
+            if trainer.is_global_zero:
+                print(f"\nInterrupted: progress saved to {self.run_dir / 'last.ckpt'}; "
+                      f"resume with --ckpt_path {self.run_dir}", file=sys.stderr)
+
+
+def make_wandb_logger(run_dir: Path, quiet: bool):
+    """W&B online when an API key is configured, offline otherwise: never a prompt, never a crash."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
+    offline = not has_key or os.environ.get("WANDB_MODE") in ("offline", "disabled")
+    kwargs = dict(project=os.environ.get("WANDB_PROJECT", "lightning-zoo"), name=run_dir.name, id=run_dir.name,
+                  save_dir=str(run_dir), resume="allow")
+    logger = WandbLogger(offline=offline, **kwargs)
+    try:
+        logger.experiment  # start it now: a network failure should show here, not an hour later
+    except Exception as e:  # no network, bad key: fall back to an offline run
+        print(f"W&B: could not reach the server ({type(e).__name__}); logging offline instead.", file=sys.stderr)
+        logger = WandbLogger(offline=True, **kwargs)
+        offline = True
+    if offline and not quiet:
+        print(f"W&B: no API key (or WANDB_MODE=offline): logging offline to {run_dir / 'wandb'}; "
+              f"upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`.")
+    return logger
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before training, not after an hour, when the run directory cannot be written."""
+    probe = run_dir / ".write-test"
+    try:
+        atomic_write_bytes(probe, b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise ZooError(f"Cannot write to the run directory {run_dir} ({e.strerror or e}). Checkpoints and logs "
+                       f"go there: free some space, fix its permissions, or choose another place with "
+                       f"--runs_root DIR.") from None
+
+
+# ---------------------------------------------------------------------------------------------
+
+class ZooCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The model is built for the data: the user never types num_classes or the input shape.
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        parser.set_defaults({"data": {"class_path": "datamodules.moons.MoonsDataModule"}})
+        parser.add_argument("--runs_root", type=str, default="checkpoints", help="Where run directories go.")
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="Use this run directory (multi-node launches: give every node the same).")
+        parser.add_argument("--monitor", type=str, default="val/acc", help="Metric for the best checkpoint and early stopping.")
+        parser.add_argument("--patience", type=int, default=10, help="Early stopping patience in epochs; 0 turns it off.")
+        parser.add_argument("--wandb", type=bool, default=False, help="Also log to Weights & Biases (offline without an API key).")
+        parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
+
+    def _parse_ckpt_path(self) -> None:
+        # Replaces Lightning's version: resolve `last` / a run directory, load the file safely
+        # (weights_only) and refuse a checkpoint of another model or dataset with a clear message.
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        self.run_dir = None
+        spec = cfg.get("ckpt_path") if sub else None
+        if not spec:
+            return
+        data, arch = data_name(cfg.data), cfg.model.arch
+        if os.environ.get("ZOO_RUN_DIR") and spec == "last":  # a DDP child: same run as rank 0
+            spec = os.environ["ZOO_RUN_DIR"]
+        path = find_resume(spec, Path(cfg.runs_root), data, arch) if sub == "fit" else Path(spec)
+        check_matches(load_checkpoint(path), path, data, cfg.model)
+        cfg.ckpt_path = str(path)
+        if sub == "fit":
+            self.run_dir = path.parent  # continue the same run: same directory, TensorBoard and W&B id
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        self.data_name, self.arch = data_name(cfg.data), cfg.model.arch
+        if self.subcommand != "fit":
+            return
+        if self.run_dir is None:
+            self.run_dir = Path(cfg.run_dir or os.environ.get("ZOO_RUN_DIR") or
+                                new_run_dir(Path(cfg.runs_root), self.data_name, self.arch))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.run_dir)
+        os.environ["ZOO_RUN_DIR"] = str(self.run_dir)  # DDP workers Lightning starts inherit this
+        cfg.trainer.default_root_dir = str(self.run_dir)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        cfg = self.config[self.subcommand]
+        callbacks = list(self._get(self.config_init, "trainer").get("callbacks") or [])
+        if not cfg.quiet:
+            callbacks.append(RichProgressBar())
+        kwargs.update(enable_progress_bar=not cfg.quiet, enable_model_summary=not cfg.quiet)
+        if self.subcommand != "fit":
+            self.save_config_callback = None  # validate/test read a config; they write nothing
+            return super().instantiate_trainer(callbacks=callbacks, logger=False, **kwargs)
+        mode = "min" if "loss" in cfg.monitor else "max"
+        self.checkpoint = ModelCheckpoint(dirpath=self.run_dir, filename="best", monitor=cfg.monitor, mode=mode,
+                                          save_last=True, enable_version_counter=False)
+        self.run_info = RunInfo(self.run_dir)
+        callbacks += [self.checkpoint, self.run_info, LearningRateMonitor(logging_interval="epoch")]
+        if cfg.patience > 0:
+            self.early_stopping = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience)
+            callbacks.append(self.early_stopping)
+        loggers = [TensorBoardLogger(save_dir=self.run_dir, name="", version="", default_hp_metric=False)]
+        if cfg.wandb:
+            loggers.append(make_wandb_logger(self.run_dir, cfg.quiet))
+        self.save_config_kwargs = dict(overwrite=True)
+        return super().instantiate_trainer(callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
+                                           **kwargs)
+
+    def before_fit(self) -> None:
+        stats = profile(self.model.model, self.model.hparams.input_shape)
+        self.stats = stats
+        if self.trainer.is_global_zero:
+            print(f"{self.arch} on {self.data_name}: {stats['params']:,} parameters, "
+                  f"{stats['flops']:,} FLOPs per sample ({stats['macs']:,} MACs). Run: {self.run_dir}")
+
+    def after_fit(self) -> None:
+        trainer, cb = self.trainer, self.checkpoint
+        if trainer.interrupted:
+            return
+        # Read how the fit ended before testing: trainer.test restores the callbacks' state.
+        es = getattr(self, "early_stopping", None)
+        if es is not None and es.stopped_epoch > 0:
+            stopped = f"early stopping: {es.monitor} did not improve for {es.patience} epochs"
+        else:
+            stopped = f"reached max_epochs={trainer.max_epochs}"
+        epochs = trainer.current_epoch
+        best_score = float(cb.best_model_score) if cb.best_model_score is not None else None
+        best = cb.best_model_path or str(self.run_dir / "last.ckpt")
+        test = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)[0]
+        if not trainer.is_global_zero:
+            return
+        metrics = {
+            "data": self.data_name, "model": self.arch, "params": self.stats["params"],
+            "flops": self.stats["flops"], "macs": self.stats["macs"],
+            "epochs": epochs, "stopped": stopped, "monitor": cb.monitor, "best_score": best_score,
+            "test_acc": test["test/acc"], "test_loss": test["test/loss"],
+            "fit_seconds": round(self.run_info.fit_seconds, 3),
+            "device": device_name(trainer), "devices": trainer.world_size,
+            "precision": str(trainer.precision), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            "run_dir": str(self.run_dir), "best_ckpt": best,
+            "versions": {"torch": torch.__version__, "lightning": __import__("lightning").__version__},
+        }
+        atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        for logger in trainer.loggers:  # final metrics beside the hyperparameters (TensorBoard's HParams tab)
+            logger.log_hyperparams(dict(self.model.hparams), {"test/acc": test["test/acc"]})
+        print(f"\n{self.arch} on {self.data_name}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
+              f"best {cb.monitor} {best_score:.4f} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
+              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']} ({stopped})\n"
+              f"checkpoint: {best}\nlogs:       {self.run_dir}  (tensorboard --logdir {self.run_dir.parent})")
+
+
+def device_name(trainer: Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def data_name(data_cfg) -> str:
+    """The registry name (mnist, ...) of the datamodule a config selects."""
+    class_path = data_cfg.class_path if hasattr(data_cfg, "class_path") else data_cfg["class_path"]
+    for name, cls in DATAMODULES.items():
+        if class_path in (f"{cls.__module__}.{cls.__name__}", cls.__name__):
+            return name
+    return class_path.rsplit(".", 1)[-1]
+
+
+def expand_data_shorthand(args: list[str]) -> list[str]:
+    """`--data mnist` means `--config configs/mnist.yaml`: the dataset with its training recipe."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        name = a.split("=", 1)[1] if a.startswith("--data=") else (args[i + 1] if a == "--data" and i + 1 < len(args) else None)
+        if name is None or "." in name or name.endswith("DataModule"):
+            out.append(a)
+            i += 1
+            continue
+        if name not in DATAMODULES:
+            raise ZooError(f"Unknown dataset {name!r}. Available: {', '.join(DATAMODULES)} (--data NAME).")
+        config = CONFIGS / f"{name}.yaml"
+        cls = DATAMODULES[name]
+        out += ["--config", str(config)] if config.exists() else ["--data", f"{cls.__module__}.{cls.__name__}"]
+        i += 1 if a.startswith("--data=") else 2
+    return out
+
+
+def cli_main(args: list[str] | None = None) -> ZooCLI:
+    """Run the CLI in-process (tests call this); errors propagate."""
+    args = expand_data_shorthand(list(sys.argv[1:] if args is None else args))
+    return ZooCLI(ZooModule, TensorDataModule, subclass_mode_data=True, seed_everything_default=42,
+                  trainer_defaults={"max_epochs": 20}, save_config_kwargs={"overwrite": True},
+                  load_from_checkpoint_support=False,  # hparams = the values __init__ resolved (plain data)
+                  args=args)
+
+
+EXTRA_COMMANDS = {
+    "compare": "zoo.compare",
+    "doctor": "zoo.doctor",
+}
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point: returns the exit status. User mistakes print one paragraph, not a traceback."""
+    args = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        if args and args[0] in EXTRA_COMMANDS:
+            import importlib
+
+            return importlib.import_module(EXTRA_COMMANDS[args[0]]).main(args[1:]) or 0
+        cli_main(args)
+    except (ZooError, MisconfigurationException) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # argument errors: jsonargparse has printed its message already
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Linear classifier: one nn.Linear on the flattened input, the baseline every other model must beat.
+
+Multinomial logistic regression (softmax regression), the lecture's linear-classifier baseline:
+784*10 + 10 = 7,850 parameters on MNIST. Registers `linear` (takes flat features too).
+
+    model = create_model("linear", input_shape=(1, 28, 28), num_classes=10)
+"""
+
+import math
+
+from torch import nn
+
+from zoo.registry import register_model
+
+
+@register_model("linear", flat_ok=True)
+def linear(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """One affine map from the flattened input (B, prod(input_shape)) to the logits (B, num_classes)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))

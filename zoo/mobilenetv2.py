@@ -1,0 +1,107 @@
+"""MobileNetV2 for 32x32 images: inverted residual blocks with linear bottlenecks.
+
+Sandler, Howard, Zhu, Zhmoginov & Chen, "MobileNetV2: Inverted Residuals and Linear Bottlenecks"
+(CVPR 2018). Registers `mobilenetv2`. The ImageNet network downsamples 32x, which would leave a
+32x32 image at 1x1 after stage 4; like the usual CIFAR ports we use a stride-1 stem and stride 1 in
+the second stage, so it downsamples 8x (32x32 -> 4x4). The layer table, the 1280-channel last conv,
+dropout 0.2 and the width multiplier (channels rounded to multiples of 8) follow the paper and
+torchvision: 2,236,682 parameters at width 1.0 for 10 classes on RGB input, as torchvision's.
+
+    model = create_model("mobilenetv2", input_shape=(3, 32, 32), num_classes=10, width=0.5)
+"""
+
+from torch import Tensor, nn
+
+from zoo.errors import ZooError
+from zoo.registry import register_model
+
+# t: expansion factor, c: output channels, n: blocks, s: stride of the first block.
+# Strides 1, 1, 2, 2, 1, 2, 1 (the paper has 1, 2, 2, 2, 1, 2, 1 and a stride-2 stem).
+CONFIG = [
+    # t, c, n, s
+    [1, 16, 1, 1],
+    [6, 24, 2, 1],
+    [6, 32, 3, 2],
+    [6, 64, 4, 2],
+    [6, 96, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+]
+
+
+def round8(channels: float) -> int:
+    """Nearest multiple of 8 (hardware-friendly), never below 8 nor more than 10% below `channels`."""
+    rounded = max(8, int(channels + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * channels else rounded
+
+
+def conv_bn_relu6(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand -> 3x3 depthwise -> 1x1 project; no ReLU after the projection (linear bottleneck)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
+        super().__init__()
+        hidden = c_in * expand
+        layers = [conv_bn_relu6(c_in, hidden, 1)] if expand != 1 else []
+        layers += [
+            conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, dropout: float = 0.2):
+        super().__init__()
+        c_in = round8(32 * width)
+        layers: list[nn.Module] = [conv_bn_relu6(in_channels, c_in, 3, stride=1)]
+        for t, c, n, s in CONFIG:
+            c_out = round8(c * width)
+            for i in range(n):
+                layers.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
+                c_in = c_out
+        last = round8(1280 * max(1.0, width))  # the paper keeps 1280 for width < 1
+        layers.append(conv_bn_relu6(c_in, last, 1))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)  # near-uniform first prediction
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.features(x)).flatten(1)  # (B, last, 1, 1) -> (B, last)
+        return self.classifier(x)
+
+
+@register_model("mobilenetv2")
+def mobilenetv2(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0,
+                dropout: float = 0.2) -> nn.Module:
+    """Args:
+        width: width multiplier; every layer's channels are scaled by it (rounded to multiples of 8).
+        dropout: dropout probability before the classifier.
+    """
+    if not width > 0:
+        raise ZooError(f"mobilenetv2 option width={width!r} must be a positive multiplier, e.g. 0.5, 1.0 or 1.4.")
+    if not 0.0 <= dropout < 1.0:
+        raise ZooError(f"mobilenetv2 option dropout={dropout!r} must be a probability in [0, 1).")
+    return MobileNetV2(input_shape[0], num_classes, width, dropout)

@@ -1,0 +1,59 @@
+"""The model registry: one dict from a lowercase name to a builder, and `create_model`, the one door in.
+
+A builder is `builder(input_shape, num_classes, **its_own_options) -> nn.Module`; the module maps
+float input of shape (B, *input_shape) to logits (B, num_classes). `flat_ok=True` marks builders that
+also take flat feature vectors such as two-moons' input_shape=(2,); the others need (C, H, W).
+
+    model = create_model("resnet20", input_shape=(3, 32, 32), num_classes=10)
+"""
+
+import inspect
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from zoo.errors import ZooError
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+_FLAT_OK: set[str] = set()
+
+
+def register_model(name: str, flat_ok: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator that files a builder under `name` (the name used on the command line and in tables)."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:
+            raise ZooError(f"model name '{name}' is registered twice; give the second builder another name.")
+        MODELS[name] = builder
+        if flat_ok:
+            _FLAT_OK.add(name)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def create_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
+    """Build model `name` for inputs of shape (B, *input_shape); options set to None take the default."""
+    if name not in MODELS:
+        raise ZooError(f"unknown model '{name}'. Pick one of the registered models: {', '.join(list_models())}.")
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ZooError(f"input_shape {input_shape!r} is not a shape: give positive integers without the "
+                       "batch dimension, e.g. (1, 28, 28) for MNIST or (2,) for two-moons.")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ZooError(f"num_classes={num_classes!r} is not a classification problem: give an integer >= 2.")
+    if len(shape) != 3 and name not in _FLAT_OK:
+        raise ZooError(f"model '{name}' needs image input (C, H, W) but got input_shape={shape}. Use an image "
+                       f"dataset, or a model that takes flat features: {', '.join(sorted(_FLAT_OK))}.")
+    builder = MODELS[name]
+    accepted = list(inspect.signature(builder).parameters)[2:]  # after (input_shape, num_classes)
+    options = {key: value for key, value in options.items() if value is not None}
+    for key in options:
+        if key not in accepted:
+            raise ZooError(f"model '{name}' has no option '{key}'; its options are: "
+                           f"{', '.join(accepted) or '(none)'}. Remove it or pick one of those.")
+    return builder(shape, num_classes, **options)
