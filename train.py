@@ -260,7 +260,11 @@ class ZooCLI(LightningCLI):
         }
         atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
         for logger in trainer.loggers:  # final metrics beside the hyperparameters (TensorBoard's HParams tab)
-            logger.log_hyperparams(dict(self.model.hparams), {"test/acc": test["test/acc"]})
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(dict(self.model.hparams), {"test/acc": test["test/acc"]})
+            elif type(logger).__name__ == "WandbLogger":
+                logger.experiment.summary.update({k: v for k, v in metrics.items() if k != "versions"})
+                logger.experiment.finish()  # flush now: in-process callers may start another run
         print(f"\n{self.arch} on {self.data_name}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
               f"best {cb.monitor} {best_score:.4f} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
               f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']} ({stopped})\n"
@@ -305,15 +309,23 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
 def cli_main(args: list[str] | None = None) -> ZooCLI:
     """Run the CLI in-process (tests call this); errors propagate."""
     args = expand_data_shorthand(list(sys.argv[1:] if args is None else args))
-    return ZooCLI(ZooModule, TensorDataModule, subclass_mode_data=True, seed_everything_default=42,
-                  trainer_defaults={"max_epochs": 20}, save_config_kwargs={"overwrite": True},
-                  load_from_checkpoint_support=False,  # hparams = the values __init__ resolved (plain data)
-                  args=args)
+    inherited = "ZOO_RUN_DIR" in os.environ  # set: we are a DDP worker of a run started elsewhere
+    try:
+        return ZooCLI(ZooModule, TensorDataModule, subclass_mode_data=True, seed_everything_default=42,
+                      trainer_defaults={"max_epochs": 20}, save_config_kwargs={"overwrite": True},
+                      load_from_checkpoint_support=False,  # hparams = the values __init__ resolved (plain data)
+                      args=args)
+    finally:
+        if not inherited:  # in-process callers (tests) start every run afresh
+            os.environ.pop("ZOO_RUN_DIR", None)
 
 
+# Subcommands that are not Trainer methods: each lives in its own module with a main(args) -> int.
 EXTRA_COMMANDS = {
     "compare": "zoo.compare",
     "doctor": "zoo.doctor",
+    "predict": "zoo.predict",
+    "export": "zoo.export",
 }
 
 

@@ -1,0 +1,203 @@
+"""train.py and evaluate.py end to end: real Trainer, real checkpoints, real TensorBoard and W&B files.
+
+One two-moons run is shared by most tests (session fixture); the CLI runs in-process through
+`train.main`, except where separate processes are the point (DDP, torchrun).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import evaluate
+import wandb_log
+import train
+from conftest import REPO, require_data
+
+FAST = ["--quiet", "true", "--trainer.enable_model_summary", "false"]
+
+
+def fit(tmp: Path, *args: str) -> Path:
+    """Run `train.py fit` in-process; return the run directory it made."""
+    before = set(tmp.glob("*/*/*"))
+    rc = train.main(["fit", "--runs_root", str(tmp), *FAST, *args])
+    assert rc == 0, f"fit exited with {rc}"
+    (run,) = set(tmp.glob("*/*/*")) - before
+    return run
+
+
+@pytest.fixture(scope="session")
+def moons_run(tmp_path_factory) -> Path:
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ.pop("WANDB_API_KEY", None)
+    return fit(tmp_path_factory.mktemp("runs"), "--data", "moons", "--model.hidden", "[10,10]", "--wandb", "true")
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_moons_reaches_lecture_accuracy(moons_run):
+    m = metrics(moons_run)
+    assert moons_run.parent.name == "mlp" and moons_run.parent.parent.name == "moons"
+    assert m["test_acc"] >= 0.93, m
+    assert m["params"] == 2 * 10 + 10 + 10 * 10 + 10 + 10 * 2 + 2  # MLP(10,10) on 2 features
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.json"):
+        assert (moons_run / name).is_file(), name
+
+
+def test_evaluate_reproduces_fit_test_accuracy(moons_run, capsys):
+    r = evaluate.evaluate(str(moons_run / "best.ckpt"))
+    assert r["test_acc"] == metrics(moons_run)["test_acc"]  # exactly: same data, same weights
+    assert sum(map(sum, r["confusion_matrix"])) == 60
+    assert evaluate.main([str(moons_run), "--json", str(moons_run / "eval.json")]) == 0
+    assert "per-class accuracy" in capsys.readouterr().out
+    assert json.loads((moons_run / "eval.json").read_text())["test_acc"] == r["test_acc"]
+    png = moons_run / "best_confusion.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_loads_weights_only_and_rebuilds(moons_run):
+    from zoo import ZooModule
+
+    ckpt = torch.load(moons_run / "best.ckpt", weights_only=True)  # plain data only
+    assert ckpt["data_name"] == "moons" and ckpt["hyper_parameters"]["hidden"] == [10, 10]
+    model = ZooModule.load_from_checkpoint(moons_run / "best.ckpt", weights_only=True)
+    assert model.hparams.arch == "mlp"
+    x = torch.randn(5, 2)
+    ref = ZooModule(**ckpt["hyper_parameters"])
+    ref.load_state_dict(ckpt["state_dict"])
+    assert torch.equal(model(x), ref(x))
+
+
+def test_tensorboard_has_val_acc_every_epoch(moons_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(moons_run), size_guidance={"scalars": 0})
+    acc.Reload()
+    val = acc.Scalars("val/acc")
+    assert len(val) == metrics(moons_run)["epochs"]
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "test/acc"} <= tags
+    assert any(t.startswith("lr-Adam") for t in tags), tags  # the learning rate, every epoch
+
+
+def test_wandb_offline_run_has_config_and_metrics(moons_run):
+    (log,) = (moons_run / "wandb").glob("offline-run-*/run-*.wandb")
+    assert log.name == f"run-{moons_run.name}.wandb"  # the W&B id is the run directory's name
+    config, final, history = wandb_log.summary(log)
+    assert config["arch"] == "mlp" and config["hidden"] == [10, 10] and config["n_samples"] == 200
+    m = metrics(moons_run)
+    assert final["test/acc"] == pytest.approx(m["test_acc"])
+    assert len([row for row in history if "val/acc" in row]) == m["epochs"]
+
+
+def test_validate_and_test_accept_the_saved_config(moons_run, capsys):
+    rc = train.main(["test", "--config", str(moons_run / "config.yaml"), "--ckpt_path", str(moons_run / "best.ckpt")])
+    assert rc == 0
+    assert f"{metrics(moons_run)['test_acc']}"[:6] in capsys.readouterr().out
+    assert train.main(["validate", "--config", str(moons_run / "config.yaml"),
+                       "--ckpt_path", str(moons_run / "best.ckpt")]) == 0
+
+
+def test_resume_continues_the_same_run_exactly(tmp_path):
+    common = ["--data", "moons", "--model.dropout", "0.2", "--patience", "0", "--wandb", "true"]
+    full = fit(tmp_path / "a", *common, "--trainer.max_epochs", "6")
+    part = fit(tmp_path / "b", *common, "--trainer.max_epochs", "3")
+    assert train.main(["fit", "--runs_root", str(tmp_path / "b"), *FAST, *common, "--trainer.max_epochs", "6",
+                       "--ckpt_path", "last"]) == 0
+    assert [p.name for p in (tmp_path / "b/moons/mlp").iterdir()] == [part.name]  # same directory
+    a = torch.load(full / "last.ckpt", weights_only=True)
+    b = torch.load(part / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 5
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert metrics(full)["test_acc"] == metrics(part)["test_acc"]
+    assert len(list((part / "wandb").glob("offline-run-*"))) >= 1
+    assert {p.name for p in (part / "wandb").glob("offline-run-*/run-*.wandb")} == {f"run-{part.name}.wandb"}
+
+
+def test_early_stopping_stops_a_plateau(tmp_path):
+    run = fit(tmp_path, "--data", "moons", "--model.lr", "1e-12", "--patience", "3", "--monitor", "val/acc",
+              "--trainer.max_epochs", "50")
+    m = metrics(run)
+    assert m["epochs"] < 50 and m["stopped"].startswith("early stopping"), m
+
+
+def test_lenet5_on_mnist_fraction_of_an_epoch(tmp_path):
+    require_data("mnist")
+    run = fit(tmp_path, "--data", "mnist", "--model.arch", "lenet5", "--trainer.max_epochs", "1",
+              "--trainer.limit_train_batches", "30", "--trainer.limit_val_batches", "2")
+    m = metrics(run)
+    assert 55_000 < m["params"] < 65_000
+    assert m["test_acc"] > 0.5, m  # 30 steps already learn digits
+
+
+@pytest.mark.parametrize("args, words", [
+    (["fit", "--model.arch", "resnet9000"], ["resnet9000", "lenet5", "mlp"]),
+    (["fit", "--data", "imagenet"], ["imagenet", "mnist", "cifar10"]),
+    (["fit", "--data", "moons", "--model.arch", "lenet5"], ["lenet5", "linear", "mlp"]),
+    (["fit", "--data", "moons", "--ckpt_path", "/nonexistent/last.ckpt"], ["not found", "/nonexistent"]),
+    (["fit", "--data", "moons", "--model.arch", "linear", "--ckpt_path", "last"], ["no run", "linear"]),
+])
+def test_bad_input_is_a_clear_error(tmp_path, capsys, args, words):
+    rc = train.main([*args, "--runs_root", str(tmp_path), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_distributed_run(run: Path) -> None:
+    """Metrics logged once (one TensorBoard writer) and synchronised over both processes."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    m = metrics(run)
+    assert m["devices"] == 2
+    events = list(run.glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert len(acc.Scalars("val/acc")) == m["epochs"]  # once per epoch, not once per process
+    assert len({e.name.split(".")[4] for e in events}) == 1  # one host process wrote them
+    # Each process saw half the test set; the logged number must be over all of it.
+    assert evaluate.evaluate(m["best_ckpt"])["test_acc"] == pytest.approx(m["test_acc"], abs=1e-6)
+
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    cmd = [sys.executable, str(REPO / "train.py"), "fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST,
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.max_epochs", "5", "--data.init_args.n_samples", "400"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = tmp_path.glob("moons/mlp/*")
+    check_distributed_run(run)
+
+
+def test_two_node_torchrun_on_loopback(tmp_path):
+    port, run = free_port(), tmp_path / "moons/mlp/two-node"
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+         "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+         str(REPO / "train.py"), "fit", "--data", "moons", *FAST, "--run_dir", str(run),
+         "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1",
+         "--trainer.strategy", "ddp", "--trainer.max_epochs", "5", "--data.init_args.n_samples", "400"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV) for rank in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    check_distributed_run(run)
