@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from datamodules import DATAMODULES, TensorDataModule
-from zoo import ZooError, ZooModule, profile
+from zoo import ZooError, ZooModule, insight, profile
 from zoo.checkpoint import AtomicCheckpointIO, atomic_write_bytes, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
@@ -168,6 +168,7 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--patience", type=int, default=10, help="Early stopping patience in epochs; 0 turns it off.")
         parser.add_argument("--wandb", type=bool, default=False, help="Also log to Weights & Biases (offline without an API key).")
         parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
+        insight.add_arguments(parser)
 
     def _parse_ckpt_path(self) -> None:
         # Replaces Lightning's version: resolve `last` / a run directory, load the file safely
@@ -214,6 +215,7 @@ class ZooCLI(LightningCLI):
                                           save_last=True, enable_version_counter=False)
         self.run_info = RunInfo(self.run_dir)
         callbacks += [self.checkpoint, self.run_info, LearningRateMonitor(logging_interval="epoch")]
+        callbacks += insight.callbacks(cfg, self.run_dir)
         if cfg.patience > 0:
             self.early_stopping = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience)
             callbacks.append(self.early_stopping)

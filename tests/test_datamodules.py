@@ -152,6 +152,18 @@ def test_trainer_supplies_epoch_rank_and_world_size(dm):
         dm.trainer = None
 
 
+def test_data_moves_to_the_trainer_device_once():
+    # The meta device stands in for a GPU: tensors keep shapes and dtypes but hold no data.
+    dm = create_datamodule("mnist", data_dir=str(require_data("mnist")), augment=True)
+    dm.trainer = SimpleNamespace(current_epoch=0, global_rank=0, world_size=1,
+                                 strategy=SimpleNamespace(root_device=torch.device("meta")))
+    loader = dm.train_dataloader()
+    moved = dm.train_x
+    assert moved.device.type == "meta" and dm.train_dataloader().x is moved  # no second copy
+    x, y = dm.on_after_batch_transfer(next(iter(loader)), 0)
+    assert x.device.type == y.device.type == "meta" and x.dtype == torch.float32 and x.shape == (128, 1, 28, 28)
+
+
 # --- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,expected", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
                                            ("cifar10", "cifar-10-batches-py")])
