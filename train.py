@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sys
 import time
 import traceback
@@ -24,6 +25,8 @@ import warnings
 from pathlib import Path
 
 import torch
+import yaml
+from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -49,16 +52,32 @@ CONFIGS = ROOT / "configs"
 # ---------------------------------------------------------------------------------------------
 # Run directories: checkpoints/<data>/<model>/<run-id>/, one per fit, never shared.
 
+NEW_RUN_DIRS: list[Path] = []  # made by this process: removed again if it fails before a checkpoint
+
+
 def new_run_dir(runs_root: Path, data: str, arch: str) -> Path:
     parent = runs_root / data / arch
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ZooError(f"Cannot create the run directory under {parent} ({e.strerror or e}). Choose a "
+                       f"writable place with --runs_root DIR.") from None
     while True:  # time stamp for humans, random suffix so concurrent runs never collide
         run = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         try:
             run.mkdir()
+            NEW_RUN_DIRS.append(run)
             return run
         except FileExistsError:
             continue
+
+
+def remove_failed_runs() -> None:
+    """A run that failed before its first checkpoint leaves no half-made directory behind."""
+    while NEW_RUN_DIRS:
+        run = NEW_RUN_DIRS.pop()
+        if run.is_dir() and not any(run.glob("*.ckpt")):
+            shutil.rmtree(run, ignore_errors=True)
 
 
 def find_resume(spec: str, runs_root: Path, data: str, arch: str) -> Path:
@@ -113,25 +132,35 @@ class RunInfo(Callback):
 
 
 def make_wandb_logger(run_dir: Path, quiet: bool):
-    """W&B online when an API key is configured, offline otherwise: never a prompt, never a crash."""
+    """W&B online when an API key is configured and the server answers, offline otherwise: never a
+    prompt, never a crash. The W&B id is the run directory's name, so a resumed run continues it."""
     from lightning.pytorch.loggers import WandbLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
     has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
     offline = not has_key or os.environ.get("WANDB_MODE") in ("offline", "disabled")
-    kwargs = dict(project=os.environ.get("WANDB_PROJECT", "lightning-zoo"), name=run_dir.name, id=run_dir.name,
-                  save_dir=str(run_dir), resume="allow")
-    logger = WandbLogger(offline=offline, **kwargs)
-    try:
-        logger.experiment  # start it now: a network failure should show here, not an hour later
-    except Exception as e:  # no network, bad key: fall back to an offline run
-        print(f"W&B: could not reach the server ({type(e).__name__}); logging offline instead.", file=sys.stderr)
-        logger = WandbLogger(offline=True, **kwargs)
+    if not offline and not reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")):
+        print("W&B: the server cannot be reached; logging offline instead.", file=sys.stderr)
         offline = True
+    logger = WandbLogger(offline=offline, project=os.environ.get("WANDB_PROJECT", "lightning-zoo"),
+                         name=run_dir.name, id=run_dir.name, save_dir=str(run_dir), resume="allow")
     if offline and not quiet:
-        print(f"W&B: no API key (or WANDB_MODE=offline): logging offline to {run_dir / 'wandb'}; "
-              f"upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`.")
+        print(f"W&B: offline run in {run_dir / 'wandb'} (no API key, no network or WANDB_MODE=offline); "
+              f"upload it later with `wandb sync {run_dir / 'wandb'}/offline-run-*`.", file=sys.stderr)
     return logger
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to the host of `url`? (W&B itself would wait 90 s to find out.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _read(path: Path) -> str:
@@ -191,6 +220,7 @@ class ZooCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
         self.data_name, self.arch = data_name(cfg.data), cfg.model.arch
+        check_trainer_options(cfg)
         if self.subcommand != "fit":
             return
         if self.run_dir is None:
@@ -212,9 +242,13 @@ class ZooCLI(LightningCLI):
             return super().instantiate_trainer(callbacks=callbacks, logger=False, **kwargs)
         mode = "min" if "loss" in cfg.monitor else "max"
         self.checkpoint = ModelCheckpoint(dirpath=self.run_dir, filename="best", monitor=cfg.monitor, mode=mode,
-                                          save_last=True, enable_version_counter=False)
+                                          enable_version_counter=False)
+        # last.ckpt every epoch, after best.ckpt (so it records the new best). Not save_last=True:
+        # Lightning 2.6 then writes last.ckpt only in epochs that improved the best, and a resume
+        # after a crash would lose every epoch since the last improvement.
+        last = ModelCheckpoint(dirpath=self.run_dir, filename="last", enable_version_counter=False)
         self.run_info = RunInfo(self.run_dir)
-        callbacks += [self.checkpoint, self.run_info, LearningRateMonitor(logging_interval="epoch")]
+        callbacks += [self.checkpoint, last, self.run_info, LearningRateMonitor(logging_interval="epoch")]
         callbacks += insight.callbacks(cfg, self.run_dir)
         if cfg.patience > 0:
             self.early_stopping = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience)
@@ -273,6 +307,31 @@ class ZooCLI(LightningCLI):
               f"checkpoint: {best}\nlogs:       {self.run_dir}  (tensorboard --logdir {self.run_dir.parent})")
 
 
+def check_trainer_options(cfg) -> None:
+    """Mistakes Lightning would accept silently, or report from deep inside, caught up front."""
+    t = cfg.trainer
+    if t.max_epochs is not None and t.max_epochs != -1 and t.max_epochs < 1:
+        raise ZooError(f"--trainer.max_epochs must be at least 1 (or -1 for no limit), got {t.max_epochs}.")
+    if cfg.patience < 0:
+        raise ZooError(f"--patience must be >= 0 (0 turns early stopping off), got {cfg.patience}.")
+    accelerator = str(t.accelerator)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ZooError(f"--trainer.accelerator {accelerator}: this machine has no usable CUDA GPU (torch "
+                       f"{torch.__version__}, torch.cuda.is_available() is False). Use --trainer.accelerator auto "
+                       f"to take a GPU when there is one and the CPU otherwise, or cpu.")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ZooError("--trainer.accelerator mps: Apple's MPS backend is not available on this machine. Use "
+                       "--trainer.accelerator auto (takes MPS on a Mac with it, the CPU otherwise) or cpu.")
+    devices = int(t.devices) if str(t.devices).isdigit() else None  # may arrive as "2"
+    if devices:
+        if accelerator in ("gpu", "cuda") and devices > torch.cuda.device_count():
+            raise ZooError(f"--trainer.devices {devices}: only {torch.cuda.device_count()} GPU(s) here. "
+                           f"Pass at most that many, or -1 for all of them.")
+        if accelerator == "cpu" and devices > (os.cpu_count() or 1):
+            raise ZooError(f"--trainer.devices {devices}: this machine has {os.cpu_count()} CPU cores, so at "
+                           f"most {os.cpu_count()} CPU processes make sense. Pass a smaller number.")
+
+
 def device_name(trainer: Trainer) -> str:
     device = trainer.strategy.root_device
     if device.type == "cuda":
@@ -308,14 +367,32 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
     return out
 
 
+def check_config_files(args: list[str]) -> None:
+    """A missing or broken --config file named in one sentence (jsonargparse would not name it)."""
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c"):
+            path = Path(value)
+            if not path.is_file():
+                raise ZooError(f"Config file not found: {path}. Check the path (dataset configs are in "
+                               f"{CONFIGS}, a run's resolved config is <run dir>/config.yaml).")
+            try:
+                yaml.safe_load(path.read_text())
+            except yaml.YAMLError as e:
+                where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+                raise ZooError(f"Config file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}. "
+                               f"Fix the file (indentation, brackets, colons).") from None
+
+
 def cli_main(args: list[str] | None = None) -> ZooCLI:
     """Run the CLI in-process (tests call this); errors propagate."""
     args = expand_data_shorthand(list(sys.argv[1:] if args is None else args))
+    check_config_files(args)
     inherited = "ZOO_RUN_DIR" in os.environ  # set: we are a DDP worker of a run started elsewhere
     try:
         return ZooCLI(ZooModule, TensorDataModule, subclass_mode_data=True, seed_everything_default=42,
                       trainer_defaults={"max_epochs": 20}, save_config_kwargs={"overwrite": True},
-                      load_from_checkpoint_support=False,  # hparams = the values __init__ resolved (plain data)
+                      load_from_checkpoint_support=False,
+                      parser_kwargs={"exit_on_error": False},  # raise, so main() prints one clear line  # hparams = the values __init__ resolved (plain data)
                       args=args)
     finally:
         if not inherited:  # in-process callers (tests) start every run afresh
@@ -343,11 +420,28 @@ def main(args: list[str] | None = None) -> int:
             return importlib.import_module(EXTRA_COMMANDS[args[0]]).main(args[1:]) or 0
         cli_main(args)
     except (ZooError, MisconfigurationException) as e:
+        remove_failed_runs()
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except SystemExit as e:  # argument errors: jsonargparse has printed its message already
+    except OSError as e:  # a full or read-only disk while saving: say so, don't dump a traceback
+        remove_failed_runs()
+        if debug:
+            traceback.print_exc()
+        print(f"error: could not write {e.filename or 'a file'}: {e.strerror or e}. Free some space or choose a "
+              f"writable --runs_root; checkpoints already saved are intact (they are written atomically).",
+              file=sys.stderr)
+        return 1
+    except ArgumentError as e:  # a mistyped option or a broken config file
+        remove_failed_runs()
+        if debug:
+            traceback.print_exc()
+        sub = next((a for a in args if a in ("fit", "validate", "test")), "fit")
+        print(f"error: {e}\n(see `python train.py {sub} --help` for the options)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, or jsonargparse has printed its message already
+        remove_failed_runs()
         return e.code if isinstance(e.code, int) else 1
     return 0
 

@@ -7,7 +7,7 @@ RandomHorizontalFlip), num_workers 0 and 2. Both sides shuffle the same 55,000 /
 images, produce normalised float batches and touch every batch (a sum), so the work is the same.
 
     python bench/loader_speed.py            # full passes; writes results/loader_speed.md
-    python bench/loader_speed.py --quick    # 100 batches per loader, extrapolated; prints only
+    python bench/loader_speed.py --quick    # 50 batches per loader, extrapolated; prints only
 """
 import os
 import platform
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 from datamodules import create_datamodule  # noqa: E402
 
 BATCH_SIZE = 128
-QUICK_BATCHES = 100
+QUICK_BATCHES = 50
 
 
 class OfflineCIFAR10(torchvision.datasets.CIFAR10):
@@ -63,7 +63,7 @@ def bench(name: str, quick: bool) -> dict[str, float]:
     dm.setup("fit")
     loader = dm.train_dataloader()
     limit = QUICK_BATCHES if quick else None
-    ours = statistics.median(seconds_per_pass(loader, dm.normalize, limit, len(loader)) for _ in range(1 if quick else 3))
+    ours = statistics.median(seconds_per_pass(loader, dm.normalize, limit, len(loader)) for _ in range(1 if quick else 5))
     dataset = Subset(torchvision_dataset(name, str(dm.data_dir), dm.mean.tolist(), dm.std.tolist()), dm.train_indices.tolist())
     row = {"ours": ours}
     for workers in (0, 2):
@@ -83,6 +83,7 @@ def machine() -> str:
 
 
 def main(quick: bool) -> None:
+    load_before = os.getloadavg()[0]  # other work on the machine slows both sides: record it
     rows = ["| dataset | ours s/pass | torchvision w0 s/pass | torchvision w2 s/pass | speed-up |",
             "|---|---:|---:|---:|---:|"]
     for name in ("mnist", "fashion_mnist", "cifar10"):
@@ -96,13 +97,14 @@ def main(quick: bool) -> None:
         *rows,
         "",
         f"Batch size {BATCH_SIZE}, shuffled, normalised float batches; CIFAR-10 with random crop (pad 4) + flip, "
-        "MNIST/Fashion-MNIST without augmentation (the defaults). Ours: median of 3 passes of `TensorLoader` + "
+        "MNIST/Fashion-MNIST without augmentation (the defaults). Ours: median of 5 passes of `TensorLoader` + "
         "`normalize` on CPU. torchvision: one pass of `DataLoader` over the same training split with per-sample "
         "transforms, `num_workers` 0 or 2 (worker start-up included, as each epoch pays it by default). "
         "Speed-up: the faster torchvision column divided by ours."
         + (f" Quick run: {QUICK_BATCHES} batches per loader, extrapolated to a pass." if quick else ""),
         "",
-        f"Machine: {machine()}. Date: {date.today()}.",
+        f"Machine: {machine()}. 1-min load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f}. "
+        f"Date: {date.today()}.",
         "",
         f"Command: `{command}`",
         "",

@@ -1,12 +1,14 @@
 """The zoo's datasets, one datamodule per file, all built on the tensor fast path in `tensor.py`.
 
-Registered names: moons, mnist, fashion_mnist, cifar10.
+Registered names: moons, mnist, fashion_mnist, cifar10, and image_folder (your own images:
+one subfolder per class).
 
     from datamodules import create_datamodule
     dm = create_datamodule("cifar10", batch_size=256)
 """
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.fashion_mnist import FashionMNISTDataModule
+from datamodules.image_folder import ImageFolderDataModule
 from datamodules.mnist import MNISTDataModule
 from datamodules.moons import MoonsDataModule
 from datamodules.tensor import TensorDataModule, TensorLoader
@@ -17,6 +19,7 @@ DATAMODULES: dict[str, type[TensorDataModule]] = {
     "mnist": MNISTDataModule,
     "fashion_mnist": FashionMNISTDataModule,
     "cifar10": CIFAR10DataModule,
+    "image_folder": ImageFolderDataModule,
 }
 
 
@@ -28,7 +31,8 @@ def list_datasets() -> list[str]:
 def get_datamodule_class(name: str) -> type[TensorDataModule]:
     """The datamodule class registered as `name`; an unknown name raises a ZooError listing them."""
     if name not in DATAMODULES:
-        raise ZooError(f"Unknown dataset {name!r}. Available datasets: {', '.join(DATAMODULES)}. Fix: pass one of these names.")
+        raise ZooError(f"Unknown dataset {name!r}. Available datasets: {', '.join(DATAMODULES)}. "
+                       f"Fix: pass one of these names.")
     return DATAMODULES[name]
 
 
@@ -38,6 +42,6 @@ def create_datamodule(name: str, **kwargs) -> TensorDataModule:
 
 
 __all__ = [
-    "CIFAR10DataModule", "DATAMODULES", "FashionMNISTDataModule", "MNISTDataModule", "MoonsDataModule",
+    "CIFAR10DataModule", "DATAMODULES", "FashionMNISTDataModule", "ImageFolderDataModule", "MNISTDataModule", "MoonsDataModule",
     "TensorDataModule", "TensorLoader", "create_datamodule", "get_datamodule_class", "list_datasets",
 ]

@@ -38,13 +38,15 @@ def read_pickle(path: Path) -> dict:
 def read_batch(path: Path) -> tuple[Tensor, Tensor]:
     """One batch file as (images uint8 (10000, 3, 32, 32), labels int64 (10000,))."""
     d = read_pickle(path)
-    data, labels = d.get("data") if isinstance(d, dict) else None, d.get("labels") if isinstance(d, dict) else None
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape != (10_000, 3072) or labels is None or len(labels) != 10_000:
+    data, labels = (d.get("data"), d.get("labels")) if isinstance(d, dict) else (None, None)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape == (10_000, 3072)
+            and labels is not None and len(labels) == 10_000):
         raise ZooError(
             f"{path} does not hold a CIFAR-10 batch (expected 'data' uint8 (10000, 3072) and 10000 "
             f"'labels'). Fix: delete it and fetch it again (--data.download true, or `make data`)."
         )
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.tensor(labels, dtype=torch.int64)  # rows are CHW
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # each row is one image, CHW order
+    return images, torch.tensor(labels, dtype=torch.int64)
 
 
 class CIFAR10DataModule(TensorDataModule):
@@ -67,7 +69,8 @@ class CIFAR10DataModule(TensorDataModule):
             raise missing_data_error(self.name, directory, FILES)
         names = read_pickle(directory / "batches.meta").get("label_names")
         if names != CLASSES:
-            raise ZooError(f"{directory / 'batches.meta'} lists the classes {names}, expected {CLASSES}. Fix: fetch CIFAR-10 again.")
+            raise ZooError(f"{directory / 'batches.meta'} lists the classes {names}, expected {CLASSES}. "
+                           f"Fix: delete the folder and fetch CIFAR-10 again (--data.download true, or `make data`).")
         train = [read_batch(directory / name) for name in TRAIN_BATCHES]
         test_x, test_y = read_batch(directory / "test_batch")
         return torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), test_x, test_y

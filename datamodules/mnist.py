@@ -17,7 +17,9 @@ from torch import Tensor
 from datamodules.tensor import TensorDataModule, missing_data_error
 from zoo.errors import ZooError
 
-IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+IDX_FILES = [
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+]
 
 
 def read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -28,12 +30,15 @@ def read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     header = 4 + 4 * len(shape)  # big-endian magic, then one uint32 per dimension
     fix = "Fix: delete it and fetch it again (--data.download true, or `make data`)."
     if len(data) < header:
-        raise ZooError(f"{path} is truncated: {len(data)} bytes, shorter than its {header}-byte IDX header. {fix}")
+        raise ZooError(f"{path} is truncated or corrupted: {len(data)} bytes, shorter than its "
+                       f"{header}-byte IDX header. {fix}")
     got_magic, *got_shape = struct.unpack(f">{1 + len(shape)}I", data[:header])
     if got_magic != magic:
-        raise ZooError(f"{path} is not an IDX {'label' if magic == 2049 else 'image'} file: magic number {got_magic}, expected {magic}. {fix}")
+        kind = "label" if magic == 2049 else "image"
+        raise ZooError(f"{path} is corrupted: not an IDX {kind} file (magic number {got_magic}, "
+                       f"expected {magic}). {fix}")
     if tuple(got_shape) != shape:
-        raise ZooError(f"{path} has shape {tuple(got_shape)}, expected {shape}. {fix}")
+        raise ZooError(f"{path} is corrupted: shape {tuple(got_shape)}, expected {shape}. {fix}")
     if len(data) != header + int(np.prod(shape)):
         raise ZooError(
             f"{path} is truncated or corrupted: {len(data):,} bytes, expected "

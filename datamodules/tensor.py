@@ -238,30 +238,13 @@ class TensorDataModule(L.LightningDataModule):
         x, y, self.test_x, self.test_y = self.load()
         n = len(y)
         n_val = self.val_count(n)
-        if not 0 <= n_val < n:
-            raise ZooError(
-                f"{self.name}: the validation split must hold between 0 and {n - 1} of the {n} "
-                f"training examples, got {n_val}. Fix: choose a smaller --data.val_size."
-            )
-        if not 0 < self.train_fraction <= 1:
-            raise ZooError(
-                f"{self.name}: train_fraction must be in (0, 1], got {self.train_fraction}. "
-                f"Fix: pass e.g. --data.train_fraction 0.1 to train on a tenth of the data."
-            )
+        n_train = max(1, round(self.train_fraction * (n - n_val)))
+        self._check_options(n, n_val, n_train)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.resolved_split_seed))
         self.val_indices = perm[:n_val]  # indices into the official training set
-        self.train_indices = perm[n_val:][: max(1, round(self.train_fraction * (n - n_val)))]
+        self.train_indices = perm[n_val:][:n_train]
         self.train_x, self.train_y = x[self.train_indices], y[self.train_indices]
         self.val_x, self.val_y = x[self.val_indices], y[self.val_indices]
-        for what, size in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
-            if size < 1:
-                raise ZooError(f"{self.name}: {what} must be positive, got {size}. Fix: pass --data.{what} 128.")
-        if self.batch_size > len(self.train_y):
-            raise ZooError(
-                f"{self.name}: batch_size {self.batch_size} is larger than the training split "
-                f"({len(self.train_y)} examples). Fix: lower --data.batch_size or raise "
-                f"--data.train_fraction."
-            )
         if self.mean is None:  # a checkpoint's statistics (load_state_dict) take precedence
             if self.train_x.dtype == torch.uint8:
                 self.mean, self.std = channel_stats(self.train_x)
@@ -277,7 +260,10 @@ class TensorDataModule(L.LightningDataModule):
     def test_dataloader(self) -> TensorLoader:
         return self._loader("test", shuffle=False)
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, ...] | Tensor, dataloader_idx: int) -> tuple[Tensor, ...] | Tensor:
+    def on_after_batch_transfer(
+        self, batch: tuple[Tensor, ...] | Tensor, dataloader_idx: int
+    ) -> tuple[Tensor, ...] | Tensor:
+        # Runs on the device, after Lightning moved the batch: uint8 -> normalised float there.
         if isinstance(batch, Tensor):  # predict on bare inputs
             return self.normalize(batch)
         x, *rest = batch
@@ -292,6 +278,28 @@ class TensorDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, list[float]]) -> None:
         if "mean" in state_dict:
             self.mean, self.std = torch.tensor(state_dict["mean"]), torch.tensor(state_dict["std"])
+
+    def _check_options(self, n: int, n_val: int, n_train: int) -> None:
+        """Reject impossible split and batch options with a ZooError naming the fix."""
+        if not 0 <= n_val < n:
+            raise ZooError(
+                f"{self.name}: the validation split must hold between 0 and {n - 1} of the {n} "
+                f"training examples, got {n_val}. Fix: choose a smaller --data.val_size "
+                f"(--data.val_fraction for moons)."
+            )
+        if not 0 < self.train_fraction <= 1:
+            raise ZooError(
+                f"{self.name}: train_fraction must be in (0, 1], got {self.train_fraction}. "
+                f"Fix: pass e.g. --data.train_fraction 0.1 to train on a tenth of the data."
+            )
+        for what, size in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
+            if size < 1:
+                raise ZooError(f"{self.name}: {what} must be positive, got {size}. Fix: pass e.g. --data.{what} 128.")
+        if self.batch_size > n_train:
+            raise ZooError(
+                f"{self.name}: batch_size {self.batch_size} is larger than the training split "
+                f"({n_train} examples). Fix: lower --data.batch_size or raise --data.train_fraction."
+            )
 
     # --- helpers ----------------------------------------------------------------------------
     @property

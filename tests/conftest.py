@@ -30,3 +30,12 @@ def require_data(name: str) -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return data_root()
+
+
+# One thread per test process: the suite shares 2 cores with itself (DDP workers, subprocesses)
+# and with whatever else runs; oversubscribed OpenMP threads spin-wait and make small models 10x
+# slower. Subprocesses inherit it through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

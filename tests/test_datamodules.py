@@ -39,7 +39,7 @@ def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 # --- registry -------------------------------------------------------------------------------
 def test_registry_names_and_class_attributes():
-    assert list_datasets() == ["moons", "mnist", "fashion_mnist", "cifar10"]
+    assert list_datasets() == ["moons", "mnist", "fashion_mnist", "cifar10", "image_folder"]
     for name, cls in DATAMODULES.items():
         assert cls.name == name and get_datamodule_class(name) is cls
         assert len(cls.class_names) == cls.num_classes
@@ -190,6 +190,15 @@ def test_truncated_mnist_file_is_named(data_dir, tmp_path):
     require_data("mnist")
     damaged_copy(data_dir / "MNIST" / "raw", tmp_path / "MNIST" / "raw", "t10k-labels-idx1-ubyte", 5000)
     with pytest.raises(ZooError, match="t10k-labels-idx1-ubyte is truncated or corrupted"):
+        create_datamodule("mnist", data_dir=str(tmp_path)).setup("fit")
+
+
+def test_wrong_magic_number_is_named(data_dir, tmp_path):
+    require_data("mnist")
+    damaged_copy(data_dir / "MNIST" / "raw", tmp_path / "MNIST" / "raw", "t10k-images-idx3-ubyte", 0)
+    good = (data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
+    (tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01" + good[4:])  # 2049
+    with pytest.raises(ZooError, match="t10k-images-idx3-ubyte is corrupted: not an IDX image file"):
         create_datamodule("mnist", data_dir=str(tmp_path)).setup("fit")
 
 

@@ -11,7 +11,6 @@ import io
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
                        f"(a pickled class or code), which could run arbitrary code when loaded. Only load "
                        f"checkpoints written by lightning-zoo or another source you trust. ({str(e).splitlines()[0]})"
                        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # truncated zip, text file, legacy pickle garbage: all 'not readable'
         raise ZooError(f"Cannot read checkpoint {path}: the file is truncated, corrupted or not a PyTorch "
                        f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Use another "
                        f"checkpoint of the run (best.ckpt / last.ckpt) or retrain.") from None

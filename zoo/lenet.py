@@ -5,8 +5,10 @@ Registers `lenet5`. Layout as in the paper: conv 6@5x5, pool, conv 16@5x5, pool,
 The paper fed 32x32 images (28x28 MNIST digits centred in a 32x32 field), so a side shorter than 32
 is zero-padded up to 32 by the first conv; MNIST then has 61,706 parameters ("about 60K").
 We use ReLU and 2x2 max pooling, the modern choice, rather than the paper's scaled tanh and
-trainable average-pooling "subsampling": it trains faster with Adam/SGD at default settings and
-is what people mean by LeNet-5 today. All layers connect fully (no sparse C3 connection table).
+trainable average-pooling "subsampling": ReLU does not saturate, so it trains well with default
+optimiser settings, and it is what people mean by LeNet-5 today. C3 connects to all six S2 maps
+(the paper's sparse connection table only saved 1998's compute), and the head is a plain linear
+layer in place of the paper's RBF units.
 
     model = create_model("lenet5", input_shape=(1, 28, 28), num_classes=10)
 """

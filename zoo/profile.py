@@ -25,7 +25,8 @@ def profile(model: nn.Module, input_shape: Sequence[int], latency: bool = False,
     Returns params, trainable_params, flops (forward, per sample, 2 per multiply-add), macs
     (= flops // 2, what papers call FLOPs) and checkpoint_bytes (the saved state_dict). With
     latency=True also latency_ms_b1 and latency_ms_b256 (median CPU forward time in eval mode)
-    and throughput_b256 (images/s at batch 256).
+    and throughput_b256 (images/s at batch 256), timed with the current torch.get_num_threads();
+    after one warm-up call it times up to `repeats` forwards, stopping at 3 once they pass 2 s.
     """
     # Work on a CPU copy in eval mode (dropout off, BatchNorm on running stats); the caller's model,
     # its device and its train/eval flag stay as they were.
@@ -63,8 +64,11 @@ def _median_ms(model: nn.Module, x: torch.Tensor, repeats: int, budget_s: float 
 
 def format_count(n: float) -> str:
     """Short human form for tables: 7850 -> '7.85K', 101770 -> '101.8K', 2236682 -> '2.24M'."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            value = n / scale
-            return f"{value:.2f}{unit}" if abs(value) < 10 else f"{value:.1f}{unit}"
-    return f"{n:g}" if isinstance(n, float) else str(n)
+    value, unit = float(n), ""
+    for bigger in ("K", "M", "G", "T"):
+        if abs(value) < 999.95:  # anything larger would print as "1000.0" of this unit
+            break
+        value, unit = value / 1000, bigger
+    if not unit:
+        return str(n) if isinstance(n, int) else f"{n:.3g}"
+    return f"{value:.2f}{unit}" if abs(value) < 9.995 else f"{value:.1f}{unit}"

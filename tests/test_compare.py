@@ -1,0 +1,156 @@
+"""`train.py compare` end to end on two-moons, and the k-NN / majority baselines on toy data.
+
+One small compare (linear and MLP x two-moons x 2 seeds, 2 epochs each) is shared by the tests; it
+runs in-process through `train.main`, like a user's command line.
+"""
+
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from zoo.baselines import knn, majority, vote
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def compare_args(tmp: Path, *extra: str) -> list[str]:
+    return ["compare", "--models", "[linear,mlp,lenet5]", "--datasets", "[moons]", "--seeds", "2", "--epochs", "2",
+            "--out", str(tmp / "out"), "--runs_root", str(tmp / "runs"), *extra]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_global_seed():
+    """The fits publish their seed in PL_GLOBAL_SEED, which datamodules read: don't leak it to other tests."""
+    old = os.environ.get("PL_GLOBAL_SEED")
+    yield
+    if old is None:
+        os.environ.pop("PL_GLOBAL_SEED", None)
+    else:
+        os.environ["PL_GLOBAL_SEED"] = old
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("compare")
+    assert train.main(compare_args(tmp)) == 0
+    return tmp
+
+
+def read_csv(path: Path) -> dict[str, dict]:
+    with path.open() as f:
+        return {row["model"]: row for row in csv.DictReader(f)}
+
+
+def test_table_has_a_row_per_model_and_baseline(compared):
+    rows = read_csv(compared / "out/moons.csv")
+    assert list(rows) == ["majority", "knn", "linear", "mlp"]  # baselines, then models by parameters
+    assert all(row["dataset"] == "moons" for row in rows.values())
+    markdown = (compared / "out/moons.md").read_text()
+    for model in rows:
+        assert f"| {model} |" in markdown
+
+
+def test_numbers_come_from_the_runs(compared):
+    rows = read_csv(compared / "out/moons.csv")
+    for model in ("linear", "mlp"):
+        runs = [json.loads((compared / f"runs/moons/{model}/seed{k}/metrics.json").read_text()) for k in (0, 1)]
+        copies = [json.loads((compared / f"out/runs/moons/{model}/seed{k}/metrics.json").read_text()) for k in (0, 1)]
+        assert runs == copies  # results/ holds the runs' own metrics, not a re-computation
+        row, accs = rows[model], [m["test_acc"] for m in runs]
+        assert float(row["test_acc_mean"]) == pytest.approx(statistics.mean(accs), abs=1e-6)
+        assert float(row["test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-6)
+        assert float(row["test_error_mean"]) == pytest.approx(1 - statistics.mean(accs), abs=1e-6)
+        assert int(row["params"]) == runs[0]["params"] and int(row["flops"]) == runs[0]["flops"]
+        assert float(row["fit_seconds"]) == pytest.approx(statistics.mean(m["fit_seconds"] for m in runs), abs=1e-6)
+        assert row["n_seeds"] == "2" and row["seeds"] == "0 1" and row["max_epochs"] == "2"
+        assert float(row["latency_ms_b1"]) > 0 and float(row["throughput"]) > 0
+        assert not list((compared / f"out/runs/moons/{model}").glob("*/*.ckpt"))  # no checkpoints in results
+    lin, mlp = rows["linear"], rows["mlp"]
+    gain = (float(mlp["test_acc_mean"]) - float(lin["test_acc_mean"])) * 100
+    assert float(mlp["delta_linear_pp"]) == pytest.approx(gain, abs=1e-4)
+    assert mlp["reference_acc"] == "95.0" and "lecture" in mlp["reference_source"]
+
+
+def test_plots_are_valid_pngs(compared):
+    from PIL import Image
+
+    names = ["moons_error_vs_params.png", "moons_error_vs_flops.png", "moons_boundary_linear.png",
+             "moons_boundary_mlp.png"]
+    for name in names:
+        path = compared / "out" / name
+        assert path.read_bytes()[:8] == PNG, name
+        with Image.open(path) as image:
+            image.verify()
+            assert image.size[0] > 200
+
+
+def test_impossible_pair_is_skipped_with_its_reason(compared):
+    markdown = (compared / "out/moons.md").read_text()
+    assert "Skipped lenet5" in markdown and "needs image input" in markdown
+    assert not (compared / "runs/moons/lenet5").exists()
+
+
+def test_rerun_reuses_finished_runs(compared, capsys):
+    ckpts = sorted((compared / "runs").glob("moons/*/seed*/best.ckpt"))
+    assert len(ckpts) == 4
+    before = {p: p.stat().st_mtime_ns for p in ckpts}
+    capsys.readouterr()
+    assert train.main(compare_args(compared)) == 0
+    out = capsys.readouterr().out
+    assert "4 finished (reused), 0 to resume, 0 to train" in out and out.count(": reused ") == 4
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == before
+
+
+def test_from_runs_rebuilds_the_same_table(compared):
+    assert train.main(["compare", "--from_runs", str(compared / "out"), "--out", str(compared / "rebuilt")]) == 0
+    old, new = (compared / "out/moons.md").read_text(), (compared / "rebuilt/moons.md").read_text()
+    assert old.splitlines()[:-1] == new.splitlines()[:-1]  # all but the "Written ... by ..." line
+    assert (compared / "out/moons.csv").read_bytes() == (compared / "rebuilt/moons.csv").read_bytes()
+    assert (compared / "rebuilt/moons_error_vs_params.png").read_bytes()[:8] == PNG
+
+
+def test_interrupted_run_resumes_in_its_directory(compared, capsys):
+    run = compared / "runs/moons/linear/seed1"
+    acc = json.loads((run / "metrics.json").read_text())["test_acc"]
+    (run / "metrics.json").unlink()  # as if killed after the last checkpoint, before the test
+    capsys.readouterr()
+    assert train.main(compare_args(compared)) == 0
+    assert "linear on moons, seed 1: resuming from last.ckpt" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["test_acc"] == acc  # same weights, same test
+
+
+def test_changed_budget_refuses_to_reuse(compared, capsys):
+    args = compare_args(compared)
+    args[args.index("--epochs") + 1] = "5"
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert "was trained with" in err and "--trainer.max_epochs 2" in err
+
+
+def test_knn_is_exact_on_separable_toy_data():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    def sample(n):
+        y = torch.arange(n) % 3
+        return centres[y] + 0.5 * torch.randn(n, 2), y
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = sample(60), sample(15), sample(30)
+    r = knn(train_x, train_y, val_x, val_y, test_x, test_y, num_classes=3)
+    assert r["test_acc"] == 1.0 and r["val_acc"] == 1.0
+    assert (r["k"], r["metric"]) == (1, "euclidean")  # ties go to the simplest setting
+    assert r["n_train"] == 60 and r["flops"] == 2 * 60 * 2 and r["latency_ms_b1"] > 0
+    # 1-NN on its own training set is exact: every point is its own nearest neighbour.
+    assert knn(train_x, train_y, train_x, train_y, train_x, train_y, 3, ks=(1,))["test_acc"] == 1.0
+
+
+def test_vote_breaks_ties_towards_the_nearer_neighbour_and_majority_counts():
+    labels = torch.tensor([[2, 1, 1], [0, 1, 2]])  # nearest first
+    assert vote(labels, 3, 3).tolist() == [1, 0]  # a clear majority; a three-way tie goes to the nearest
+    assert vote(labels, 2, 3).tolist() == [2, 0]
+    m = majority(torch.tensor([0, 1, 1, 2]), torch.tensor([1, 1, 0, 2]))
+    assert m["label"] == 1 and m["test_acc"] == 0.5

@@ -1,0 +1,60 @@
+"""zoo/doctor.py: the environment report on this machine, and what it says when things are missing."""
+
+import struct
+
+import torch
+
+import train
+from conftest import require_data
+from zoo import doctor
+
+
+def test_report_on_this_machine(capsys):
+    data = require_data("mnist")
+    assert train.main(["doctor", "--data_dir", str(data)]) == 0  # wired into train.py as a subcommand
+    out = capsys.readouterr().out
+    for word in (torch.__version__, "lightning", "torchmetrics", "tensorboard", "wandb", "torchvision",
+                 "cpu", "forward/backward ok", "threads", "moons", "mnist", "60,000 train", "offline",
+                 "Ready to train"):
+        assert word in out, word
+
+
+def test_missing_data_directory_says_which_and_how_to_fix(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert doctor.main(["--data_dir", str(missing)]) == 0  # moons still trains: a warning, not a failure
+    out = capsys.readouterr().out
+    assert "warning data_dir: create it with `make data`" in out
+    for name in ("mnist", "fashion_mnist", "cifar10"):
+        assert f"warning {name}: {name} data not found" in out  # the datamodule's own message ...
+    assert "--data.download true" in out and "ZOO_DATA" in out  # ... with its fixes
+    assert doctor.main(["--data_dir", str(missing), "--require_data", "true"]) == 1
+    assert "Not ready" in capsys.readouterr().out
+
+
+def test_corrupted_dataset_fails(tmp_path, capsys):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(struct.pack(">IIII", 2051, 60_000, 28, 28) + bytes(100))  # cut short
+    assert doctor.main(["--data_dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL mnist:" in out and "truncated" in out and "fetch it again" in out
+
+
+def test_missing_required_package_fails_with_the_fix(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(doctor, "PACKAGES", [*doctor.PACKAGES, ("no_such_package_zoo", "no-such-package-zoo", None)])
+    assert doctor.main(["--data_dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL no_such_package_zoo:" in out and "pip install -e ." in out
+
+
+def test_wandb_mode_follows_train_py(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert doctor.wandb_mode()[0] == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert doctor.wandb_mode()[0] == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert doctor.wandb_mode()[0] == "offline"

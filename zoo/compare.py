@@ -1,0 +1,640 @@
+"""`train.py compare`: train zoo models on datasets over several seeds and tabulate accuracy against cost.
+
+    python train.py compare --models [linear,mlp,lenet5] --datasets [mnist] --seeds 3 --out results/mnist
+    python train.py compare --from_runs results/mnist        # rebuild the tables without training
+
+Every compatible (dataset, model) pair is trained once per seed by `train.py fit`, in-process, into a
+fixed run directory <runs_root>/<data>/<model>/seed<k>/. A run with metrics.json is reused and one with
+only last.ckpt (interrupted) is resumed, so the same command, run again, continues where it stopped.
+Each finished run's metrics.json and config.yaml are copied to <out>/runs/<data>/<model>/seed<k>/ (no
+checkpoints), and the tables are built from those copies alone: that is why `--from_runs` rebuilds
+them exactly. Costs measured here rather than in the runs (baselines, CPU latency) are kept in
+<out>/compare.json. Per dataset it writes <data>.md, <data>.csv, test error against parameters and
+against FLOPs (PNG), and for 2-feature data a decision-boundary plot per model.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+
+from datamodules import DATAMODULES, get_datamodule_class
+from zoo.baselines import knn_baseline, majority
+from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo.errors import ZooError
+from zoo.profile import format_count, profile
+from zoo.registry import MODELS, create_model
+
+BASELINES = ("majority", "knn")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# Published test accuracies (%) to hold our rows against: (accuracy, short source).
+# The only numbers in the tables that do not come from a run or a measurement.
+REFERENCES = {
+    ("mnist", "knn"): (97.0, "lecture: nearest neighbour, 3% error"),
+    ("mnist", "linear"): (92.0, "lecture: linear, 8% error"),
+    ("mnist", "mlp"): (98.0, "lecture: 2-layer net, 2% error"),
+    ("mnist", "lenet5"): (99.2, "lecture: LeNet-5, 0.8% error (distorted training images)"),
+    ("fashion_mnist", "mlp"): (87.0, "lecture: MLP 784-128-10, Adam 1e-3, batch 100, 4 epochs"),
+    ("cifar10", "resnet20"): (91.25, "He et al. 2015, Table 6"),
+    ("cifar10", "resnet32"): (92.49, "He et al. 2015, Table 6"),
+    ("cifar10", "resnet44"): (92.83, "He et al. 2015, Table 6"),
+    ("cifar10", "resnet56"): (93.03, "He et al. 2015, Table 6"),
+    ("moons", "mlp"): (95.0, "lecture: MLP(10,10), 0.95 test"),
+}
+
+
+def compare(
+    models: list[str] | None = None,
+    datasets: list[str] | None = None,
+    seeds: int | list[int] = 3,
+    seeds_for: dict[str, int | list[int]] | None = None,
+    epochs: int | None = None,
+    train_fraction: float | None = None,
+    train_args: str | None = None,
+    args_for: dict[str, str] | None = None,
+    out: str | None = None,
+    runs_root: str | None = None,
+    from_runs: str | None = None,
+    baselines: bool = True,
+    verbose: bool = False,
+    command: str = "",
+) -> int:
+    """Train models x datasets x seeds (or read finished runs) and write comparison tables and plots.
+
+    Args:
+        models: Zoo models to compare, e.g. [linear,mlp,lenet5]; knn and majority are the baselines and
+            are always included. With --from_runs: only these (default: every model found).
+        datasets: Datasets, e.g. [mnist,fashion_mnist]; each trains with its configs/<name>.yaml recipe.
+        seeds: Number of seeds (seeds 0..n-1) or a list of seeds, e.g. [0,1,2].
+        seeds_for: Seeds for particular models (the costly ones), e.g. '{resnet20: 1, mobilenetv2: [0]}'.
+        epochs: max_epochs of every run (default: the dataset config's max_epochs).
+        train_fraction: Train on this fraction of each training split (default: all of it).
+        train_args: More `train.py fit` options for every run, one string: --train_args="--model.lr 0.01".
+        args_for: More options for one model, or one dataset/model pair:
+            '{mlp: "--model.hidden [10,10]", mnist/lenet5: "--data.init_args.augment true"}'.
+        out: Where tables, plots, compare.json and the runs' metrics.json + config.yaml go
+            (default: results/compare; with --from_runs: that directory).
+        runs_root: Where the runs (with checkpoints) go (default: checkpoints/compare/<name of out>).
+        from_runs: Rebuild the tables from a compare output directory (or a runs root), no training.
+        baselines: Include the majority-class and k-NN baselines.
+        verbose: Show each run's progress bar and model summary.
+    """
+    start = time.perf_counter()
+    models = [m for m in models or [] if m not in BASELINES]
+    if from_runs:
+        source = Path(from_runs)
+        runs_dir = source / "runs" if (source / "runs").is_dir() else source
+        if not runs_dir.is_dir():
+            raise ZooError(f"--from_runs {source}: no such directory. Pass the --out directory of a compare "
+                           f"(it holds runs/<data>/<model>/seed<k>/) or a runs root.")
+        out_dir = Path(out) if out else source
+        meta = read_meta(source / "compare.json")
+        runs = discover(runs_dir, models, datasets or [])
+        if not runs:
+            raise ZooError(f"No finished runs (runs/<data>/<model>/seed<k>/metrics.json) under {source}.")
+        stats = dict(trained=0, resumed=0, reused=0)
+    else:
+        if not models or not datasets:
+            raise ZooError("compare needs --models and --datasets, e.g. --models [linear,mlp] --datasets [moons] "
+                           "(or --from_runs DIR to rebuild tables from finished runs).")
+        out_dir = Path(out or "results/compare")
+        root = Path(runs_root) if runs_root else Path("checkpoints/compare") / out_dir.resolve().name
+        if out_dir.resolve() in (root.resolve(), *root.resolve().parents):
+            raise ZooError(f"--runs_root {root} lies inside --out {out_dir}: checkpoints would land among the "
+                           f"results. Pass a runs root outside it (default: checkpoints/compare/<name>).")
+        meta = read_meta(out_dir / "compare.json")
+        jobs, skipped = plan(models, datasets, seeds, seeds_for or {}, epochs, train_fraction, train_args or "",
+                             args_for or {}, root)
+        meta["command"] = command
+        meta.setdefault("skipped", {}).update(skipped)
+        stats = run_jobs(jobs, out_dir / "runs", verbose)
+        if stats is None:
+            return 1
+        runs = {(d, m): [] for d in datasets for m in models if m not in skipped[d]}
+        for job in jobs:
+            runs[job.data, job.model].append(out_dir / "runs" / job.data / job.model / f"seed{job.seed}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for data in [d for d in DATAMODULES if any(key[0] == d for key in runs) or d in (datasets or [])]:
+        table = build_table(data, {m: paths for (d, m), paths in runs.items() if d == data}, meta, baselines)
+        write_outputs(table, out_dir, meta, stats, command, time.perf_counter() - start, from_runs is not None)
+    atomic_write_bytes(out_dir / "compare.json", json.dumps(meta, indent=1, sort_keys=True).encode())
+    return 0
+
+
+def main(args: list[str]) -> int:
+    """`train.py compare ...`: parse the options (jsonargparse, so --help lists them) and run."""
+    parser = ArgumentParser(prog="train.py compare", description="Train zoo models on datasets over seeds (reusing "
+                            "finished runs, resuming interrupted ones) and tabulate test accuracy against cost.")
+    parser.add_function_arguments(compare, skip={"command"})
+    cfg = parser.parse_args(args)
+    try:
+        command = shlex.join(["python", "train.py", "compare", *args]).replace("\n", " ")  # one Markdown line
+        return compare(**cfg.as_dict(), command=command)
+    except KeyboardInterrupt:
+        print("\ncompare interrupted: finished runs are kept; run the same command again to continue.")
+        return 130
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning and running the fits.
+
+@dataclass
+class Job:
+    data: str
+    model: str
+    seed: int
+    run: Path  # the fixed run directory
+    args: list[str]  # the fit options that define the run (no paths)
+    state: str  # "done" (metrics.json), "resume" (last.ckpt) or "new"
+
+
+def pair_problem(data: str, model: str) -> str | None:
+    """Why `model` cannot train on `data` (e.g. a conv net on 2 features), or None when it can."""
+    dm = get_datamodule_class(data)
+    try:
+        create_model(model, dm.input_shape, dm.num_classes)
+    except ZooError as e:
+        return str(e)
+    return None
+
+
+def seed_list(seeds: int | list[int]) -> list[int]:
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
+def plan(models: list[str], datasets: list[str], seeds: int | list[int], seeds_for: dict, epochs: int | None,
+         train_fraction: float | None, train_args: str, args_for: dict, root: Path) -> tuple[list[Job], dict]:
+    """Every run the command asks for, with its state on disk, and the pairs skipped with their reason."""
+    for name in models:
+        if name not in MODELS:
+            raise ZooError(f"Unknown model {name!r}. Available: {', '.join(sorted(MODELS))} (and the baselines "
+                           f"{', '.join(BASELINES)}, always included).")
+    for name in datasets:
+        get_datamodule_class(name)  # an unknown name raises, listing the known ones
+    for key in [*seeds_for, *args_for]:  # a typo would silently train with the defaults
+        data, _, model = key.rpartition("/")
+        if model not in MODELS or (data and data not in DATAMODULES):
+            raise ZooError(f"--seeds_for / --args_for key {key!r} is neither a model name "
+                           f"({', '.join(sorted(MODELS))}) nor a dataset/model pair such as mnist/lenet5.")
+    jobs, skipped = [], {}
+    for data in datasets:
+        skipped[data] = {}
+        for model in models:
+            problem = pair_problem(data, model)
+            if problem:
+                skipped[data][model] = problem
+                print(f"skip {model} on {data}: {problem}")
+                continue
+            args = ["--data", data, "--model.arch", model]
+            if epochs is not None:
+                args += ["--trainer.max_epochs", str(epochs)]
+            if train_fraction is not None:
+                args += ["--data.init_args.train_fraction", str(train_fraction)]
+            args += shlex.split(train_args) + shlex.split(args_for.get(model, ""))
+            args += shlex.split(args_for.get(f"{data}/{model}", ""))
+            for seed in seed_list(seeds_for.get(f"{data}/{model}", seeds_for.get(model, seeds))):
+                run = root / data / model / f"seed{seed}"
+                job = Job(data, model, seed, run, [*args, "--seed_everything", str(seed)], run_state(run))
+                check_same_args(job)
+                jobs.append(job)
+    return jobs, skipped
+
+
+def run_state(run: Path) -> str:
+    if (run / "metrics.json").is_file():
+        return "done"
+    return "resume" if (run / "last.ckpt").is_file() else "new"
+
+
+def check_same_args(job: Job) -> None:
+    """Refuse to reuse or resume a run that was started with other options (another budget, say)."""
+    saved = job.run / "compare-args.json"
+    if job.state != "new" and saved.is_file() and json.loads(saved.read_text()) != job.args:
+        raise ZooError(f"{job.run} was trained with `{shlex.join(json.loads(saved.read_text()))}`, but this command "
+                       f"asks for `{shlex.join(job.args)}`. Pass another --runs_root (and --out), or delete "
+                       f"{job.run} to retrain it.")
+
+
+def run_jobs(jobs: list[Job], copies: Path, verbose: bool) -> dict | None:
+    """Train what is missing, one run after the other, printing progress; None when a run failed."""
+    import train  # here, not at the top: train.py imports this module by name
+
+    todo = [j for j in jobs if j.state != "done"]
+    counts = {s: sum(j.state == s for j in jobs) for s in ("done", "resume", "new")}
+    print(f"compare: {len(jobs)} runs: {counts['done']} finished (reused), {counts['resume']} to resume, "
+          f"{counts['new']} to train.", flush=True)
+    start, durations = time.perf_counter(), []
+    for i, job in enumerate(jobs, 1):
+        label = f"[{i}/{len(jobs)}] {job.model} on {job.data}, seed {job.seed}"
+        if job.state == "done":
+            print(f"{label}: reused {job.run} (metrics.json present)", flush=True)
+        else:
+            left = len(todo) - len(durations)
+            eta = fmt_seconds(statistics.mean(durations) * left) if durations else "after the first run"
+            verb = "resuming from last.ckpt" if job.state == "resume" else "training"
+            print(f"{label}: {verb} -> {job.run} | elapsed {fmt_seconds(time.perf_counter() - start)} | "
+                  f"ETA {eta}", flush=True)
+            if job.state == "new" and job.run.exists():
+                shutil.rmtree(job.run)  # an earlier attempt that died before its first checkpoint
+            job.run.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(job.run / "compare-args.json", json.dumps(job.args).encode())
+            resume = ["--ckpt_path", str(job.run)] if job.state == "resume" else []
+            t = time.perf_counter()
+            try:
+                rc = train.main(["fit", *job.args, "--run_dir", str(job.run), "--quiet", str(not verbose).lower(),
+                                 *resume])
+            except KeyboardInterrupt:
+                rc = 130
+            if rc != 0 or not (job.run / "metrics.json").is_file():
+                print(f"\ncompare stopped: {label} did not finish (exit status {rc}). Finished runs are kept and "
+                      f"an interrupted one resumes from its last.ckpt: run the same command again to continue.",
+                      flush=True)
+                return None
+            durations.append(time.perf_counter() - t)
+        copy = copies / job.data / job.model / f"seed{job.seed}"
+        copy.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.json", "config.yaml"):
+            shutil.copyfile(job.run / name, copy / name)
+    return dict(trained=counts["new"], resumed=counts["resume"], reused=counts["done"])
+
+
+def discover(runs_dir: Path, models: list[str], datasets: list[str]) -> dict[tuple[str, str], list[Path]]:
+    """Finished runs under runs_dir/<data>/<model>/seed<k>/, optionally only these models and datasets."""
+    runs = {}
+    for metrics in sorted(runs_dir.glob("*/*/seed*/metrics.json"), key=lambda p: (p.parts[-4:-2], seed_of(p.parent))):
+        data, model = metrics.parts[-4], metrics.parts[-3]
+        if (not models or model in models) and (not datasets or data in datasets):
+            runs.setdefault((data, model), []).append(metrics.parent)
+    return runs
+
+
+def seed_of(run: Path) -> int:
+    return int(run.name.removeprefix("seed")) if run.name.removeprefix("seed").isdigit() else -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs measured here, not in the runs: baselines and CPU latency, cached in compare.json so that
+# `--from_runs` on another machine shows the numbers measured with the runs.
+
+def read_meta(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def machine() -> str:
+    """CPU model, cores, versions and date: where the latency and baseline numbers were measured."""
+    import lightning
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cpu}, {cores} cores, torch {torch.__version__}, lightning {lightning.__version__}, "
+            f"{time.strftime('%Y-%m-%d')}")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def data_config(data: str, config: dict | None) -> dict:
+    """The datamodule options of a run (its config.yaml), or of configs/<data>.yaml without runs.
+    The split seed is pinned (to the run's seed) so the k-NN validation split never drifts."""
+    if config is None:
+        path = CONFIGS / f"{data}.yaml"
+        config = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    options = dict((config.get("data") or {}).get("init_args") or {})
+    if options.get("split_seed") is None:
+        options["split_seed"] = config.get("seed_everything", 0)
+    # Options that do not change the data a baseline sees; left out so every model's runs agree.
+    return {k: v for k, v in options.items() if k not in ("augment", "batch_size", "eval_batch_size", "download")}
+
+
+def measure_baselines(data: str, options: dict, meta: dict) -> dict:
+    cache = meta.setdefault("baselines", {}).get(data)
+    if cache and cache["data_options"] == options:
+        return cache
+    print(f"{data}: measuring the baselines (majority class, k-NN with k and distance chosen on validation) ...",
+          flush=True)
+    dm = get_datamodule_class(data)(**options, batch_size=1)  # no loaders: batch_size 1 always fits
+    dm.setup("fit")
+    result = {"data_options": options, "majority": majority(dm.train_y, dm.test_y), "knn": knn_baseline(dm)}
+    meta["baselines"][data], meta["machine"] = result, machine()
+    return result
+
+
+def measure_profile(data: str, model_options: dict, meta: dict) -> dict:
+    from zoo.module import ZooModule
+
+    key = json.dumps([data, model_options], sort_keys=True)
+    if key not in meta.setdefault("profiles", {}):
+        dm = get_datamodule_class(data)
+        module = ZooModule(**{**model_options, "num_classes": dm.num_classes, "input_shape": list(dm.input_shape)})
+        meta["profiles"][key] = profile(module.model, dm.input_shape, latency=True)
+        meta["machine"] = machine()
+    return meta["profiles"][key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: one row per model, every number from the runs or the measurements above.
+
+def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselines: bool) -> dict:
+    """Rows (baselines first, then models by parameter count) and what the notes need."""
+    rows, runs_of = [], {}
+    for model, paths in runs.items():
+        if not paths:
+            continue
+        paths = sorted(paths, key=seed_of)
+        loaded = [(json.loads((p / "metrics.json").read_text()), yaml.safe_load((p / "config.yaml").read_text()))
+                  for p in paths]
+        runs_of[model] = loaded
+        rows.append(model_row(data, model, loaded, measure_profile(data, loaded[0][1]["model"], meta)))
+    rows.sort(key=lambda r: (r["params"], r["model"]))
+    base = None
+    if with_baselines:
+        first = runs_of[min(runs_of)][0][1] if runs_of else None  # any run will do: pick one the same way always
+        base = measure_baselines(data, data_config(data, first), meta)
+        rows = baseline_rows(data, base) + rows
+    by_name = {r["model"]: r for r in rows}
+    for r in rows:
+        for other in ("majority", "knn", "linear"):
+            ref = by_name.get(other)
+            r[f"delta_{other}_pp"] = None if ref is None or other == r["model"] else (r["acc"] - ref["acc"]) * 100
+        lin = by_name.get("linear")
+        spread = math.hypot(r["acc_std"], lin["acc_std"]) if lin else 0.0
+        r["flag"] = bool(lin and r["model"] not in ("linear", *BASELINES) and r["acc"] - lin["acc"] <= spread)
+        ref = REFERENCES.get((data, r["model"]))
+        r["reference"], r["reference_source"] = ref if ref else (None, "")
+        r["delta_reference_pp"] = r["acc"] * 100 - ref[0] if ref else None
+    return {"data": data, "rows": rows, "runs": runs_of, "baselines": base,
+            "skipped": meta.get("skipped", {}).get(data, {})}
+
+
+def model_row(data: str, model: str, runs: list[tuple[dict, dict]], cost: dict) -> dict:
+    accs = [m["test_acc"] for m, _ in runs]
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    devices = sorted({m["device"] + (f" x{m['devices']}" if m.get("devices", 1) > 1 else "") for m, _ in runs})
+    return {
+        "model": model, "dataset": data, "params": runs[0][0]["params"], "macs": runs[0][0]["macs"],
+        "flops": runs[0][0]["flops"], "latency_ms_b1": cost["latency_ms_b1"], "throughput": cost["throughput_b256"],
+        "epochs": statistics.mean(m["epochs"] for m, _ in runs),
+        "max_epochs": max(c["trainer"]["max_epochs"] for _, c in runs),
+        "fit_seconds": statistics.mean(m["fit_seconds"] for m, _ in runs), "device": ", ".join(devices),
+        "seeds": [m["seed"] for m, _ in runs], "acc": statistics.mean(accs), "acc_std": std,
+        "recipe": recipe_text(data, runs[0][1]),
+    }
+
+
+def baseline_rows(data: str, base: dict) -> list[dict]:
+    k = base["knn"]
+    common = dict(dataset=data, macs=None, epochs=None, max_epochs=None, fit_seconds=None, device="cpu",
+                  seeds=[], acc_std=0.0)
+    return [
+        dict(common, model="majority", params=0, flops=0, latency_ms_b1=None, throughput=None,
+             acc=base["majority"]["test_acc"], recipe=f"always class {base['majority']['label']}"),
+        dict(common, model="knn", params=0, macs=k["flops"] // 2, flops=k["flops"], latency_ms_b1=k["latency_ms_b1"],
+             throughput=k["throughput"], acc=k["test_acc"], recipe=f"k={k['k']}, {k['metric']} on {inputs(data)}"),
+    ]
+
+
+def inputs(data: str) -> str:
+    return "features" if len(get_datamodule_class(data).input_shape) == 1 else "pixels scaled to 0..1"
+
+
+def recipe_text(data: str, config: dict) -> str:
+    """How a model was trained, from its resolved config.yaml (recipe defaults filled in as ZooModule does)."""
+    from zoo.module import recipe
+
+    m, d = config["model"], config["data"].get("init_args") or {}
+    r = recipe(m["arch"])
+    opt, sched = m.get("optimizer") or r["optimizer"], m.get("scheduler") or r["scheduler"]
+    lr = r["lr"] if m.get("lr") is None else m["lr"]
+    wd = r["weight_decay"] if m.get("weight_decay") is None else m["weight_decay"]
+    parts = [f"{opt} lr {lr:g}"] + ([f"wd {wd:g}"] if wd else []) + ([sched] if sched != "none" else [])
+    parts.append(f"batch {d.get('batch_size')}")
+    if m.get("hidden"):
+        parts.append(f"hidden {m['hidden']}")
+    augment = d.get("augment")
+    if augment or (augment is None and get_datamodule_class(data).augment_default):
+        parts.append("augmented")
+    if d.get("train_fraction", 1.0) < 1:
+        parts.append(f"{d['train_fraction']:g} of train")
+    if config.get("patience"):
+        parts.append(f"patience {config['patience']}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: CSV (raw numbers), Markdown (formatted, with notes), plots.
+
+CSV_FIELDS = ["model", "dataset", "params", "macs", "flops", "latency_ms_b1", "throughput", "epochs", "max_epochs",
+              "fit_seconds", "device", "n_seeds", "seeds", "test_acc_mean", "test_acc_std", "test_error_mean",
+              "test_error_std", "delta_majority_pp", "delta_knn_pp", "delta_linear_pp", "not_above_linear",
+              "reference_acc", "reference_source", "delta_reference_pp", "recipe"]
+
+
+def csv_text(rows: list[dict]) -> str:
+    def num(x):
+        return "" if x is None else round(x, 6) if isinstance(x, float) else x
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for r in rows:
+        writer.writerow([num(v) for v in (
+            r["model"], r["dataset"], r["params"], r["macs"], r["flops"], r["latency_ms_b1"], r["throughput"],
+            r["epochs"], r["max_epochs"], r["fit_seconds"], r["device"], len(r["seeds"]),
+            " ".join(map(str, r["seeds"])), r["acc"], r["acc_std"], 1 - r["acc"], r["acc_std"],
+            r["delta_majority_pp"], r["delta_knn_pp"], r["delta_linear_pp"], r["flag"], r["reference"],
+            r["reference_source"], r["delta_reference_pp"], r["recipe"])])
+    return buffer.getvalue()
+
+
+def pct(mean: float, std: float, n: int) -> str:
+    return f"{mean * 100:.2f} ± {std * 100:.2f}" if n > 1 else f"{mean * 100:.2f}"
+
+
+def signed(x: float | None, flag: bool = False) -> str:
+    return "" if x is None else f"{round(x, 2) + 0.0:+.2f}" + (" ⚑" if flag else "")  # + 0.0: no "-0.00"
+
+
+def markdown_text(table: dict, meta: dict, tail: str) -> str:
+    data, rows = table["data"], table["rows"]
+    header = ["model", "params", "MACs", "FLOPs", "CPU ms (batch 1)", "CPU img/s (batch 256)", "epochs",
+              "train s", "device", "seeds", "test acc %", "test error %", "Δ majority", "Δ k-NN", "Δ linear",
+              "reference %", "Δ ref", "recipe"]
+    lines = [f"# {data}: test accuracy against model cost", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        n = len(r["seeds"])
+        cells = [
+            r["model"], format_count(r["params"]) if r["params"] else "—",
+            format_count(r["macs"]) if r["macs"] is not None else "—",
+            format_count(r["flops"]) if r["flops"] else "—",
+            f"{r['latency_ms_b1']:.3g}" if r["latency_ms_b1"] is not None else "~0",
+            format_count(round(r["throughput"])) if r["throughput"] else "—",
+            f"{r['epochs']:g}/{r['max_epochs']}" if r["epochs"] is not None else "—",
+            f"{r['fit_seconds']:.1f}" if r["fit_seconds"] is not None else "—", r["device"],
+            str(n) if n else "— (deterministic)", pct(r["acc"], r["acc_std"], n), pct(1 - r["acc"], r["acc_std"], n),
+            signed(r["delta_majority_pp"]), signed(r["delta_knn_pp"]), signed(r["delta_linear_pp"], r["flag"]),
+            f"{r['reference']:g} ({r['reference_source']})" if r["reference"] is not None else "",
+            signed(r["delta_reference_pp"]), r["recipe"],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *notes(table, meta), "", tail, ""]
+    return "\n".join(lines)
+
+
+def notes(table: dict, meta: dict) -> list[str]:
+    rows, base = table["rows"], table["baselines"]
+    out = [
+        "- **test acc / error**: mean ± sample standard deviation over the seeds (the *seeds* column; seed lists "
+        "in the CSV), each run tested once on the official test split with its best-validation checkpoint.",
+        "- **MACs**: multiply-adds per sample (what papers call FLOPs); **FLOPs** = 2 × MACs, counting matmuls and "
+        "convolutions only (torch's FlopCounterMode). k-NN: the distance matmul against every training input.",
+        "- **CPU ms (batch 1)**: median forward time of one input in eval mode; **img/s**: throughput at batch 256 "
+        "(k-NN: classifying the whole test split in chunks of 256). **train s**: mean wall time of a fit "
+        "(for a resumed run, its last part only); **epochs**: mean epochs trained / max_epochs.",
+        "- **Δ**: test-accuracy difference in percentage points. ⚑: does not beat linear by more than the spread "
+        "over seeds, sqrt(std² + std_linear²).",
+    ]
+    if base:
+        k, maj = base["knn"], base["majority"]
+        val = f"{k['val_acc'] * 100:.2f}% there" if k["val_acc"] is not None else "no validation split: 1-NN"
+        out.append(f"- **Baselines** (deterministic, one run): majority always predicts class {maj['label']}, the most "
+                   f"frequent training label. k-NN: k={k['k']}, {k['metric']} distance on {inputs(table['data'])}, "
+                   f"chosen among k in 1,3,5,7,9 × euclidean/cosine on {k['n_val']:,} validation inputs ({val}); it "
+                   f"stores {k['n_train']:,} training inputs ({format_count(k['stored_values'])} values).")
+    if any(r["reference"] is not None for r in rows):
+        out.append("- **References**: lecture = the course lecture this project grew from (MNIST, Fashion-MNIST and "
+                   "two-moons rows); He et al. 2015 = 'Deep Residual Learning for Image Recognition', Table 6 "
+                   "(CIFAR-10, 64k iterations at batch 128, crop + flip augmentation). A reference may use another "
+                   "architecture size or budget than our row: compare with its recipe in mind.")
+    for model, reason in table["skipped"].items():
+        out.append(f"- **Skipped {model}**: {reason}")
+    metrics = [m for runs in table["runs"].values() for m, _ in runs]
+    if metrics:
+        versions = sorted({f"torch {m['versions']['torch']}, lightning {m['versions']['lightning']}" for m in metrics})
+        total = sum(m["fit_seconds"] for m in metrics)
+        out.append(f"- **Training**: {len(metrics)} runs on {', '.join(sorted({m['device'] for m in metrics}))} "
+                   f"({'; '.join(versions)}), {fmt_seconds(total)} of fitting in all.")
+    if meta.get("machine"):
+        out.append(f"- **Latency and baselines measured on**: {meta['machine']}.")
+    if meta.get("command"):
+        out.append(f"- **Command**: `{meta['command']}`")
+    return out
+
+
+def write_outputs(table: dict, out: Path, meta: dict, stats: dict, command: str, seconds: float,
+                  rebuilt: bool) -> None:
+    data = table["data"]
+    what = "rebuilt from the run directories (no training)" if rebuilt else (
+        f"{stats['trained']} runs trained, {stats['resumed']} resumed, {stats['reused']} reused")
+    tail = f"Written {time.strftime('%Y-%m-%d %H:%M')} by `{command}` in {fmt_seconds(seconds)}: {what}."
+    markdown = markdown_text(table, meta, tail)
+    atomic_write_bytes(out / f"{data}.md", markdown.encode())
+    atomic_write_bytes(out / f"{data}.csv", csv_text(table["rows"]).encode())
+    for axis in ("params", "flops"):
+        plot_error(table, axis, out / f"{data}_error_vs_{axis}.png")
+    if tuple(get_datamodule_class(data).input_shape) == (2,):  # a plane we can draw
+        for model, runs in table["runs"].items():
+            metrics, config = runs[0]
+            if Path(metrics["best_ckpt"]).is_file():  # the checkpoints stay out of results/: plot while they exist
+                plot_boundary(Path(metrics["best_ckpt"]), data, config, out / f"{data}_boundary_{model}.png")
+    print("\n" + markdown + f"\nwrote {out / data}.md, .csv and plots", flush=True)
+
+
+def plot_error(table: dict, axis: str, path: Path) -> None:
+    """Test error (log) against parameters or FLOPs: a point per model with its seed spread, the
+    Pareto front (no other model is both cheaper and better), the baselines as horizontal lines."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    models = [r for r in table["rows"] if r["model"] not in BASELINES]
+    n_test = (table["baselines"] or {}).get("majority", {}).get("n_test", 10_000)
+    floor = 50 / n_test  # half an error, in %: a perfect score still shows on a log axis
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.subplots()
+    for r in models:
+        err = max((1 - r["acc"]) * 100, floor)
+        ax.errorbar(r[axis], err, yerr=r["acc_std"] * 100, fmt="o", capsize=3)
+        ax.annotate(r["model"], (r[axis], err), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    front, best = [], math.inf
+    for r in sorted(models, key=lambda r: (r[axis], 1 - r["acc"])):
+        if 1 - r["acc"] < best:
+            best = 1 - r["acc"]
+            front.append((r[axis], max(best * 100, floor)))
+    if len(front) > 1:
+        ax.plot(*zip(*front), "k--", lw=1, drawstyle="steps-post", label="Pareto front")
+    for r, style in zip([r for r in table["rows"] if r["model"] in BASELINES], (":", "-.")):
+        ax.axhline(max((1 - r["acc"]) * 100, floor), color="gray", ls=style, lw=1,
+                   label=f"{r['model']}: {(1 - r['acc']) * 100:.2f}%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 2, 5, 10 rather than 2x10^0
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
+    ax.set_xlabel("parameters" if axis == "params" else "FLOPs per sample (2 per multiply-add)")
+    ax.set_ylabel("test error (%)")
+    n = sorted({len(r["seeds"]) for r in models})
+    ax.set_title(f"{table['data']}: test error vs {axis} (mean ± std, seeds per model: {'/'.join(map(str, n))})",
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_boundary(ckpt_path: Path, data: str, config: dict, path: Path) -> None:
+    """Decision boundary of a 2-feature classifier: P(class 1) on a grid, training and test points."""
+    from matplotlib.figure import Figure
+
+    from zoo.module import ZooModule
+
+    ckpt = load_checkpoint(ckpt_path)
+    module = ZooModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    dm = get_datamodule_class(data)(**data_config(data, config), batch_size=1)
+    dm.setup("fit")
+    points = torch.cat([dm.train_x, dm.test_x])
+    lo, hi = points.min(0).values - 0.5, points.max(0).values + 0.5
+    xs, ys = torch.linspace(lo[0], hi[0], 200), torch.linspace(lo[1], hi[1], 200)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)  # (200*200, 2)
+    with torch.no_grad():
+        prob = module(dm.normalize(grid)).softmax(1)[:, 1].reshape(200, 200)
+        test_acc = (module(dm.normalize(dm.test_x)).argmax(1) == dm.test_y).float().mean().item()
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    filled = ax.contourf(xs, ys, prob, levels=torch.linspace(0, 1, 21), cmap="RdBu", alpha=0.7)
+    ax.contour(xs, ys, prob, levels=[0.5], colors="k", linewidths=1)
+    fig.colorbar(filled, ax=ax, label="P(class 1)")
+    ax.scatter(dm.train_x[:, 0], dm.train_x[:, 1], c=dm.train_y, cmap="RdBu", edgecolors="k", s=18, label="train")
+    ax.scatter(dm.test_x[:, 0], dm.test_x[:, 1], c=dm.test_y, cmap="RdBu", edgecolors="k", marker="^", s=28,
+               label="test")
+    ax.set_title(f"{ckpt['hyper_parameters']['arch']} on {data} (best checkpoint, seed {config['seed_everything']}): "
+                 f"test acc {test_acc:.3f}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,0 +1,159 @@
+"""`train.py export`: a checkpoint's network as a TorchScript or ONNX file, checked against the checkpoint.
+
+    python train.py export --checkpoint checkpoints/mnist/lenet5/<run> --format torchscript --out lenet5.pt
+    python train.py export --checkpoint checkpoints/mnist/lenet5/<run> --format onnx --out lenet5.onnx
+
+The bare network (ZooModule.model) is exported in eval mode with a dynamic batch dimension. It
+takes float32 (B, *input_shape) inputs that are already normalised as in training: pixels / 255,
+then (x - mean) / std per channel, and returns logits (B, num_classes). Those statistics, the class
+names and the input shape are stored in the file (TorchScript: extra file 'zoo.json'; ONNX:
+metadata_props['zoo']) and printed. After writing, the file is loaded back and run on a batch of
+random real-shaped inputs; its outputs must match the checkpoint's within 1e-4. ONNX needs the
+optional packages onnx and onnxscript, and onnxruntime for the check: pip install -e .[export].
+"""
+
+import importlib.util
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentParser
+
+from datamodules.tensor import TensorDataModule
+from zoo.errors import ZooError
+from zoo.pretrained import MANIFEST, class_names, datamodule_state, load_trained, model_from_checkpoint
+
+FORMATS = ("torchscript", "onnx")
+TOLERANCE = 1e-4
+EXPORT_BATCH, CHECK_BATCH = 4, 7  # checked on another batch size than exported: the batch axis is dynamic
+
+
+def metadata(ckpt: dict) -> dict:
+    """What a user of the exported file needs to feed it: shape, normalisation, class names."""
+    state = datamodule_state(ckpt)
+    shape = list(ckpt["hyper_parameters"]["input_shape"])
+    return {
+        "model": ckpt["hyper_parameters"]["arch"], "data": ckpt.get("data_name"),
+        "input_shape": shape, "mean": state.get("mean"), "std": state.get("std"),
+        "class_names": class_names(ckpt),
+        "input": "float32 (B, C, H, W): pixels / 255, then (x - mean) / std per channel" if len(shape) == 3
+        else "float32 (B, features), as in training (not normalised)",
+        "output": "logits (B, num_classes); softmax gives probabilities",
+    }
+
+
+def sample_inputs(ckpt: dict, batch: int, seed: int = 0) -> torch.Tensor:
+    """Random inputs the model could really see: uint8 images normalised with the checkpoint's
+    statistics, or standard-normal features."""
+    g = torch.Generator().manual_seed(seed)
+    shape = ckpt["hyper_parameters"]["input_shape"]
+    if len(shape) != 3:
+        return torch.randn(batch, *shape, generator=g)
+    normalizer = TensorDataModule()
+    normalizer.load_state_dict(datamodule_state(ckpt))
+    if normalizer.mean is None:
+        normalizer.mean, normalizer.std = torch.zeros(shape[0]), torch.ones(shape[0])
+    return normalizer.normalize(torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=g))
+
+
+def export_torchscript(net: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
+    with warnings.catch_warnings():
+        # torch.jit is deprecated in favour of torch.export, but TorchScript is still what LibTorch
+        # (C++), older runtimes and mobile load; the issue asks for it.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(net, example)
+        torch.jit.save(traced, str(out), _extra_files={"zoo.json": json.dumps(meta)})
+
+
+def run_torchscript(out: Path, x: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(out))(x)
+
+
+def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ZooError(f"ONNX export needs the optional package(s) {', '.join(missing)}. Fix: pip install -e .[export] "
+                       f"(or pip install onnx onnxscript onnxruntime), or export --format torchscript.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(net, (example,), input_names=["input"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    program.model.metadata_props["zoo"] = json.dumps(meta)
+    program.save(str(out), external_data=False)  # one self-contained file (fine below 2 GB)
+
+
+def run_onnx(out: Path, x: torch.Tensor) -> torch.Tensor | None:
+    """The ONNX file's outputs computed by onnxruntime, or None when it is not installed."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+@torch.inference_mode()
+def reference(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
+    """Write the checkpoint's network to `out` in `fmt`, load it back and compare its outputs with
+    the checkpoint's on a random batch. Returns the check: {'max_abs_diff': float or None, ...}."""
+    if fmt not in FORMATS:
+        raise ZooError(f"Unknown export format {fmt!r}. Choose one of: {', '.join(FORMATS)} (--format).")
+    out = Path(out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise ZooError(f"Cannot write {out}: give a file path in an existing folder, e.g. --out model.{'pt' if fmt == 'torchscript' else 'onnx'}.")
+    model = model_from_checkpoint(ckpt)
+    net = model.model.eval()  # the bare network: no Lightning, no metrics
+    meta = metadata(ckpt)
+    (export_torchscript if fmt == "torchscript" else export_onnx)(net, sample_inputs(ckpt, EXPORT_BATCH), out, meta)
+    x = sample_inputs(ckpt, CHECK_BATCH, seed=1)
+    expected = reference(model, x)
+    got = run_torchscript(out, x) if fmt == "torchscript" else run_onnx(out, x)
+    diff = None if got is None else (got.float() - expected).abs().max().item()
+    if diff is not None and (got.shape != expected.shape or not diff < TOLERANCE):
+        raise ZooError(f"The exported {out} does not reproduce the checkpoint: max abs difference {diff:.3g} "
+                       f"on a batch of {CHECK_BATCH} (tolerance {TOLERANCE}). Do not use it; please report this "
+                       f"with the model name ({meta['model']}) and your torch version ({torch.__version__}).")
+    return {"out": str(out), "format": fmt, "max_abs_diff": diff, "batch": CHECK_BATCH, "metadata": meta}
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=str | None, default=None,
+                        help="A .ckpt or weights file, or a run directory (its best.ckpt).")
+    parser.add_argument("--pretrained", type=str | None, default=None, help="Export the shipped weights for this dataset.")
+    parser.add_argument("--model", type=str | None, default=None, help="With --pretrained: which model.")
+    parser.add_argument("--format", type=str, default="torchscript", help="torchscript or onnx.")
+    parser.add_argument("--out", type=str, required=True, help="The file to write (e.g. model.pt, model.onnx).")
+    parser.add_argument("--manifest", type=str, default=str(MANIFEST), help="The pretrained weights' manifest.")
+    cfg = parser.parse_args(args)
+    try:
+        ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)
+        r = export(ckpt, cfg.format.lower(), cfg.out)
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = r["metadata"]
+    print(f"exported {m['model']} on {m['data']} ({source}) to {r['out']} ({r['format']})")
+    print(f"  input  {m['input']}; shape (B, {', '.join(map(str, m['input_shape']))})")
+    if m["mean"] is not None and len(m["input_shape"]) == 3:
+        print(f"         mean {[round(v, 4) for v in m['mean']]}, std {[round(v, 4) for v in m['std']]}")
+    print(f"  output logits (B, {len(m['class_names'])}), classes {', '.join(m['class_names'])}")
+    if r["max_abs_diff"] is None:
+        print("  check  skipped: onnxruntime is not installed, so the ONNX file was not run. It is optional: "
+              "pip install -e .[export] (or pip install onnxruntime) to verify exports.")
+    else:
+        print(f"  check  OK: on a random batch of {r['batch']}, outputs match the checkpoint "
+              f"(max abs diff {r['max_abs_diff']:.2e} < {TOLERANCE:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

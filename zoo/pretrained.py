@@ -1,0 +1,187 @@
+"""Trained models as files: shipped weights by name, and what a checkpoint needs to be used.
+
+A weights file is a checkpoint cut down to what inference needs: the model's hyperparameters,
+its state_dict (float16 where that keeps the accuracy), the dataset's name, options and
+normalisation (mean/std, class names). It keeps the checkpoint's keys, so evaluate.py, `predict`
+and `export` take it like any best.ckpt. results/weights/manifest.json lists the shipped files:
+
+    [{"model": "lenet5", "dataset": "mnist", "file": "lenet5_mnist.pt", "test_acc": 0.9912,
+      "sha256": "...", "dtype": "float16", "bytes": 124000, "command": "python train.py fit ..."}]
+
+    model = load_pretrained("lenet5", "mnist")     # sha256 checked, weights_only, float32, eval mode
+    save_pretrained("checkpoints/mnist/lenet5/<run>/best.ckpt", "results/weights",
+                    command="python train.py fit --data mnist --model.arch lenet5", half=True)
+"""
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo.errors import ZooError
+from zoo.module import ZooModule
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "results" / "weights"
+MANIFEST = WEIGHTS_DIR / "manifest.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Any checkpoint or weights file: the network, and how its inputs must look.
+
+def model_from_checkpoint(ckpt: dict) -> ZooModule:
+    """The ZooModule a checkpoint holds, in float32 and eval mode (no dataset needed)."""
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    model = ZooModule(**hp)
+    model.load_state_dict(ckpt["state_dict"])  # copies float16 weights into the float32 parameters
+    return model.eval()
+
+
+def datamodule_state(ckpt: dict) -> dict:
+    """The datamodule's saved state (mean, std; class_names for image folders), or {}.
+    Lightning files it under the datamodule class's __qualname__ (e.g. 'MNISTDataModule')."""
+    from datamodules import DATAMODULES
+
+    cls = DATAMODULES.get(ckpt.get("data_name"))
+    if cls is not None and isinstance(ckpt.get(cls.__qualname__), dict):
+        return ckpt[cls.__qualname__]
+    for key, value in ckpt.items():  # a datamodule outside the registry: its state has a mean
+        if key.endswith("DataModule") and isinstance(value, dict) and "mean" in value:
+            return value
+    return {}
+
+
+def class_names(ckpt: dict) -> list[str]:
+    """The names of the model's output classes: saved in the checkpoint (image folders), else the
+    registered dataset's, else "0", "1", ..."""
+    from datamodules import DATAMODULES
+
+    k = ckpt["hyper_parameters"]["num_classes"]
+    names = datamodule_state(ckpt).get("class_names") or getattr(DATAMODULES.get(ckpt.get("data_name")), "class_names", None)
+    return list(names) if names and len(names) == k else [str(i) for i in range(k)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped weights: the manifest, the sha256 check, loading by name.
+
+def read_manifest(manifest: str | os.PathLike = MANIFEST) -> list[dict]:
+    path = Path(manifest)
+    if not path.is_file():
+        raise ZooError(f"No pretrained weights: the manifest {path} does not exist. Train the model instead "
+                       f"(python train.py fit --data DATASET --model.arch MODEL) and use its checkpoint.")
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ZooError(f"The weights manifest {path} cannot be read ({e}). Restore it: git checkout -- {path}") from None
+    return entries
+
+
+def find_entry(model: str | None, dataset: str, manifest: str | os.PathLike = MANIFEST) -> dict:
+    """The manifest entry for (model, dataset); model may be None when the dataset has only one."""
+    entries = read_manifest(manifest)
+    matches = [e for e in entries if e["dataset"] == dataset and model in (None, e["model"])]
+    if len(matches) == 1:
+        return matches[0]
+    available = ", ".join(f"{e['model']} on {e['dataset']}" for e in entries) or "none"
+    if not matches:
+        raise ZooError(f"No pretrained {model or 'model'} for {dataset}. Available weights: {available}. "
+                       f"Fix: pick one of these, or train it and pass its checkpoint.")
+    raise ZooError(f"Several pretrained models for {dataset}: {', '.join(e['model'] for e in matches)}. "
+                   f"Fix: say which with --model NAME.")
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pretrained_path(model: str | None, dataset: str, manifest: str | os.PathLike = MANIFEST) -> Path:
+    """The verified weights file of (model, dataset): it exists and its sha256 is the manifest's."""
+    entry = find_entry(model, dataset, manifest)
+    path = Path(manifest).parent / entry["file"]
+    fix = f"Fix: restore it with `git checkout -- {path}` (or regenerate it: {entry.get('command', 'see the manifest')})."
+    if not path.is_file():
+        raise ZooError(f"The weights file of {entry['model']} on {dataset} is missing: {path}. {fix}")
+    digest = sha256(path)
+    if digest != entry["sha256"]:
+        raise ZooError(f"The weights file {path} is corrupted or was replaced: its sha256 is {digest[:16]}..., "
+                       f"the manifest says {entry['sha256'][:16]}.... {fix}")
+    return path
+
+
+def load_pretrained_checkpoint(model: str | None, dataset: str, manifest: str | os.PathLike = MANIFEST) -> dict:
+    """The shipped weights file of (model, dataset) as a checkpoint dict, weights in float32."""
+    path = pretrained_path(model, dataset, manifest)
+    ckpt = load_checkpoint(path)  # weights_only=True
+    ckpt["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    return ckpt
+
+
+def load_pretrained(model: str, dataset: str, manifest: str | os.PathLike = MANIFEST) -> ZooModule:
+    """A shipped model by name, ready for inference: e.g. load_pretrained("lenet5", "mnist")."""
+    return model_from_checkpoint(load_pretrained_checkpoint(model, dataset, manifest))
+
+
+def load_trained(checkpoint: str | None, pretrained: str | None, model: str | None = None,
+                 manifest: str | os.PathLike = MANIFEST) -> tuple[dict, str]:
+    """The checkpoint a command was pointed at (--checkpoint PATH or run dir, or --pretrained
+    DATASET [--model NAME]) and a name for it to print."""
+    if (checkpoint is None) == (pretrained is None):
+        raise ZooError("Say which model to use: --checkpoint PATH (a .ckpt file, a weights file or a run "
+                       "directory) or --pretrained DATASET [--model NAME], not both.")
+    if pretrained is not None:
+        ckpt = load_pretrained_checkpoint(model, pretrained, manifest)
+        return ckpt, f"pretrained {ckpt['hyper_parameters']['arch']} on {pretrained}"
+    from evaluate import resolve  # a run directory means its best.ckpt
+
+    path = resolve(checkpoint)
+    return load_checkpoint(path), str(path)
+
+
+def save_pretrained(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, command: str, half: bool = False,
+                    manifest: str | os.PathLike | None = None, data_dir: str | None = None) -> dict:
+    """Write the weights file of a checkpoint into out_dir, measure its test accuracy with
+    evaluate.py (on CPU, from the file itself, so the manifest's number is what users reproduce)
+    and add or replace its entry in the manifest (default out_dir/manifest.json). Returns the entry."""
+    import evaluate  # the same code path users run to check the number
+
+    ckpt = load_checkpoint(ckpt_path)
+    arch, data = ckpt["hyper_parameters"]["arch"], ckpt.get("data_name")
+    if not data:
+        raise ZooError(f"{ckpt_path} does not say which dataset it was trained on; retrain it with train.py.")
+    cast = (lambda t: t.half() if t.dtype == torch.float32 else t) if half else (lambda t: t)
+    weights = {
+        "hyper_parameters": ckpt["hyper_parameters"],
+        "state_dict": {k: cast(v).clone() for k, v in ckpt["state_dict"].items()},  # clone: no shared storage
+        "data_name": data,
+        # data_dir is a path on the training machine: evaluate takes --data_dir instead
+        "datamodule_hyper_parameters": {k: v for k, v in ckpt.get("datamodule_hyper_parameters", {}).items()
+                                        if k != "data_dir"},
+    }
+    for key, value in ckpt.items():  # the datamodule's state (mean/std), under its class's name
+        if key.endswith("DataModule") and isinstance(value, dict):
+            weights[key] = value
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{arch}_{data}.pt"
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    result = evaluate.evaluate(str(path), data_dir=data_dir, device="cpu")
+    manifest = Path(manifest) if manifest is not None else out_dir / "manifest.json"
+    entry = {
+        "model": arch, "dataset": data, "file": os.path.relpath(path, manifest.parent),
+        "test_acc": result["test_acc"], "sha256": sha256(path), "dtype": "float16" if half else "float32",
+        "bytes": path.stat().st_size, "command": command,
+    }
+    entries = read_manifest(manifest) if manifest.is_file() else []
+    entries = [e for e in entries if (e["model"], e["dataset"]) != (arch, data)] + [entry]
+    entries.sort(key=lambda e: (e["dataset"], e["model"]))
+    atomic_write_bytes(manifest, (json.dumps(entries, indent=2) + "\n").encode())
+    return entry
