@@ -146,6 +146,9 @@ def check_data(data_dir: str | None, require: bool) -> list[Row]:
     else:
         rows.append(Row("data", "data_dir", "ok", f"{root.resolve()} ({where})"))
     for name, cls in DATAMODULES.items():
+        if not cls.num_classes:  # its classes come from a folder the user names (image_folder)
+            rows.append(Row("data", name, "info", "your own images: checked when you train on their folder"))
+            continue
         dm = cls(data_dir=str(root))
         files = dm.files()
         if not files:

@@ -107,6 +107,8 @@ class ZooModule(L.LightningModule):
         self.test_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point() and x.dtype != self.dtype:  # bf16-true / 16-true weights
+            x = x.to(self.dtype)
         if self.hparams.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
