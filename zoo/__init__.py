@@ -13,4 +13,18 @@ from zoo.registry import MODELS, create_model, list_models, register_model
 __all__ = ["MODELS", "ZooError", "create_model", "list_models", "profile", "register_model"]
 from zoo.module import ZooModule  # noqa: E402 (after the registry it uses)
 
-__all__ += ["ZooModule"]
+
+def create(name: str, input_shape=None, num_classes: int | None = None, pretrained: str | None = None, **options):
+    """The one door into the zoo: a new `name` network for this input shape and class count, or,
+    with pretrained=DATASET, the shipped network trained on that dataset (`create("lenet5",
+    pretrained="mnist")`; weights checked by sha256 and loaded with weights_only=True)."""
+    if pretrained:
+        from zoo.pretrained import load_pretrained
+
+        return load_pretrained(name, pretrained).model.eval()
+    if input_shape is None or num_classes is None:
+        raise ZooError("create(name) needs input_shape and num_classes for a new model (or pretrained=DATASET).")
+    return create_model(name, input_shape, num_classes, **options)
+
+
+__all__ += ["ZooModule", "create"]

@@ -59,6 +59,7 @@ class ZooModule(L.LightningModule):
         scheduler: str | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        pretrained: str | None = None,
     ) -> None:
         """
         Args:
@@ -75,6 +76,8 @@ class ZooModule(L.LightningModule):
             scheduler: none, cosine, onecycle or step (x0.1 at 50% and 75% of training); default from the recipe.
             label_smoothing: Label smoothing of the cross-entropy loss.
             channels_last: Train conv models in channels_last memory format (faster on some hardware).
+            pretrained: Start from the shipped weights of this model trained on this dataset (e.g.
+                mnist; see results/weights/manifest.json), to evaluate or fine-tune them.
         """
         super().__init__()
         # Fill the recipe's defaults in before saving, so the checkpoint records what was used
@@ -97,6 +100,8 @@ class ZooModule(L.LightningModule):
         input_shape = [int(s) for s in input_shape]  # plain list: the checkpoint must hold no tuples of tensors
         self.save_hyperparameters()
         self.model = create_model(arch, input_shape, num_classes, hidden=hidden, dropout=dropout, width=width)
+        if pretrained:
+            self._load_pretrained(pretrained)
         if channels_last and len(input_shape) == 3:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -105,6 +110,18 @@ class ZooModule(L.LightningModule):
         top5 = num_classes > 5  # top-5 says nothing with 5 classes or fewer
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
         self.test_top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
+
+    def _load_pretrained(self, dataset: str) -> None:
+        from zoo.pretrained import load_pretrained_checkpoint  # (it imports this module)
+
+        ckpt = load_pretrained_checkpoint(self.hparams.arch, dataset)  # sha256-checked, weights_only
+        hp = ckpt["hyper_parameters"]
+        if (hp["num_classes"], list(hp["input_shape"])) != (self.hparams.num_classes, self.hparams.input_shape):
+            raise ZooError(f"The pretrained {self.hparams.arch} for {dataset} takes input {hp['input_shape']} with "
+                           f"{hp['num_classes']} classes; this data has {self.hparams.input_shape} and "
+                           f"{self.hparams.num_classes}. Train on {dataset} or drop --model.pretrained.")
+        weights = {k[len("model."):]: v.float() for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        self.model.load_state_dict(weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point() and x.dtype != self.dtype:  # bf16-true / 16-true weights
