@@ -184,3 +184,44 @@ def test_overfits_one_batch_of_random_labels(name):
         F.cross_entropy(logits, y).backward()
         optimizer.step()
     pytest.fail(f"{name} did not reach 100% training accuracy on one batch in 200 Adam steps")
+
+
+# The recipe's first two checks on real data: every model starts near ln(C) on a real, normalised
+# batch and memorises 32 real examples (MNIST for 1x28x28, CIFAR-10 for 3x32x32).
+@pytest.fixture(scope="module")
+def real_batches() -> dict:
+    from conftest import require_data
+    from datamodules import create_datamodule
+
+    batches = {}
+    for name in ("mnist", "cifar10"):
+        require_data(name)
+        dm = create_datamodule(name, augment=False)
+        dm.setup("fit")
+        x, y = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+        batches[tuple(dm.input_shape)] = (x[:32], y[:32])
+    return batches
+
+
+REAL_CASES = [pytest.param(n, s, marks=pytest.mark.slow) if n in SLOW_TO_OVERFIT else (n, s)
+              for n in list_models() for s in [(1, 28, 28), (3, 32, 32)]]
+
+
+@pytest.mark.parametrize("name, shape", REAL_CASES)
+def test_real_batch_initial_loss_and_overfit(name, shape, real_batches):
+    torch.manual_seed(0)
+    x, y = real_batches[shape]
+    model = create_model(name, shape, num_classes=10)
+    with torch.no_grad():
+        model.train()  # BatchNorm on batch statistics, as in the first training step
+        loss = F.cross_entropy(model(x), y).item()
+    assert abs(loss - math.log(10)) < 0.15 * math.log(10), f"{name}: initial loss {loss:.3f} vs ln 10"
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(300):
+        logits = model(x)
+        if (logits.argmax(1) == y).all():
+            return
+        optimizer.zero_grad()
+        F.cross_entropy(logits, y).backward()
+        optimizer.step()
+    pytest.fail(f"{name} did not reach 100% training accuracy on 32 real examples in 300 Adam steps")
