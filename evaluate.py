@@ -114,29 +114,12 @@ def report(r: dict) -> str:
 
 
 def plot_confusion(r: dict, path: Path) -> None:
-    """Row-normalised confusion matrix with class names, as a PNG."""
-    import matplotlib
+    """Row-normalised confusion matrix with class names, as a PNG (the figure fit logs too)."""
+    from zoo.insight import confusion_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = torch.tensor(r["confusion_matrix"], dtype=torch.float64)
-    frac = cm / cm.sum(1, keepdim=True).clamp(min=1)
-    k = len(r["class_names"])
-    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * k, 1.2 + 0.5 * k))
-    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), r["class_names"], rotation=45, ha="right")
-    ax.set_yticks(range(k), r["class_names"])
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if frac[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{r['model']} on {r['data']}: test acc {r['test_acc']:.4f}")
-    fig.tight_layout()
+    fig = confusion_figure(torch.tensor(r["confusion_matrix"]), r["class_names"],
+                           f"{r['model']} on {r['data']}: test acc {r['test_acc']:.4f}")
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(args: list[str] | None = None) -> int:

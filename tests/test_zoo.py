@@ -28,6 +28,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def memorise(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> int | None:
+    """Adam steps until the training-mode forward classifies the whole batch right (None: never)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        logits = model(x)
+        if (logits.argmax(1) == y).all():
+            return step
+        optimizer.zero_grad()
+        F.cross_entropy(logits, y).backward()
+        optimizer.step()
+    return None
+
+
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -175,15 +188,8 @@ def test_overfits_one_batch_of_random_labels(name):
     torch.manual_seed(0)
     model = create_model(name, (1, 28, 28), num_classes=10)
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(200):
-        logits = model(x)
-        if (logits.argmax(1) == y).all():
-            return
-        optimizer.zero_grad()
-        F.cross_entropy(logits, y).backward()
-        optimizer.step()
-    pytest.fail(f"{name} did not reach 100% training accuracy on one batch in 200 Adam steps")
+    if memorise(model, x, y, steps=200) is None:
+        pytest.fail(f"{name} did not reach 100% training accuracy on one batch in 200 Adam steps")
 
 
 # The recipe's first two checks on real data: every model starts near ln(C) on a real, normalised
@@ -216,12 +222,5 @@ def test_real_batch_initial_loss_and_overfit(name, shape, real_batches):
         model.train()  # BatchNorm on batch statistics, as in the first training step
         loss = F.cross_entropy(model(x), y).item()
     assert abs(loss - math.log(10)) < 0.15 * math.log(10), f"{name}: initial loss {loss:.3f} vs ln 10"
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(300):
-        logits = model(x)
-        if (logits.argmax(1) == y).all():
-            return
-        optimizer.zero_grad()
-        F.cross_entropy(logits, y).backward()
-        optimizer.step()
-    pytest.fail(f"{name} did not reach 100% training accuracy on 32 real examples in 300 Adam steps")
+    if memorise(model, x, y, steps=300) is None:
+        pytest.fail(f"{name} did not reach 100% training accuracy on 32 real examples in 300 Adam steps")
