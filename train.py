@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent
 # per epoch only, write config.yaml into the run directory before the first checkpoint, and don't
 # want an advert for a cloud logger in every run.
 for message in (".*args parameter is intended to run from within Python.*", ".*smaller than the logging interval.*",
-                ".*exists and is not empty.*", ".*LeafSpec.*is deprecated.*", ".*does not have many workers.*"):
+                ".*exists and is not empty.*", ".*LeafSpec.*is deprecated.*", ".*does not have many workers.*",
+                ".*callbacks used to create the checkpoint need to be provided.*", ".*The dirpath has changed.*"):
     warnings.filterwarnings("ignore", message=message)
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 CONFIGS = ROOT / "configs"
@@ -204,7 +205,7 @@ class ZooCLI(LightningCLI):
         # (weights_only) and refuse a checkpoint of another model or dataset with a clear message.
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
-        self.run_dir = None
+        self.run_dir, self.ckpt_hparams = None, None
         spec = cfg.get("ckpt_path") if sub else None
         if not spec:
             return
@@ -212,7 +213,9 @@ class ZooCLI(LightningCLI):
         if os.environ.get("ZOO_RUN_DIR") and spec == "last":  # a DDP child: same run as rank 0
             spec = os.environ["ZOO_RUN_DIR"]
         path = find_resume(spec, Path(cfg.runs_root), data, arch) if sub == "fit" else Path(spec)
-        check_matches(load_checkpoint(path), path, data, cfg.model)
+        ckpt = load_checkpoint(path)
+        check_matches(ckpt, path, data, cfg.model)
+        self.ckpt_hparams = ckpt["hyper_parameters"]
         cfg.ckpt_path = str(path)
         if sub == "fit":
             self.run_dir = path.parent  # continue the same run: same directory, TensorBoard and W&B id
@@ -239,7 +242,8 @@ class ZooCLI(LightningCLI):
         kwargs.update(enable_progress_bar=not cfg.quiet, enable_model_summary=not cfg.quiet)
         if self.subcommand != "fit":
             self.save_config_callback = None  # validate/test read a config; they write nothing
-            return super().instantiate_trainer(callbacks=callbacks, logger=False, **kwargs)
+            return super().instantiate_trainer(callbacks=callbacks, logger=False, plugins=[AtomicCheckpointIO()],
+                                               **kwargs)
         mode = "min" if "loss" in cfg.monitor else "max"
         self.checkpoint = ModelCheckpoint(dirpath=self.run_dir, filename="best", monitor=cfg.monitor, mode=mode,
                                           enable_version_counter=False)
@@ -260,7 +264,18 @@ class ZooCLI(LightningCLI):
         return super().instantiate_trainer(callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
                                            **kwargs)
 
+    def check_checkpoint_fits(self) -> None:
+        """The data's shape and classes must be the checkpoint's, or loading fails deep in torch."""
+        hp, mine = self.ckpt_hparams, self.model.hparams
+        if hp and (hp["num_classes"], list(hp["input_shape"])) != (mine.num_classes, list(mine.input_shape)):
+            raise ZooError(f"The checkpoint's {hp['arch']} takes input {list(hp['input_shape'])} with "
+                           f"{hp['num_classes']} classes, but {self.data_name} gives {list(mine.input_shape)} with "
+                           f"{mine.num_classes}. Use the data it was trained on (its run's config.yaml).")
+
+    before_validate = before_test = check_checkpoint_fits
+
     def before_fit(self) -> None:
+        self.check_checkpoint_fits()
         stats = profile(self.model.model, self.model.hparams.input_shape)
         self.stats = stats
         if self.trainer.is_global_zero:
