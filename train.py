@@ -357,10 +357,11 @@ def device_name(trainer: Trainer) -> str:
 def data_name(data_cfg) -> str:
     """The registry name (mnist, ...) of the datamodule a config selects."""
     class_path = data_cfg.class_path if hasattr(data_cfg, "class_path") else data_cfg["class_path"]
+    class_name = class_path.rsplit(".", 1)[-1]  # jsonargparse may shorten the module path
     for name, cls in DATAMODULES.items():
-        if class_path in (f"{cls.__module__}.{cls.__name__}", cls.__name__):
+        if cls.__name__ == class_name:
             return name
-    return class_path.rsplit(".", 1)[-1]
+    return class_name
 
 
 def expand_data_shorthand(args: list[str]) -> list[str]:

@@ -102,6 +102,7 @@ class ZooModule(L.LightningModule):
         self.model = create_model(arch, input_shape, num_classes, hidden=hidden, dropout=dropout, width=width)
         if pretrained:
             self._load_pretrained(pretrained)
+        self.example_input_array = torch.zeros(1, *input_shape)  # Lightning's summary: sizes and FLOPs
         if channels_last and len(input_shape) == 3:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

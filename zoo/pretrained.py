@@ -185,3 +185,57 @@ def save_pretrained(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, co
     entries.sort(key=lambda e: (e["dataset"], e["model"]))
     atomic_write_bytes(manifest, (json.dumps(entries, indent=2) + "\n").encode())
     return entry
+
+
+def build_from_results(results: str | os.PathLike = "results", out_dir: str | os.PathLike = WEIGHTS_DIR,
+                       budget_bytes: int = 30_000_000) -> list[dict]:
+    """Ship the best checkpoint of every row of the committed comparison tables: per (dataset,
+    model), the seed with the best validation score (never chosen by test accuracy), as float16
+    when that keeps the test accuracy within 0.1 point of the run's, else float32. Rows whose
+    checkpoints are gone (a clean clone has only metrics.json) are skipped, and so are files that
+    would take the set past `budget_bytes`; both are printed."""
+    best: dict[tuple[str, str], tuple[float, dict, Path]] = {}
+    for path in sorted(Path(results).glob("*/runs/*/*/seed*/metrics.json")):
+        m = json.loads(path.read_text())
+        if m.get("best_score") is None:
+            continue
+        score = -m["best_score"] if "loss" in m.get("monitor", "") else m["best_score"]
+        key = (m["data"], m["model"])
+        if key not in best or score > best[key][0]:
+            best[key] = (score, m, path.parent)
+    entries, used = [], 0
+    for (data, model), (_, m, run) in sorted(best.items(), key=lambda kv: kv[1][1]["params"]):
+        ckpt = Path(m["best_ckpt"])
+        if not ckpt.is_file():
+            print(f"skip {model} on {data}: its checkpoint {ckpt} is not here (train it with the table's command)")
+            continue
+        command = f"python train.py fit --config {run / 'config.yaml'}"
+        entry = save_pretrained(ckpt, out_dir, command, half=True)
+        if abs(entry["test_acc"] - m["test_acc"]) > 0.001:  # half precision costs accuracy: keep float32
+            entry = save_pretrained(ckpt, out_dir, command, half=False)
+        if used + entry["bytes"] > budget_bytes:
+            print(f"skip {model} on {data}: {entry['bytes']:,} bytes would pass the {budget_bytes:,}-byte budget")
+            remove_entry(model, data, out_dir)
+            continue
+        used += entry["bytes"]
+        entries.append(entry)
+        print(f"{model} on {data}: {entry['dtype']}, {entry['bytes']:,} bytes, test acc {entry['test_acc']:.4f} "
+              f"(run: {m['test_acc']:.4f})")
+    return entries
+
+
+def remove_entry(model: str, dataset: str, out_dir: str | os.PathLike = WEIGHTS_DIR) -> None:
+    """Take a weights file and its manifest entry out again."""
+    manifest = Path(out_dir) / "manifest.json"
+    entries = read_manifest(manifest)
+    for e in entries:
+        if (e["model"], e["dataset"]) == (model, dataset):
+            (manifest.parent / e["file"]).unlink(missing_ok=True)
+    kept = [e for e in entries if (e["model"], e["dataset"]) != (model, dataset)]
+    atomic_write_bytes(manifest, (json.dumps(kept, indent=2) + "\n").encode())
+
+
+if __name__ == "__main__":  # python -m zoo.pretrained [RESULTS_DIR [OUT_DIR]]
+    import sys
+
+    build_from_results(*sys.argv[1:3])
