@@ -201,3 +201,8 @@ def test_two_node_torchrun_on_loopback(tmp_path):
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     check_distributed_run(run)
+
+
+def test_defaults_need_no_options(tmp_path):
+    run = fit(tmp_path, "--trainer.max_epochs", "1")  # no --data, no --model: MLP on two-moons
+    assert (run.parent.name, run.parent.parent.name) == ("mlp", "moons")
