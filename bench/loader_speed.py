@@ -11,7 +11,6 @@ images, produce normalised float batches and touch every batch (a sum), so the w
 """
 import os
 import platform
-import statistics
 import sys
 import time
 from datetime import date
@@ -29,6 +28,9 @@ from datamodules import create_datamodule  # noqa: E402
 
 BATCH_SIZE = 128
 QUICK_BATCHES = 50
+# One intra-op thread on both sides (DataLoader workers use one each anyway): batch-sized ops gain
+# little from more, and on a busy machine spin-waiting OpenMP threads make them up to 100x slower.
+torch.set_num_threads(1)
 
 
 class OfflineCIFAR10(torchvision.datasets.CIFAR10):
@@ -58,17 +60,19 @@ def torchvision_dataset(name: str, root: str, mean: list[float], std: list[float
 
 
 def bench(name: str, quick: bool) -> dict[str, float]:
+    """Best-of-N seconds per pass for ours and for torchvision with 0 and 2 workers. The minimum,
+    not the mean: on a shared machine other processes only ever make a pass slower."""
     data_dir = os.environ.get("ZOO_DATA", str(REPO / "data"))
-    dm = create_datamodule(name, data_dir=data_dir, batch_size=BATCH_SIZE)  # default augmentation: CIFAR-10 crop+flip only
+    dm = create_datamodule(name, data_dir=data_dir, batch_size=BATCH_SIZE)  # default augmentation: CIFAR-10 crop+flip
     dm.setup("fit")
     loader = dm.train_dataloader()
     limit = QUICK_BATCHES if quick else None
-    ours = statistics.median(seconds_per_pass(loader, dm.normalize, limit, len(loader)) for _ in range(1 if quick else 5))
-    dataset = Subset(torchvision_dataset(name, str(dm.data_dir), dm.mean.tolist(), dm.std.tolist()), dm.train_indices.tolist())
-    row = {"ours": ours}
+    row = {"ours": min(seconds_per_pass(loader, dm.normalize, limit, len(loader)) for _ in range(1 if quick else 5))}
+    dataset = Subset(torchvision_dataset(name, data_dir, dm.mean.tolist(), dm.std.tolist()), dm.train_indices.tolist())
     for workers in (0, 2):
         tv = DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers)
-        row[f"w{workers}"] = seconds_per_pass(tv, lambda x: x, limit, len(tv))  # one pass, worker start-up included
+        # each pass starts its workers afresh, as every epoch does by default
+        row[f"w{workers}"] = min(seconds_per_pass(tv, lambda x: x, limit, len(tv)) for _ in range(1 if quick else 2))
     return row
 
 
@@ -78,7 +82,7 @@ def machine() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} (threads: {torch.get_num_threads()}), "
             f"torchvision {torchvision.__version__}, Python {platform.python_version()}")
 
 
@@ -91,20 +95,24 @@ def main(quick: bool) -> None:
         rows.append(f"| {name} | {r['ours']:.3f} | {r['w0']:.2f} | {r['w2']:.2f} | {min(r['w0'], r['w2']) / r['ours']:.0f}x |")
         print(rows[-1], flush=True)
     command = "python bench/loader_speed.py" + (" --quick" if quick else "")
+    load_after = os.getloadavg()[0]
+    busy = max(load_before, load_after) > 0.5 * (os.cpu_count() or 1)
     report = "\n".join([
         "# Loader speed: seconds per pass over the training split (no model)",
         "",
         *rows,
         "",
         f"Batch size {BATCH_SIZE}, shuffled, normalised float batches; CIFAR-10 with random crop (pad 4) + flip, "
-        "MNIST/Fashion-MNIST without augmentation (the defaults). Ours: median of 5 passes of `TensorLoader` + "
-        "`normalize` on CPU. torchvision: one pass of `DataLoader` over the same training split with per-sample "
-        "transforms, `num_workers` 0 or 2 (worker start-up included, as each epoch pays it by default). "
+        "MNIST/Fashion-MNIST without augmentation (the defaults). One torch thread per process. "
+        "Ours: `TensorLoader` + `normalize` on CPU, "
+        "best of 5 passes. torchvision: `DataLoader` over the same training split with per-sample transforms, "
+        "`num_workers` 0 or 2, best of 2 passes (worker start-up included, as each epoch pays it by default). "
         "Speed-up: the faster torchvision column divided by ours."
         + (f" Quick run: {QUICK_BATCHES} batches per loader, extrapolated to a pass." if quick else ""),
         "",
-        f"Machine: {machine()}. 1-min load average before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f}. "
-        f"Date: {date.today()}.",
+        f"Machine: {machine()}. 1-min load average before/after: {load_before:.2f}/{load_after:.2f}"
+        + (" (other work shared the CPUs: absolute times are inflated, the speed-ups less so)" if busy else "")
+        + f". Date: {date.today()}.",
         "",
         f"Command: `{command}`",
         "",
