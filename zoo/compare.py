@@ -487,7 +487,7 @@ def markdown_text(table: dict, meta: dict, tail: str) -> str:
             format_count(r["flops"]) if r["flops"] else "—",
             f"{r['latency_ms_b1']:.3g}" if r["latency_ms_b1"] is not None else "~0",
             format_count(round(r["throughput"])) if r["throughput"] else "—",
-            f"{r['epochs']:g}/{r['max_epochs']}" if r["epochs"] is not None else "—",
+            f"{r['epochs']:.3g}/{r['max_epochs']}" if r["epochs"] is not None else "—",
             f"{r['fit_seconds']:.1f}" if r["fit_seconds"] is not None else "—", r["device"],
             str(n) if n else "— (deterministic)", pct(r["acc"], r["acc_std"], n), pct(1 - r["acc"], r["acc_std"], n),
             signed(r["delta_majority_pp"]), signed(r["delta_knn_pp"]), signed(r["delta_linear_pp"], r["flag"]),
