@@ -36,8 +36,9 @@ def test_evaluate_reproduces_the_manifest_exactly(entry):
 def test_cli_pretrained_option_tests_the_shipped_weights(entry, capsys):
     if entry["dataset"] != "moons":
         require_data(entry["dataset"])
-    rc = train.main(["test", "--data", entry["dataset"], "--model.arch", entry["model"],
-                     "--model.pretrained", entry["dataset"], "--quiet", "true"])
+    # The run's own config: same seed, so the same training split and normalisation statistics.
+    config = entry["command"].split("--config ")[1]
+    rc = train.main(["test", "--config", config, "--model.pretrained", entry["dataset"], "--quiet", "true"])
     assert rc == 0
     assert f"{entry['test_acc']}"[:6] in capsys.readouterr().out
 
