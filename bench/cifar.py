@@ -1,0 +1,109 @@
+"""Benchmark 4: CIFAR-10 ResNet-20 training images/s, ours against the textbook setup.
+
+A fixed number of steps of batch 128 after a few warm-up steps, data loading included; SGD with
+Nesterov momentum (lr 0.1, weight decay 5e-4), the recipe of both. Textbook: torchvision's CIFAR10
+Dataset (the offline copy, `_check_integrity` skipped) with RandomCrop(32, 4) + RandomHorizontalFlip
++ ToTensor + Normalize per sample, a shuffling DataLoader with num_workers 0 or 2, NCHW fp32.
+Ours: `train.py fit --data cifar10 --model.arch resnet20` in this process (in-memory uint8
+TensorLoader, crop + flip on whole batches, normalisation after the transfer), timed by a callback
+from the first step after warm-up to the end of the last, with the candidate fast options:
+`--model.channels_last true` and `--trainer.precision bf16-mixed`.
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import tmpdir, Section, body, callback, data_dir, load, med, run_cli, spread
+
+WARMUP, STEPS, BATCH = 3, 15, 128
+OURS = {  # label -> extra train.py arguments
+    "ours, fp32 NCHW (today's default)": [],
+    "ours, channels_last": ["--model.channels_last", "true"],
+    "ours, bf16-mixed": ["--trainer.precision", "bf16-mixed"],
+    "ours, channels_last + bf16-mixed": ["--model.channels_last", "true", "--trainer.precision", "bf16-mixed"],
+}
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # the usual published CIFAR-10 statistics
+
+
+def textbook_dataset():
+    import torchvision
+    import torchvision.transforms as T
+
+    class OfflineCIFAR10(torchvision.datasets.CIFAR10):
+        def _check_integrity(self) -> bool:  # the offline copy is rebuilt, so its md5 differs (data README)
+            return True
+
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    return OfflineCIFAR10(data_dir(), train=True, download=False, transform=transform)
+
+
+def textbook(dataset, workers: int, warmup: int, steps: int, batch: int) -> float:
+    """Images/s of the textbook loop over `steps` steps after `warmup`."""
+    from torch.utils.data import DataLoader
+
+    from zoo.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", (3, 32, 32), 10).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
+    it = iter(loader)
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        x, y = next(it)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - start
+    del it  # stops the workers
+    return steps * batch / seconds
+
+
+def ours(extra: list[str], warmup: int, steps: int, batch: int) -> float:
+    """Images/s of train.py fit over `steps` steps after `warmup`: one epoch of exactly warmup+steps
+    batches (train_fraction), one validation and one test batch."""
+    n = (warmup + steps) * batch
+    fraction = (n + 0.25) / 45_000  # rounds to exactly n training images
+    args = ["fit", "--data", "cifar10", "--model.arch", "resnet20", "--data.batch_size", str(batch),
+            "--data.train_fraction", f"{fraction:.10f}", "--trainer.max_epochs", "1", "--patience", "0",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--quiet", "true",
+            "--trainer.callbacks+=bench.clocks.StepClock", f"--trainer.callbacks.init_args.warmup={warmup}", *extra]
+    with tmpdir() as tmp:
+        cli = run_cli(args, tmp)
+    clock = callback(cli.trainer, "StepClock")
+    assert clock.steps == steps, (clock.steps, steps)
+    return steps * batch / clock.seconds
+
+
+def run(quick: bool) -> Section:
+    warmup, steps, batch, repeats = (1, 2, 16, 1) if quick else (WARMUP, STEPS, BATCH, 3)
+    dataset = textbook_dataset()
+    results: dict[str, list[float]] = {}
+    loads: dict[str, list[float]] = {}
+    for _ in range(repeats):  # rounds over all configurations, so load changes hit them alike
+        for workers in (0, 2):
+            label = f"textbook, DataLoader num_workers={workers}, NCHW fp32"
+            results.setdefault(label, []).append(textbook(dataset, workers, warmup, steps, batch))
+            loads.setdefault(label, []).append(load())
+        for label, extra in OURS.items():
+            if quick and "+" not in label and "today" not in label:
+                continue  # the smoke test: the default and the combined options exercise the code
+            results.setdefault(label, []).append(ours(extra, warmup, steps, batch))
+            loads.setdefault(label, []).append(load())
+    best_textbook = max(med(v) for k, v in results.items() if k.startswith("textbook"))
+    s = Section("4. CIFAR-10 ResNet-20 training images/s")
+    s.text(body(__doc__))
+    s.table(["setup", "images/s", "vs best textbook", "load avg"],
+            [[k, spread(v, 0), f"{med(v) / best_textbook:.2f}x", spread(loads[k], 1)] for k, v in results.items()])
+    s.text(f"{steps} steps of batch {batch} after {warmup} warm-up steps; median (min-max) of {repeats} rounds. "
+           "bf16 on the CPU uses its AMX/AVX-512-BF16 units where present (see the CPU flags above).")
+    default = med(results["ours, fp32 NCHW (today's default)"])
+    best_label = max((k for k in OURS if k in results), key=lambda k: med(results[k]))
+    s.goal("4. ResNet-20 images/s vs the best textbook setup, ours today (fp32 NCHW)",
+           f"{default / best_textbook:.2f}x", ">= 2x", default / best_textbook >= 2)
+    s.goal(f"4. ... ours with the fastest options ({best_label.removeprefix('ours, ')})",
+           f"{med(results[best_label]) / best_textbook:.2f}x", ">= 2x", med(results[best_label]) / best_textbook >= 2)
+    return s

@@ -1,0 +1,86 @@
+"""The benchmark suite's smoke test: `bench/run.py --quick` runs every benchmark for a few steps and
+writes a well-formed report. Nothing is timed here: benchmarks are commands (`python bench/run.py`),
+not tests."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, require_data
+
+sys.path.insert(0, str(REPO))  # bench/ is a folder of scripts, not an installed package
+
+# Two halves at once: the suite's smoke is mostly process start-ups and data loading, and the
+# machine has two cores.
+HALVES = ("textbook,scaling,peak", "overhead,cifar,memory,options")
+SECTIONS = {"textbook": "1.", "overhead": "2.", "peak": "3.", "cifar": "4.", "scaling": "5.", "memory": "6.", "options": "7."}
+
+
+def tables(markdown: str) -> list[list[str]]:
+    """The markdown tables of a report, each as its lines."""
+    found, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            found.append(current)
+            current = []
+    return found
+
+
+def cells(line: str) -> int:
+    return len(re.split(r"(?<!\\)\|", line.strip())) - 2
+
+
+def check_report(text: str, names: list[str]) -> None:
+    assert text.startswith("# Benchmarks (QUICK SMOKE RUN")
+    for needed in ("Command: `python bench/run.py --quick", "- CPU:", "- CPU flags:", "avx512_bf16", "load average",
+                   "## Goals (issue 7)"):
+        assert needed in text
+    assert "FAILED" not in text
+    headings = re.findall(r"^## (.*)$", text, re.M)
+    for name in names:
+        assert any(h.startswith(SECTIONS[name]) for h in headings), (name, headings)
+    found = tables(text)
+    assert len(found) >= 2 * len(names)
+    for t in found:
+        assert len(t) >= 3, t  # header, separator, at least one row
+        assert re.fullmatch(r"\|(-{3,}:?\|)+", t[1]), t[1]
+        assert {cells(line) for line in t} == {cells(t[0])}, t
+        assert not any(re.search(r"\|\s*(nan|inf)\b", line) for line in t[2:]), t
+
+
+def test_quick_suite_runs_every_benchmark_and_writes_a_well_formed_report(tmp_path):
+    for dataset in ("mnist", "fashion_mnist", "cifar10"):
+        require_data(dataset)
+    procs = [subprocess.Popen([sys.executable, "bench/run.py", "--quick", "--only", only, "--out", str(tmp_path / f"{i}.md")],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, only in enumerate(HALVES)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+    for i, only in enumerate(HALVES):
+        check_report((tmp_path / f"{i}.md").read_text(), only.split(","))
+
+
+def test_every_benchmark_is_in_the_smoke_test():
+    from bench.run import BENCHMARKS
+
+    assert sorted(",".join(HALVES).split(",")) == sorted(BENCHMARKS) == sorted(SECTIONS)
+
+
+def test_unknown_benchmark_name_is_refused_with_the_list(capsys):
+    from bench.run import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--only", "textbok"])
+    assert "textbook" in capsys.readouterr().err
+
+
+def test_table_is_markdown_with_numbers_right_aligned():
+    from bench.common import table
+
+    t = table(["a", "b"], [["x|y", 1.5]])
+    assert t.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1.5 |"]
+    assert cells(t.splitlines()[2]) == 2
