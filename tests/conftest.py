@@ -14,6 +14,19 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_moons_run(tmp_path_factory) -> Path:
+    """A 3-epoch MLP-on-two-moons run (real best.ckpt and metrics.json), shared by the tests that
+    only need some trained checkpoint."""
+    import train
+
+    root = tmp_path_factory.mktemp("tiny_moons")
+    assert train.main(["fit", "--runs_root", str(root), "--quiet", "true", "--data", "moons",
+                       "--trainer.max_epochs", "3"]) == 0
+    (run,) = root.glob("moons/mlp/*")
+    return run
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     return data_root()
 

@@ -19,12 +19,8 @@ STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 
 
 @pytest.fixture(scope="module")
-def moons_ckpt(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runs")
-    assert train.main(["fit", "--runs_root", str(root), "--quiet", "true", "--data", "moons",
-                       "--trainer.max_epochs", "3"]) == 0
-    (ckpt,) = root.glob("moons/mlp/*/best.ckpt")
-    return ckpt
+def moons_ckpt(tiny_moons_run) -> Path:
+    return tiny_moons_run / "best.ckpt"
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,8 @@ MNIST_STATS = {"mean": [0.1307], "std": [0.3081]}
 
 
 @pytest.fixture(scope="module")
-def moons_run(tmp_path_factory) -> Path:
-    """A tiny two-moons run (3 epochs): real best.ckpt and metrics.json."""
-    root = tmp_path_factory.mktemp("runs")
-    assert train.main(["fit", "--runs_root", str(root), "--quiet", "true", "--data", "moons",
-                       "--trainer.max_epochs", "3"]) == 0
-    (run,) = root.glob("moons/mlp/*")
-    return run
+def moons_run(tiny_moons_run) -> Path:
+    return tiny_moons_run
 
 
 @pytest.fixture(scope="module")
