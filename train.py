@@ -173,10 +173,10 @@ def _read(path: Path) -> str:
 
 def check_writable(run_dir: Path) -> None:
     """Fail before training, not after an hour, when the run directory cannot be written."""
-    probe = run_dir / ".write-test"
+    probe = run_dir / f".write-test-{os.getpid()}"  # per process: several nodes may share the directory
     try:
         atomic_write_bytes(probe, b"ok")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         raise ZooError(f"Cannot write to the run directory {run_dir} ({e.strerror or e}). Checkpoints and logs "
                        f"go there: free some space, fix its permissions, or choose another place with "
