@@ -62,6 +62,13 @@ class BareLoop:
                             shuffle=train, seed=42, epoch_fn=lambda: epoch, pad=dm.pad if train and dm.augment else 0,
                             flip=dm.flip and dm.augment and train, drop_last_small=train)
 
+    def batches(self, batch_size: int | None = None):
+        """Training batches without end, epoch after epoch (for a fixed number of steps)."""
+        epoch = 0
+        while True:
+            yield from self.loader("train", epoch, batch_size)
+            epoch += 1
+
     def inputs(self, x: Tensor) -> Tensor:
         x = self.dm.normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x

@@ -19,7 +19,7 @@ STEPS = {"mlp": 100, "lenet5": 40, "resnet20": 6}
 
 def step_times(loop: BareLoop, steps: int, warmup: int = 2) -> float:
     """Seconds per training step over `steps` steps of the data path, after `warmup`."""
-    it = iter(loop.loader())
+    it = loop.batches()
     for _ in range(warmup):
         loop.step(*next(it))
     start = time.perf_counter()

@@ -175,6 +175,11 @@ def cprofile_top(arch: str, epochs: int, quick: bool, k: int = 14) -> tuple[list
     return top, groups, prof.epochs
 
 
+def _action(name: str) -> str:
+    """SimpleProfiler's action name, with a callback's state dict shortened to its monitor."""
+    return re.sub(r"\{'monitor': ([^,]+),[^}]*\}", r"(monitor=\1)", name)
+
+
 def _origin(file: str) -> str:
     if file.startswith("~") or file.startswith("<"):
         return "C functions (torch ops, builtins)"
@@ -273,7 +278,7 @@ def run(quick: bool) -> Section:
            "time per epoch, during fit. Nested: run_training_batch contains optimizer_step, which contains "
            "training_step and backward.")
     s.table(["action", "calls per epoch", "us per call (median)", "s per epoch"],
-            [[a[:110], f"{n:.0f}", f"{m * 1e6:.0f}", f"{t:.3f}"] for t, a, n, m in per_epoch[:16]])
+            [[_action(a), f"{n:.0f}", f"{m * 1e6:.0f}", f"{t:.3f}"] for t, a, n, m in per_epoch[:16]])
 
     top, groups, n = cprofile_top("mlp", epochs, quick)
     total = sum(groups.values())

@@ -8,11 +8,12 @@ resident batch ("step") and through the data path (TensorLoader + normalisation,
 The profiler counts only matmuls and convolutions, so everything else a step does (activations,
 the loss, the optimizer, data) is time without FLOPs: exactly the distance we want to see.
 """
+import os
 import time
 
 import torch
 
-from bench.common import body, Section, load, med, spread, timeit
+from bench.common import Section, body, load, med, num_threads, spread, timeit
 from bench.loops import BareLoop, setup_data
 from zoo.profile import profile
 
@@ -43,7 +44,7 @@ def train_rate(dm, arch: str, batch: int, fused: bool, steps: int, repeats: int)
     resident, loader = [], []
     for _ in range(repeats):
         resident.append(med(timeit(lambda: loop.step(x, y), steps, warmup=2)))
-        it = iter(loop.loader("train", batch_size=batch))
+        it = loop.batches(batch)
         for _ in range(2):
             loop.step(*next(it))
         start = time.perf_counter()
@@ -79,8 +80,13 @@ def run(quick: bool) -> Section:
     peak32 = mm_gflops(n, torch.float32, 2 if quick else 7)
     peak16 = mm_gflops(n, torch.bfloat16, 2 if quick else 7)
     peak = med(peak32)
-    s.text(f"torch.mm {n}x{n}, {torch.get_num_threads()} threads: fp32 **{spread(peak32, 0)} GFLOP/s**, bf16 "
-           f"{spread(peak16, 0)} GFLOP/s (median (min-max) of {len(peak32)}; load {load():.2f}).")
+    s.text(f"torch.mm {n}x{n}, {torch.get_num_threads()} thread(s), as everything below: fp32 **{spread(peak32, 0)} "
+           f"GFLOP/s**, bf16 {spread(peak16, 0)} GFLOP/s (median (min-max) of {len(peak32)}; load {load():.2f}).")
+    cores = os.cpu_count() or 1
+    if cores != torch.get_num_threads():
+        with num_threads(cores):
+            s.text(f"For reference, with {cores} threads: fp32 {spread(mm_gflops(n, torch.float32, 2 if quick else 7), 0)} "
+                   f"GFLOP/s (load {load():.2f}).")
     data = {}
     rows = []
     ratios = {}

@@ -3,6 +3,7 @@
     python bench/run.py                              # all of them, ~25 min on 2 cores; writes results/bench.md
     python bench/run.py --only textbook,overhead     # some of them (names below)
     python bench/run.py --quick --out /tmp/bench.md  # a smoke test of every benchmark (seconds per benchmark)
+    python bench/run.py --threads 1                  # one torch thread everywhere: stable on a shared machine
 
 Benchmarks: textbook (1), overhead (2), peak (3), cifar (4), scaling (5), memory (6), options (7).
 A quick run writes no file unless --out is given. A benchmark that fails is reported in the file
@@ -17,6 +18,8 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import torch  # noqa: E402
 
 from bench.common import REPO, Section, load, machine, now_utc, table  # noqa: E402
 
@@ -36,6 +39,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few steps of every benchmark: checks they run, measures nothing")
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     p.add_argument("--out", default=None, help="report path (default results/bench.md; none for --quick)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads for every measurement, this process and its subprocesses (OMP_NUM_THREADS); "
+                        "default: torch's own choice. 1 keeps timings stable on a machine other jobs share")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -47,6 +53,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # subprocesses, and DDP workers, inherit it
+        torch.set_num_threads(args.threads)
     command = "python bench/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     started, load_before, date = time.perf_counter(), load(), now_utc()
     sections, failed = [], []
@@ -85,6 +94,9 @@ def render(sections: list[Section], args, command: str, date: str, load_before: 
         f"- 1-minute load average: {load_before:.2f} at the start, {load():.2f} at the end "
         f"(on {os.cpu_count()} cores; other processes slow every number below, both sides of each comparison alike).",
         "",
+        *([f"Every process measured with {args.threads} torch thread(s) (`--threads {args.threads}`: "
+           "OMP_NUM_THREADS for subprocesses and DDP workers too); the thread-count table in section 7 compares "
+           "1 and 2.", ""] if args.threads else []),
         "Every comparison is between numbers taken in this one run, alternating the sides where it can; a cell "
         "`a (b-c)` is the median a with the minimum b and maximum c of the repeats.",
         "",

@@ -7,7 +7,7 @@ dropped); validation stays 5,000 images, so only the training part should scale.
 tensors); their forward MACs grow as 41M : 69M : 125M. Processes: the MNIST MLP with
 `--trainer.strategy ddp --trainer.devices 2 --trainer.accelerator cpu` against one process, both
 as fresh `train.py` processes with the per-process batch of 128 (so DDP takes half the steps per
-epoch); Lightning gives each DDP process cpu_count/2 threads.
+epoch); Lightning gives each DDP process cpu_count/2 threads unless OMP_NUM_THREADS is set.
 """
 import json
 import time
@@ -57,7 +57,7 @@ def model_scaling(s: Section, quick: bool) -> None:
         macs = profile(loop.model, dm.input_shape)["macs"]
         times = []
         for _ in range(repeats):
-            it = iter(loop.loader())
+            it = loop.batches()
             for _ in range(warmup):
                 loop.step(*next(it))
             start = time.perf_counter()
