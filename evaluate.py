@@ -25,6 +25,9 @@ from zoo import ZooError, ZooModule
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 
 
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
+
+
 def resolve(path: str) -> Path:
     """A run directory means its best checkpoint."""
     p = Path(path)
@@ -62,7 +65,7 @@ def rebuild(ckpt: dict, data_dir: str | None = None):
 
 
 @torch.inference_mode()
-def evaluate(path: str, data_dir: str | None = None, device: str = "auto") -> dict:
+def evaluate(path: str, data_dir: str | None = None, device: str = "auto", precision: str = "auto") -> dict:
     """Test loss and accuracy, per-class accuracy, confusion matrix and most-confused pairs."""
     ckpt_path = resolve(path)
     ckpt = load_checkpoint(ckpt_path)
@@ -70,13 +73,24 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto") -> di
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     model.to(dev).eval()
+    # The arithmetic the run was tested with (bf16 autocast for conv nets on bf16 hardware), so the
+    # numbers match fit's; `--precision 32` evaluates in full precision instead.
+    if precision not in PRECISIONS:
+        raise ZooError(f"Unknown --precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}.")
+    trained = ckpt.get("precision") or "32-true"
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(trained if precision == "auto" else precision)
+    if dtype is not None and dev.type not in ("cpu", "cuda"):
+        dtype = None  # autocast on MPS is partial: full precision there
+    autocast = torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
     k = dm.num_classes
     acc = MulticlassAccuracy(k, average="micro").to(dev)
     confusion = MulticlassConfusionMatrix(k).to(dev)
     loss_sum, n = 0.0, 0
     for batch in dm.test_dataloader():
         x, y = dm.on_after_batch_transfer([t.to(dev) for t in batch], 0)
-        logits = model(x)
+        with autocast:
+            logits = model(x)
+        logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         n += len(y)
         acc.update(logits, y)
@@ -91,7 +105,7 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto") -> di
             pairs.append({"true": dm.class_names[t], "predicted": dm.class_names[p], "count": int(off[t, p])})
     return {
         "checkpoint": str(ckpt_path), "model": ckpt["hyper_parameters"]["arch"], "data": ckpt["data_name"],
-        "test_acc": float(acc.compute()), "test_loss": loss_sum / n, "n": n,
+        "test_acc": float(acc.compute()), "test_loss": loss_sum / n, "n": n, "precision": str(dtype or "float32"),
         "class_names": list(dm.class_names), "per_class_acc": per_class,
         "confusion_matrix": cm.tolist(), "most_confused": pairs,
     }
@@ -102,7 +116,8 @@ def report(r: dict) -> str:
     names, cm = r["class_names"], r["confusion_matrix"]
     width = max(6, max(len(s) for s in names))
     lines = [f"{r['model']} on {r['data']} ({r['checkpoint']})",
-             f"test accuracy {r['test_acc']:.4f}   test loss {r['test_loss']:.4f}   ({r['n']} images)", "",
+             f"test accuracy {r['test_acc']:.4f}   test loss {r['test_loss']:.4f}   ({r['n']} images, "
+             f"{r['precision'].replace('torch.', '')})", "",
              "per-class accuracy:"]
     lines += [f"  {name:<{width}} {acc:.4f}" for name, acc in zip(names, r["per_class_acc"])]
     lines += ["", "confusion matrix (rows: true class, columns: predicted):",
@@ -127,12 +142,14 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("checkpoints", nargs="+", help="Checkpoint files or run directories.")
     parser.add_argument("--data_dir", type=str | None, default=None, help="Override the data directory.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps.")
+    parser.add_argument("--precision", type=str, default="auto",
+                        help="auto (as the run was trained: bf16-mixed, 16-mixed or 32), bf16-mixed, 16-mixed or 32.")
     parser.add_argument("--json", type=str | None, default=None, help="Also write all numbers to this JSON file.")
     parser.add_argument("--png", type=bool, default=True, help="Save confusion_matrix.png beside each checkpoint.")
     parser.add_argument("--debug", type=bool, default=False, help="Show tracebacks.")
     cfg = parser.parse_args(args)
     try:
-        results = [evaluate(p, cfg.data_dir, cfg.device) for p in cfg.checkpoints]
+        results = [evaluate(p, cfg.data_dir, cfg.device, cfg.precision) for p in cfg.checkpoints]
     except ZooError as e:
         if cfg.debug:
             traceback.print_exc()

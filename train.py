@@ -36,6 +36,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from datamodules import DATAMODULES, TensorDataModule
 from zoo import ZooError, ZooModule, insight, profile
 from zoo.checkpoint import AtomicCheckpointIO, atomic_write_bytes, load_checkpoint
+from zoo.module import default_precision
+from zoo.registry import convolutional
 
 ROOT = Path(__file__).resolve().parent
 
@@ -132,6 +134,21 @@ class RunInfo(Callback):
                       f"resume with --ckpt_path {self.run_dir}", file=sys.stderr)
 
 
+class ProgressBar(RichProgressBar):
+    """Lightning's Rich bar, redrawn at most every `interval` seconds during training instead of after
+    every batch: a redraw costs ~0.4 ms, a quarter of an MLP step (results/bench.md, section 2)."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        super().__init__()
+        self.interval, self._drawn = interval, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        now = time.monotonic()
+        if now - self._drawn >= self.interval or batch_idx + 1 >= trainer.num_training_batches:
+            self._drawn = now
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 def make_wandb_logger(run_dir: Path, quiet: bool):
     """W&B online when an API key is configured and the server answers, offline otherwise: never a
     prompt, never a crash. The W&B id is the run directory's name, so a resumed run continues it."""
@@ -205,7 +222,7 @@ class ZooCLI(LightningCLI):
         # (weights_only) and refuse a checkpoint of another model or dataset with a clear message.
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
-        self.run_dir, self.ckpt_hparams = None, None
+        self.run_dir, self.ckpt_hparams, self.ckpt_precision = None, None, None
         spec = cfg.get("ckpt_path") if sub else None
         if not spec:
             return
@@ -215,7 +232,7 @@ class ZooCLI(LightningCLI):
         path = find_resume(spec, Path(cfg.runs_root), data, arch) if sub == "fit" else Path(spec)
         ckpt = load_checkpoint(path)
         check_matches(ckpt, path, data, cfg.model)
-        self.ckpt_hparams = ckpt["hyper_parameters"]
+        self.ckpt_hparams, self.ckpt_precision = ckpt["hyper_parameters"], ckpt.get("precision")
         cfg.ckpt_path = str(path)
         if sub == "fit":
             self.run_dir = path.parent  # continue the same run: same directory, TensorBoard and W&B id
@@ -224,6 +241,15 @@ class ZooCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         self.data_name, self.arch = data_name(cfg.data), cfg.model.arch
         check_trainer_options(cfg)
+        if cfg.model.channels_last is None:  # resolved here so that config.yaml records it
+            cfg.model.channels_last = convolutional(self.arch)
+        if cfg.trainer.precision is None:  # not given: as the weights were trained, else the fast path
+            if self.ckpt_precision:
+                cfg.trainer.precision = self.ckpt_precision
+            elif self.ckpt_hparams is not None or (self.subcommand != "fit" and cfg.model.pretrained):
+                cfg.trainer.precision = "32-true"  # older checkpoints and the shipped weights: fp32 throughout
+            else:
+                cfg.trainer.precision = default_precision(self.arch, cfg.trainer.accelerator)
         if self.subcommand != "fit":
             return
         if self.run_dir is None:
@@ -238,7 +264,7 @@ class ZooCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         callbacks = list(self._get(self.config_init, "trainer").get("callbacks") or [])
         if not cfg.quiet:
-            callbacks.append(RichProgressBar())
+            callbacks.append(ProgressBar())
         kwargs.update(enable_progress_bar=not cfg.quiet, enable_model_summary=not cfg.quiet)
         if self.subcommand != "fit":
             self.save_config_callback = None  # validate/test read a config; they write nothing

@@ -1,7 +1,8 @@
 """The bare PyTorch loop the benchmarks compare Lightning with, over the project's own data path.
 
 `BareLoop` trains a zoo model exactly as ZooModule would (the recipe's optimizer, parameter groups
-and per-step schedule; cross-entropy) on the datamodule's in-memory tensors (`TensorLoader`, then
+and per-step schedule; cross-entropy; by default train.py's fast path: memory format, precision and
+fused optimizer step) on the datamodule's in-memory tensors (`TensorLoader`, then
 `dm.normalize`), with no logging, no metrics, no callbacks and one `.item()` per evaluation pass.
 
     dm = setup_data("mnist")
@@ -17,8 +18,8 @@ from torch import Tensor
 
 from bench.common import data_dir
 from datamodules import TensorLoader, create_datamodule
-from zoo.module import recipe
-from zoo.registry import create_model
+from zoo.module import default_precision, recipe
+from zoo.registry import convolutional, create_model
 
 
 _DATA: dict = {}
@@ -36,9 +37,15 @@ def setup_data(name: str, batch_size: int | None = None):
 
 
 class BareLoop:
-    def __init__(self, dm, arch: str, *, total_steps: int = 1, channels_last: bool = False, bf16: bool = False,
-                 compile: bool = False, fused: bool | None = None, seed: int = 42) -> None:
-        self.dm, self.channels_last, self.bf16 = dm, channels_last, bf16
+    def __init__(self, dm, arch: str, *, total_steps: int = 1, channels_last: bool | None = None,
+                 bf16: bool | None = None, compile: bool = False, fused: bool | None = None, seed: int = 42) -> None:
+        # None: what train.py does by default on this CPU (channels_last for conv nets, bf16 autocast
+        # where default_precision picks it, the fused optimizer step), so both sides run the same math.
+        conv = convolutional(arch) and len(dm.input_shape) == 3
+        channels_last = conv if channels_last is None else channels_last
+        bf16 = default_precision(arch, "cpu") == "bf16-mixed" if bf16 is None else bf16
+        fused = True if fused is None else fused
+        self.dm, self.channels_last, self.bf16, self.fused = dm, channels_last, bf16, fused
         torch.manual_seed(seed)
         self.model = create_model(arch, list(dm.input_shape), dm.num_classes)
         if channels_last:

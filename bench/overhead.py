@@ -1,15 +1,17 @@
 """Benchmark 2: what Lightning and our harness cost per epoch, against a bare PyTorch loop over the
 same in-memory tensors (TensorLoader + the datamodule's normalisation), the same model, optimizer
-and schedule. MNIST, batch 128, validation on 5,000 images every epoch (eval batch 1000).
+and schedule, and the same fast path (train.py's defaults on this machine: precision, memory format,
+fused optimizer step). MNIST, batch 128, validation on 5,000 images every epoch (eval batch 1000).
 
 Ours is `train.py fit` run in this process (train.cli_main) with a timing callback: `--quiet true`
 (no progress bar, as scripts run it) and without --quiet (the default Rich bar, made to render as in
-an interactive terminal). Epoch 0 (warm-up) is dropped; every other epoch of every run is a sample.
+an interactive terminal). Between them, Lightning alone: a Trainer with nothing added, whose module
+steps are forward + loss, the floor any Lightning harness stands on. Epoch 0 (warm-up) is dropped;
+every other epoch of every run is a sample.
 Then: where the extra time goes, from ablations (train.py with one of our per-step costs patched
 out), micro-benchmarks of those per-step costs, Lightning's SimpleProfiler and cProfile.
 """
 import contextlib
-import functools
 import re
 
 import torch
@@ -53,18 +55,15 @@ def _step_without_isfinite(self, batch, batch_idx):
     x, y = batch
     logits = self(x)
     loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-    self.train_acc(logits, y)
-    self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-    self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+    self._update("train", logits.detach(), y, loss.detach())
     return loss
 
 
-def _step_without_train_acc(self, batch, batch_idx):
+def _step_without_metrics(self, batch, batch_idx):
     x, y = batch
     loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
     if not torch.isfinite(loss):
         raise RuntimeError("non-finite loss")
-    self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
     return loss
 
 
@@ -86,20 +85,9 @@ def patched(*triples):
             setattr(obj, name, value)
 
 
-class _FusedAdam(torch.optim.Adam):
-    def __init__(self, params, **kwargs) -> None:
-        super().__init__(params, fused=True, **kwargs)
-
-
-class _FusedSGD(torch.optim.SGD):
-    def __init__(self, params, **kwargs) -> None:
-        super().__init__(params, fused=True, **kwargs)
-
-
 def ablations():
     import train
     from lightning.pytorch import Callback
-    from torchmetrics.classification import MulticlassAccuracy
 
     import zoo.insight
     import zoo.module
@@ -109,21 +97,52 @@ def ablations():
             pass
 
     module = zoo.module.ZooModule
+    no_train_log = (module, "on_train_epoch_end", lambda self: None)
     return {
         "train.py as it is (a separate run)": (),
         "no per-step isfinite(loss) check": ((module, "training_step", _step_without_isfinite),),
-        "torchmetrics with validate_args=False": (
-            (zoo.module, "MulticlassAccuracy", functools.partial(MulticlassAccuracy, validate_args=False)),),
-        "no train/acc metric (loss logged only)": ((module, "training_step", _step_without_train_acc),),
-        "training_step = forward + loss only (no check, no metric, no self.log)": ((module, "training_step", _step_bare),),
+        "no training metrics (loss and accuracy not accumulated)": (
+            (module, "training_step", _step_without_metrics), no_train_log),
+        "training_step = forward + loss only (no check, no metrics)": ((module, "training_step", _step_bare), no_train_log),
         "no LearningRateMonitor": ((train, "LearningRateMonitor", NoCallback),),
         "no insight callbacks (sanity check, pictures)": ((zoo.insight, "callbacks", lambda cfg, run_dir: []),),
-        "fused optimizer step (torch.optim.Adam/SGD(..., fused=True))": (
-            (torch.optim, "Adam", _FusedAdam), (torch.optim, "SGD", _FusedSGD)),
-        "proposed: fused optimizer + validate_args=False": (
-            (torch.optim, "Adam", _FusedAdam), (torch.optim, "SGD", _FusedSGD),
-            (zoo.module, "MulticlassAccuracy", functools.partial(MulticlassAccuracy, validate_args=False))),
+        "the optimizer's for-loop step instead of the fused one (the old default)": (
+            (zoo.module, "use_fused", lambda *args: None),),
     }
+
+
+def lightning_floor(dm, arch: str, epochs: int, quick: bool) -> list[dict]:
+    """Per-epoch seconds of Lightning alone: a Trainer with no callbacks, loggers, checkpoints or bar,
+    and a module whose steps are forward + loss (ZooModule's network, optimizer and fast path)."""
+    import lightning as L
+
+    from bench.clocks import EpochClock
+    from zoo.module import ZooModule, default_precision
+
+    class Minimal(ZooModule):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            F.cross_entropy(self(x), y)
+
+        def on_train_epoch_end(self) -> None:
+            pass
+
+        def on_validation_epoch_end(self) -> None:
+            pass
+
+    torch.manual_seed(42)
+    model = Minimal(arch, num_classes=dm.num_classes, input_shape=list(dm.input_shape))
+    clock = EpochClock()
+    limits = dict(limit_train_batches=5, limit_val_batches=1) if quick else {}
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[clock], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        precision=default_precision(arch, "cpu"), accelerator="cpu", devices=1, **limits)
+    trainer.fit(model, datamodule=dm)
+    return [dict(e, load=load()) for e in clock.epochs]
 
 
 # --- micro-benchmarks of single per-step operations ----------------------------------------------
@@ -134,7 +153,10 @@ def micro(batch: int, classes: int = 10, quick: bool = False) -> list[tuple[str,
 
     logits, y = torch.randn(batch, classes), torch.randint(0, classes, (batch,))
     loss = F.cross_entropy(logits, y)
+    from torchmetrics import MeanMetric
+
     checked, unchecked = MulticlassAccuracy(classes, average="micro"), MulticlassAccuracy(classes, average="micro", validate_args=False)
+    mean = MeanMetric(nan_strategy="disable")
     correct = torch.zeros((), dtype=torch.long)
 
     def isfinite():
@@ -146,8 +168,11 @@ def micro(batch: int, classes: int = 10, quick: bool = False) -> list[tuple[str,
 
     n = 20 if quick else 2000
     ops = [("`if not torch.isfinite(loss)`", isfinite),
-           ("`train_acc(logits, y)` (MulticlassAccuracy update, validate_args=True)", lambda: checked.update(logits, y)),
-           ("the same with validate_args=False", lambda: unchecked.update(logits, y)),
+           ("`MulticlassAccuracy.update(logits, y)`, validate_args=True", lambda: checked.update(logits, y)),
+           ("the same with validate_args=False (ours)", lambda: unchecked.update(logits, y)),
+           ("`MulticlassAccuracy(logits, y)` (forward: also computes the batch's value, our old way)",
+            lambda: checked(logits, y)),
+           ("`MeanMetric.update(loss, n)` (ours, the epoch's training loss)", lambda: mean.update(loss, len(y))),
            ("`correct += (logits.argmax(1) == y).sum()` (a running count instead)", running_sum),
            ("`F.cross_entropy(logits, y)` (for scale)", lambda: F.cross_entropy(logits, y))]
     out = []
@@ -211,14 +236,17 @@ def run(quick: bool) -> Section:
     steps = 5 if quick else len(BareLoop(dm, "linear").loader())  # training steps per epoch
     archs = ARCHS[:1] if quick else ARCHS
     for arch in archs:
-        samples = {"bare": [], "quiet": [], "rich": []}
-        for _ in range(repeats):  # alternate the three, so load changes hit all alike
+        samples = {"bare": [], "floor": [], "quiet": [], "rich": []}
+        for _ in range(repeats):  # alternate them, so load changes hit all alike
             samples["bare"] += bare(dm, arch, epochs, quick)[1:]
+            samples["floor"] += lightning_floor(dm, arch, epochs, quick)[1:]
             samples["quiet"] += ours(arch, epochs, quick)[0][1:]
             samples["rich"] += ours(arch, epochs, quick, rich=True)[0][1:]
         results[arch] = samples
         base = {k: med([e[k] for e in samples["bare"]]) for k in ("train", "val", "total")}
-        for key, label in (("bare", "bare PyTorch loop"), ("quiet", "ours, --quiet (no bar)"),
+        for key, label in (("bare", "bare PyTorch loop"),
+                           ("floor", "Lightning alone: no callbacks/loggers/checkpoints, step = forward + loss"),
+                           ("quiet", "ours, --quiet (no bar)"),
                            ("rich", "ours, Rich progress bar (default)")):
             ep = samples[key]
             train, total = med([e["train"] for e in ep]), med([e["total"] for e in ep])

@@ -32,6 +32,11 @@ def register_model(name: str, flat_ok: bool = False) -> Callable[[Callable], Cal
     return decorator
 
 
+def convolutional(name: str) -> bool:
+    """Whether a model needs images: the conv nets, for which channels_last and bf16 pay off."""
+    return name in MODELS and name not in _FLAT_OK
+
+
 def list_models() -> list[str]:
     return sorted(MODELS)
 
