@@ -160,6 +160,8 @@ class ZooModule(L.LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         # Logging the metric objects: Lightning calls compute() (synced under DDP) and reset().
+        if not getattr(self, f"{stage}_loss").update_called:
+            return  # no batch this epoch (a run resumed at the very end of one): nothing to report
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=True)
         self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), prog_bar=True)
         top5 = getattr(self, f"{stage}_top5")
