@@ -134,6 +134,7 @@ class Proc:
     out: str
     err: str
     maxrss_mb: float  # peak resident memory (VmHWM) of the process itself, MiB
+    maxanon_mb: float  # peak of its anonymous resident memory (RssAnon, polled): heap, tensors; no mapped files
 
 
 def run_process(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> Proc:
@@ -144,9 +145,10 @@ def run_process(cmd: list[str], env: dict[str, str] | None = None, timeout: floa
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         p = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, env={**os.environ, **(env or {})})
-        hwm_kb, delay = 0, 0.001
+        hwm_kb, anon_kb, delay = 0, 0, 0.001
         while p.poll() is None:
-            hwm_kb = max(hwm_kb, _vm_hwm_kb(p.pid))
+            hwm, anon = _status_kb(p.pid, "VmHWM:", "RssAnon:")
+            hwm_kb, anon_kb = max(hwm_kb, hwm), max(anon_kb, anon)
             if time.perf_counter() - start > timeout:
                 p.kill()
             time.sleep(delay)
@@ -154,7 +156,7 @@ def run_process(cmd: list[str], env: dict[str, str] | None = None, timeout: floa
         wall = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
-        return Proc(wall, p.returncode, out.read(), err.read(), hwm_kb / 1024)
+        return Proc(wall, p.returncode, out.read(), err.read(), hwm_kb / 1024, anon_kb / 1024)
 
 
 def run_processes(cmds: list[list[str]], parallel: bool) -> list[Proc]:
@@ -167,12 +169,18 @@ def run_processes(cmds: list[list[str]], parallel: bool) -> list[Proc]:
         return list(pool.map(run_process, cmds))
 
 
-def _vm_hwm_kb(pid: int) -> int:
+def _status_kb(pid: int, *keys: str) -> list[int]:
+    """Fields of /proc/<pid>/status in kB (0 where absent or the process is gone)."""
+    found = dict.fromkeys(keys, 0)
     try:
         with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+            for line in f:
+                key = line.split(":", 1)[0] + ":"
+                if key in found:
+                    found[key] = int(line.split()[1])
     except (OSError, ValueError):
-        return 0
+        pass
+    return list(found.values())
 
 
 def tmpdir() -> tempfile.TemporaryDirectory:
