@@ -25,26 +25,29 @@ IDX_FILES = [
 def read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """Read an uncompressed IDX file of uint8 data with the expected shape: magic 2051 for
     (N, rows, cols) images, 2049 for (N,) labels. A wrong magic, shape or size is a ZooError."""
-    data = path.read_bytes()
     magic = 2049 if len(shape) == 1 else 2051
     header = 4 + 4 * len(shape)  # big-endian magic, then one uint32 per dimension
     fix = "Fix: delete it and fetch it again (--data.download true, or `make data`)."
-    if len(data) < header:
-        raise ZooError(f"{path} is truncated or corrupted: {len(data)} bytes, shorter than its "
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(header)
+    if len(head) < header:
+        raise ZooError(f"{path} is truncated or corrupted: {size} bytes, shorter than its "
                        f"{header}-byte IDX header. {fix}")
-    got_magic, *got_shape = struct.unpack(f">{1 + len(shape)}I", data[:header])
+    got_magic, *got_shape = struct.unpack(f">{1 + len(shape)}I", head)
     if got_magic != magic:
         kind = "label" if magic == 2049 else "image"
         raise ZooError(f"{path} is corrupted: not an IDX {kind} file (magic number {got_magic}, "
                        f"expected {magic}). {fix}")
     if tuple(got_shape) != shape:
         raise ZooError(f"{path} is corrupted: shape {tuple(got_shape)}, expected {shape}. {fix}")
-    if len(data) != header + int(np.prod(shape)):
+    if size != header + int(np.prod(shape)):
         raise ZooError(
-            f"{path} is truncated or corrupted: {len(data):,} bytes, expected "
+            f"{path} is truncated or corrupted: {size:,} bytes, expected "
             f"{header + int(np.prod(shape)):,} for shape {shape}. {fix}"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    # Straight into one writable array: no bytes object and no copy beside it (peak memory).
+    return np.fromfile(path, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def load_idx_dataset(dataset: str, directory: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -55,7 +58,7 @@ def load_idx_dataset(dataset: str, directory: Path) -> tuple[Tensor, Tensor, Ten
     for split, n in (("train", 60_000), ("t10k", 10_000)):
         images = read_idx(directory / f"{split}-images-idx3-ubyte", (n, 28, 28))
         labels = read_idx(directory / f"{split}-labels-idx1-ubyte", (n,))
-        arrays += [torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))]
+        arrays += [torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))]
     return tuple(arrays)
 
 

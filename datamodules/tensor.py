@@ -62,7 +62,7 @@ def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     c = x.shape[1]
     offset = torch.arange(c).view(1, c, 1, 1) * 256  # channel k counts into bins [256k, 256k+256)
     counts = torch.zeros(c * 256, dtype=torch.float64)
-    for chunk in x.cpu().split(4096):
+    for chunk in x.cpu().split(1024):  # small chunks: the int64 temporaries stay a few MB
         counts += torch.bincount((chunk.long() + offset).flatten(), minlength=c * 256).double()
     counts = counts.view(c, 256)
     values = torch.arange(256, dtype=torch.float64) / 255
@@ -245,6 +245,7 @@ class TensorDataModule(L.LightningDataModule):
         self.train_indices = perm[n_val:][:n_train]
         self.train_x, self.train_y = x[self.train_indices], y[self.train_indices]
         self.val_x, self.val_y = x[self.val_indices], y[self.val_indices]
+        del x, y  # the unsplit copy goes before the statistics' temporaries come (peak memory)
         if self.mean is None:  # a checkpoint's statistics (load_state_dict) take precedence
             if self.train_x.dtype == torch.uint8:
                 self.mean, self.std = channel_stats(self.train_x)
