@@ -215,6 +215,9 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--patience", type=int, default=10, help="Early stopping patience in epochs; 0 turns it off.")
         parser.add_argument("--wandb", type=bool, default=False, help="Also log to Weights & Biases (offline without an API key).")
         parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
+        parser.add_argument("--threads", type=int, default=0,
+                            help="CPU threads per process (0: torch's default, one per core). 1 helps when other "
+                                 "jobs share the cores: oversubscribed threads spin and can make steps 10x slower.")
         insight.add_arguments(parser)
 
     def _parse_ckpt_path(self) -> None:
@@ -241,6 +244,9 @@ class ZooCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         self.data_name, self.arch = data_name(cfg.data), cfg.model.arch
         check_trainer_options(cfg)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+            os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # DDP workers started from here inherit it
         if cfg.model.channels_last is None:  # resolved here so that config.yaml records it
             cfg.model.channels_last = convolutional(self.arch)
         if cfg.trainer.precision is None:  # not given: as the weights were trained, else the fast path
@@ -355,6 +361,8 @@ def check_trainer_options(cfg) -> None:
         raise ZooError(f"--trainer.max_epochs must be at least 1 (or -1 for no limit), got {t.max_epochs}.")
     if cfg.patience < 0:
         raise ZooError(f"--patience must be >= 0 (0 turns early stopping off), got {cfg.patience}.")
+    if cfg.threads < 0:
+        raise ZooError(f"--threads must be >= 0 (0 keeps torch's default of one per core), got {cfg.threads}.")
     accelerator = str(t.accelerator)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ZooError(f"--trainer.accelerator {accelerator}: this machine has no usable CUDA GPU (torch "

@@ -108,3 +108,31 @@ def test_an_explicit_precision_wins(shapes, tmp_path):
 def test_evaluate_refuses_an_unknown_precision(tiny_moons_run):
     with pytest.raises(train.ZooError, match="fp8"):
         evaluate.evaluate(str(tiny_moons_run), precision="fp8")
+
+
+def test_compile_option_trains_and_keeps_plain_checkpoint_keys(tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(module, **kwargs):  # the eager backend: same plumbing, no C++ compiler run
+        compiled.append(module)
+        return torch._dynamo.optimize("eager")(module)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert train.main(["fit", "--runs_root", str(tmp_path), *FAST, "--data", "moons", "--trainer.max_epochs", "2",
+                       "--model.compile", "true"]) == 0
+    assert len(compiled) == 1  # once per run, on the first training step
+    (run,) = tmp_path.glob("moons/mlp/*")
+    ckpt = torch.load(run / "best.ckpt", weights_only=True)
+    assert all(k.startswith("model.") and "_orig_mod" not in k for k in ckpt["state_dict"])
+    assert evaluate.evaluate(str(run), device="cpu")["test_acc"] == json.loads((run / "metrics.json").read_text())["test_acc"]
+
+
+def test_threads_option_sets_torch_and_the_workers_environment(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test
+    assert train.main(["fit", "--runs_root", str(tmp_path), *FAST, "--data", "moons", "--trainer.max_epochs", "1",
+                       "--threads", "3"]) == 0
+    assert calls == [3]
+    import os
+    assert os.environ["OMP_NUM_THREADS"] == "3"

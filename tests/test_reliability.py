@@ -100,6 +100,8 @@ CASES = [
     ("more devices than available", ["fit", "--data", "moons", "--trainer.accelerator", "cpu",
                                      "--trainer.devices", "512"], ["512", "CPU cores"]),
     ("negative patience", ["fit", "--data", "moons", "--patience", "-1"], ["patience"]),
+    ("negative thread count", ["fit", "--data", "moons", "--threads", "-2"], ["--threads", ">= 0"]),
+    ("unknown evaluation precision", ["evaluate", "{run}", "--precision", "fp8"], ["fp8", "bf16-mixed"]),
 ]
 
 
@@ -120,7 +122,10 @@ def test_bad_input(name, args, words, tmp_path, linear_run, monkeypatch, capsys)
             continue
         filled.append(a.replace("{tmp}", str(tmp_path)).replace("{run}", str(linear_run)))
     runs = tmp_path / "runs"
-    rc = train.main([*filled, "--runs_root", str(runs), *FAST])
+    if filled[0] == "evaluate":
+        rc = evaluate.main(filled[1:])
+    else:
+        rc = train.main([*filled, "--runs_root", str(runs), *FAST])
     err = capsys.readouterr().err
     assert rc != 0, f"{name}: exit status 0"
     assert "Traceback" not in err, err
