@@ -82,7 +82,8 @@ class ZooModule(L.LightningModule):
             pretrained: Start from the shipped weights of this model trained on this dataset (e.g.
                 mnist; see results/weights/manifest.json), to evaluate or fine-tune them.
             compile: torch.compile the network. Off by default: on this project's CPU it made ResNet-20
-                steps 1.6x faster after ~20 s of compiling, but the MLP and LeNet-5 slower (bench.md).
+                steps 1.26x faster on top of the other defaults after 24 s of compiling (worth it
+                after ~600 steps), but the MLP and LeNet-5 slower (results/bench.md, section 7).
         """
         super().__init__()
         # Fill the recipe's defaults in before saving, so the checkpoint records what was used
