@@ -18,7 +18,9 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -114,16 +116,38 @@ def check_matches(ckpt: dict, path: Path, data: str, model_cfg) -> None:
 # Callbacks that Lightning lacks.
 
 class RunInfo(Callback):
-    """Times the fit and saves last.ckpt when the run is interrupted (Ctrl-C, SIGTERM)."""
+    """Times the fit and saves last.ckpt when the run is interrupted (Ctrl-C, SIGTERM).
+
+    Ctrl-C stops at the next step boundary, as Lightning does for SIGTERM, so the checkpoint holds
+    whole steps and a resume continues exactly (a second Ctrl-C stops at once)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir, self.fit_seconds, self._start = run_dir, 0.0, None
+        self._stop, self._previous_handler = False, None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
+        # One process only: DDP ranks could see the signal at different steps and wait on each other.
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        print("\nStopping after this step (Ctrl-C again to stop at once) ...", file=sys.stderr)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._stop:
+            raise KeyboardInterrupt
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.fit_seconds = time.perf_counter() - self._start
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # A kill by the user is not a failure: keep the progress so `--ckpt_path last` continues.

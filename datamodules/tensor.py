@@ -96,6 +96,9 @@ class TensorLoader:
             False gives the natural order, every sample exactly once over all ranks (evaluation).
         seed: the base seed of the permutation and the augmentation.
         epoch_fn: returns the current epoch, read when iteration starts.
+        start_fn: returns how many batches of the epoch were trained already, read when iteration
+            starts (non-zero when a run resumes mid-epoch): those are skipped, so the rest of the
+            epoch comes in the same order and with the same augmentation as without the stop.
         rank: this process's rank among `world_size` data-parallel processes.
         world_size: number of data-parallel processes.
         pad: random-crop padding in pixels (0: no crop).
@@ -111,6 +114,7 @@ class TensorLoader:
         shuffle: bool = False,
         seed: int = 0,
         epoch_fn: Callable[[], int] = lambda: 0,
+        start_fn: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
         pad: int = 0,
@@ -119,6 +123,7 @@ class TensorLoader:
     ) -> None:
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed, self.epoch_fn = batch_size, shuffle, seed, epoch_fn
+        self.start_fn = start_fn
         self.rank, self.world_size = rank, world_size
         self.pad, self.flip, self.drop_last_small = pad, flip, drop_last_small
 
@@ -147,13 +152,27 @@ class TensorLoader:
         epoch = self.epoch_fn()
         order = self.indices(epoch).to(self.x.device)
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank, 1))
-        for batch in order[: len(self) * self.batch_size].split(self.batch_size):
+        start = self.start_fn()
+        for i, batch in enumerate(order[: len(self) * self.batch_size].split(self.batch_size)):
+            if i < start and not (self.pad or self.flip):
+                continue  # trained before a mid-epoch stop (and no random draws to replay)
             x = self.x[batch]
             if self.pad:
                 x = random_crop(x, self.pad, g)
             if self.flip:
                 x = random_flip(x, g)
-            yield x, self.y[batch]
+            if i >= start:
+                yield x, self.y[batch]
+
+    # Lightning asks loaders for these to resume mid-epoch. This one needs nothing saved: its order
+    # and augmentation follow from (seed, epoch, rank), and its position comes from start_fn, which
+    # TensorDataModule reads from the trainer's restored progress (exact; a loader-side count would
+    # be one ahead, because Lightning fetches the next batch before the current one trains).
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 def global_seed() -> int:
@@ -334,6 +353,7 @@ class TensorDataModule(L.LightningDataModule):
             shuffle=shuffle,
             seed=global_seed(),
             epoch_fn=self._current_epoch,
+            start_fn=self._batches_done if shuffle else (lambda: 0),
             rank=rank,
             world_size=world_size,
             pad=self.pad if augment else 0,
@@ -343,6 +363,12 @@ class TensorDataModule(L.LightningDataModule):
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _batches_done(self) -> int:
+        """Training batches of the current epoch already trained: 0, except in a run resumed from a
+        mid-epoch checkpoint (Ctrl-C, SIGTERM), where Lightning has restored its progress counter."""
+        fit_loop = getattr(self.trainer, "fit_loop", None)
+        return fit_loop.epoch_loop.batch_progress.current.completed if fit_loop is not None else 0
 
     def describe(self) -> str:
         """One line: name, split sizes, input shape, number of classes."""

@@ -282,3 +282,16 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     windows = [padded[..., dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]  # 25 shifts
     assert all(any(torch.equal(out[i], w[i]) for w in windows) for i in range(64))
     assert len({tuple(map(int, (out[i] == 0).flatten(1).sum(1))) for i in range(64)}) > 3  # shifts vary
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "crop+flip"])
+def test_loader_resumed_mid_epoch_yields_the_rest_of_the_same_epoch(augment):
+    x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(50)
+    opts = dict(batch_size=8, shuffle=True, seed=3, epoch_fn=lambda: 2, pad=2 if augment else 0, flip=augment)
+    full = list(TensorLoader(x, y, **opts))
+    rest = list(TensorLoader(x, y, start_fn=lambda: 4, **opts))
+    assert len(rest) == len(full) - 4
+    for (xa, ya), (xb, yb) in zip(full[4:], rest):  # same samples, same crops and flips
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    assert TensorLoader(x, y, **opts).state_dict() == {}  # Lightning's resumable-loader interface

@@ -90,6 +90,7 @@ def test_confusion_matrix_png_and_overfit_report(mnist_run):
 
 def test_init_loss_check_warns_on_a_misinitialised_model(capsys):
     dm = MoonsDataModule()
+    torch.manual_seed(0)  # the initialisation must not depend on the tests that ran before
     model = ZooModule("mlp", 2, [2], hidden=[10, 10])
     # The callback inside a real (one-step) fit, as train.py runs it.
     trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
@@ -103,7 +104,7 @@ def test_init_loss_check_warns_on_a_misinitialised_model(capsys):
     check = insight.SanityCheck()
     check.check_init_loss(model, x, y, 2)
     err = capsys.readouterr().err
-    assert check.loss > 5 and err.startswith("warning: initial loss") and "far above ln(2) = 0.693" in err
+    assert check.loss > 3 * 0.693 and err.startswith("warning: initial loss") and "far above ln(2) = 0.693" in err
     assert err.count("\n") == 1  # one line
 
 

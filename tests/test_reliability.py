@@ -232,9 +232,28 @@ def last_epoch(root: Path) -> int:
     return torch.load(ckpts[0], weights_only=True)["epoch"] if ckpts else -1
 
 
-def test_kill9_at_random_points_then_resume_is_exact(tmp_path):
-    assert train.main(["fit", "--runs_root", str(tmp_path / "ref"), *KILL_ARGS]) == 0
-    (ref,) = tmp_path.glob("ref/moons/mlp/*")
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """The uninterrupted run that killed, interrupted and resumed runs must end up equal to."""
+    root = tmp_path_factory.mktemp("reference")
+    assert train.main(["fit", "--runs_root", str(root), *KILL_ARGS]) == 0
+    (ref,) = root.glob("moons/mlp/*")
+    return ref
+
+
+def assert_same_run(ref: Path, run: Path) -> None:
+    """Bit-identical final weights, and the same best score and test accuracy."""
+    a = torch.load(ref / "last.ckpt", weights_only=True)
+    b = torch.load(run / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (ref, run))
+    assert (ma["test_acc"], ma["best_score"]) == (mb["test_acc"], mb["best_score"])
+
+
+def test_kill9_at_random_points_then_resume_is_exact(tmp_path, reference_run):
+    ref = reference_run
     root, rng, epochs_seen = tmp_path / "killed", random.Random(1234), []
     # Kill points are drawn in training progress, not seconds, so the test means the same on a
     # fast and a loaded machine: after random epochs, at a random moment inside the next one.
@@ -253,17 +272,11 @@ def test_kill9_at_random_points_then_resume_is_exact(tmp_path):
         epochs_seen.append(epoch)
     (run,) = root.glob("moons/mlp/*")
     assert train.main(["fit", "--runs_root", str(root), *KILL_ARGS, "--ckpt_path", "last"]) == 0
-    a = torch.load(ref / "last.ckpt", weights_only=True)
-    b = torch.load(run / "last.ckpt", weights_only=True)
-    assert a["epoch"] == b["epoch"]
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (ref, run))
-    assert (ma["test_acc"], ma["best_score"]) == (mb["test_acc"], mb["best_score"])
+    assert_same_run(ref, run)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_saves_last_and_resumes(tmp_path, sig):
+def test_signal_saves_last_and_resumes_exactly(tmp_path, sig, reference_run):
     proc = start(tmp_path)
     end = time.time() + 120
     while not list(tmp_path.glob("moons/mlp/*/last.ckpt")) and time.time() < end:
@@ -274,10 +287,12 @@ def test_signal_saves_last_and_resumes(tmp_path, sig):
     (run,) = tmp_path.glob("moons/mlp/*")
     assert "Interrupted: progress saved" in err, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
-    zoo_checkpoint.load_checkpoint(run / "last.ckpt")
+    ckpt = zoo_checkpoint.load_checkpoint(run / "last.ckpt")
     assert not (run / "metrics.json").exists()
+    batches = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]
     assert train.main(["fit", "--runs_root", str(tmp_path), *KILL_ARGS, "--ckpt_path", "last"]) == 0
-    assert (run / "metrics.json").exists()
+    assert_same_run(reference_run, run)  # also when stopped mid-epoch (batches > 0 here):
+    print(f"stopped after {batches} batches of epoch {ckpt['epoch']}")  # -s shows where it stopped
 
 
 # --- security: checkpoints are data, not code ----------------------------------------------------
