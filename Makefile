@@ -26,7 +26,7 @@ test-slow: setup data
 	$(PY) -m pytest -q -m slow
 
 bench: setup data
-	$(PY) bench/run.py
+	$(PY) bench/run.py --threads 1
 
 clean:
 	rm -rf checkpoints/*/ .pytest_cache

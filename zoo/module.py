@@ -82,8 +82,8 @@ class ZooModule(L.LightningModule):
             pretrained: Start from the shipped weights of this model trained on this dataset (e.g.
                 mnist; see results/weights/manifest.json), to evaluate or fine-tune them.
             compile: torch.compile the network. Off by default: on this project's CPU it made ResNet-20
-                steps 1.26x faster on top of the other defaults after 24 s of compiling (worth it
-                after ~600 steps), but the MLP and LeNet-5 slower (results/bench.md, section 7).
+                steps 1.25x faster on top of the other defaults after 32 s of compiling (worth it
+                after ~640 steps), but the MLP and LeNet-5 slower (results/bench.md, section 7).
         """
         super().__init__()
         # Fill the recipe's defaults in before saving, so the checkpoint records what was used
@@ -115,7 +115,7 @@ class ZooModule(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         # Metrics per stage, updated every step and logged once per epoch (on_*_epoch_end). Not
         # self.log per step: Lightning's per-call bookkeeping plus a metric forward made the MNIST
-        # MLP's epoch 1.92x a bare loop's; this way 1.65x (results/bench.md).
+        # MLP's epoch 1.92x a bare loop's; this way 1.65-1.73x (results/bench.md).
         # validate_args=False: the inputs are our own logits and labels, checked by construction.
         acc = dict(num_classes=num_classes, average="micro", validate_args=False)
         top5 = num_classes > 5  # top-5 says nothing with 5 classes or fewer
