@@ -76,6 +76,16 @@ class BareLoop:
             yield from self.loader("train", epoch, batch_size)
             epoch += 1
 
+    def seconds_per_step(self, steps: int, warmup: int = 2, batch_size: int | None = None) -> float:
+        """Seconds per training step over `steps` steps through the data path, after `warmup`."""
+        it = self.batches(batch_size)
+        for _ in range(warmup):
+            self.step(*next(it))
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(*next(it))
+        return (time.perf_counter() - start) / steps
+
     def inputs(self, x: Tensor) -> Tensor:
         x = self.dm.normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x

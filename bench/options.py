@@ -17,17 +17,6 @@ MODELS = {"mlp": "mnist", "lenet5": "mnist", "resnet20": "cifar10"}  # model -> 
 STEPS = {"mlp": 100, "lenet5": 40, "resnet20": 6}
 
 
-def step_times(loop: BareLoop, steps: int, warmup: int = 2) -> float:
-    """Seconds per training step over `steps` steps of the data path, after `warmup`."""
-    it = loop.batches()
-    for _ in range(warmup):
-        loop.step(*next(it))
-    start = time.perf_counter()
-    for _ in range(steps):
-        loop.step(*next(it))
-    return (time.perf_counter() - start) / steps
-
-
 def rounds(configs: dict[str, callable], repeats: int) -> dict[str, list[float]]:
     """Call every configuration's timer once per round, `repeats` rounds."""
     out: dict[str, list[float]] = {k: [] for k in configs}
@@ -52,7 +41,7 @@ def layout_precision(s: Section, data: dict, quick: bool, repeats: int) -> dict[
             loops["channels_last + bf16"] = loop(channels_last=True, bf16=True)
         loops["fused optimizer"] = loop(fused=True)
         loops["train.py's defaults"] = BareLoop(dm, arch, total_steps=10**6)
-        res = rounds({k: (lambda loop=loop: step_times(loop, steps)) for k, loop in loops.items()}, repeats)
+        res = rounds({k: (lambda loop=loop: loop.seconds_per_step(steps)) for k, loop in loops.items()}, repeats)
         base = med(res["plain"])
         meds[arch] = {k: med(v) for k, v in res.items()}
         for k, v in res.items():
@@ -85,7 +74,7 @@ def compiled(s: Section, data: dict, quick: bool, repeats: int) -> None:
             start = time.perf_counter()
             comp.step(x, y)
             first = time.perf_counter() - start
-        res = rounds({"eager": lambda: step_times(eager, steps), "compiled": lambda: step_times(comp, steps)}, repeats)
+        res = rounds({"eager": lambda: eager.seconds_per_step(steps), "compiled": lambda: comp.seconds_per_step(steps)}, repeats)
         compile_s = first - med(res["compiled"])
         gain = med(res["eager"]) - med(res["compiled"])
         breakeven = f"{compile_s / gain:.0f}" if gain > 0 else "never"
@@ -114,7 +103,7 @@ def threads(s: Section, data: dict, quick: bool, repeats: int) -> None:
 
         def timer(n, loop=loop, steps=steps):
             with num_threads(n):
-                return step_times(loop, steps)
+                return loop.seconds_per_step(steps)
 
         res = rounds({n: (lambda n=n: timer(n)) for n in counts}, repeats)
         base = med(res[counts[0]])

@@ -9,7 +9,6 @@ The profiler counts only matmuls and convolutions, so everything else a step doe
 the loss, the optimizer, data) is time without FLOPs: exactly the distance we want to see.
 """
 import os
-import time
 
 import torch
 
@@ -44,13 +43,7 @@ def train_rate(dm, arch: str, batch: int, fused: bool, steps: int, repeats: int)
     resident, loader = [], []
     for _ in range(repeats):
         resident.append(med(timeit(lambda: loop.step(x, y), steps, warmup=2)))
-        it = loop.batches(batch)
-        for _ in range(2):
-            loop.step(*next(it))
-        start = time.perf_counter()
-        for _ in range(steps):
-            loop.step(*next(it))
-        loader.append((time.perf_counter() - start) / steps)
+        loader.append(loop.seconds_per_step(steps, batch_size=batch))
     return resident, loader
 
 

@@ -10,7 +10,6 @@ as fresh `train.py` processes with the per-process batch of 128 (so DDP takes ha
 epoch); Lightning gives each DDP process cpu_count/2 threads unless OMP_NUM_THREADS is set.
 """
 import json
-import time
 from pathlib import Path
 
 from bench.common import (PY, Section, body, callback, check, load, med, read_metrics, run_cli, run_processes, spread,
@@ -55,15 +54,7 @@ def model_scaling(s: Section, quick: bool) -> None:
     for arch in ("resnet20", "resnet32", "resnet56"):
         loop = BareLoop(dm, arch, total_steps=10**6)
         macs = profile(loop.model, dm.input_shape)["macs"]
-        times = []
-        for _ in range(repeats):
-            it = loop.batches()
-            for _ in range(warmup):
-                loop.step(*next(it))
-            start = time.perf_counter()
-            for _ in range(steps):
-                loop.step(*next(it))
-            times.append((time.perf_counter() - start) / steps)
+        times = [loop.seconds_per_step(steps, warmup) for _ in range(repeats)]
         base = base or (med(times), macs)
         rows.append([arch, f"{macs / 1e6:.1f}M", spread(times, 3), f"{med(times) / base[0]:.2f}",
                      f"{macs / base[1]:.2f}", f"{med(times) * len(loop.loader()):.0f}", f"{load():.1f}"])
