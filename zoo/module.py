@@ -77,7 +77,7 @@ class ZooModule(L.LightningModule):
             momentum: SGD momentum.
             scheduler: none, cosine, onecycle or step (x0.1 at 50% and 75% of training); default from the recipe.
             label_smoothing: Label smoothing of the cross-entropy loss.
-            channels_last: channels_last memory format; default: on for conv nets (1.1-1.25x faster
+            channels_last: channels_last memory format; default: on for conv nets (1.07-1.2x faster
                 steps on CPU, see results/bench.md), off for the others (it changes nothing there).
             pretrained: Start from the shipped weights of this model trained on this dataset (e.g.
                 mnist; see results/weights/manifest.json), to evaluate or fine-tune them.
