@@ -375,7 +375,7 @@ class ZooCLI(LightningCLI):
                 logger.experiment.finish()  # flush now: in-process callers may start another run
         print(f"\n{self.arch} on {self.data_name}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
               f"best {cb.monitor} {best_score:.4f} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
-              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']} ({stopped})\n"
+              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']}, {metrics['precision']} ({stopped})\n"
               f"checkpoint: {best}\nlogs:       {self.run_dir}  (tensorboard --logdir {self.run_dir.parent})")
 
 

@@ -87,10 +87,10 @@ def test_a_run_records_its_precision_and_evaluation_reproduces_it(shapes, tmp_pa
     assert ckpt["precision"] == expected
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["precision"] == expected
+    assert f"on cpu, {expected} (" in capsys.readouterr().out  # the summary line says which precision ran
     r = evaluate.evaluate(str(run), device="cpu")
     assert r["test_acc"] == metrics["test_acc"]  # same arithmetic as fit's test: the same number
     assert r["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
-    capsys.readouterr()
     # `train.py test` without --trainer.precision takes the checkpoint's too
     assert train.main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "best.ckpt"),
                        "--trainer.precision", "null"]) == 0
