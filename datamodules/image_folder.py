@@ -16,6 +16,7 @@ conversion used both here and by `train.py predict`, so predictions see what tra
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,14 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+class folder_fact(cached_property):
+    """A cached_property that reads, on the class itself, as TensorDataModule's 'not known yet' value
+    (0, []), which `doctor` and the registry tests look at without a folder."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> object:
+        return getattr(TensorDataModule, self.attrname) if instance is None else super().__get__(instance, owner)
+
+
 class ImageFolderDataModule(TensorDataModule):
     """Images in one subfolder per class; num_classes, class_names and input_shape come from the folder.
 
@@ -90,38 +99,49 @@ class ImageFolderDataModule(TensorDataModule):
         flip: bool = False,
         train_fraction: float = 1.0,
     ) -> None:
-        if not data_dir:
-            raise ZooError("image_folder needs the folder of your images: pass --data.data_dir DIR "
-                           "(one subfolder per class, e.g. DIR/cat/*.jpg, DIR/dog/*.jpg).")
         super().__init__(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          split_seed=split_seed, augment=augment, train_fraction=train_fraction)
         self.save_hyperparameters(ignore=["val_size", "download"])  # only the options this class takes
-        if channels not in (1, 3):
-            raise ZooError(f"image_folder: channels must be 1 (grayscale) or 3 (RGB), got {channels}. "
-                           f"Fix: pass --data.channels 1 or 3.")
-        if image_size < 8:
-            raise ZooError(f"image_folder: image_size {image_size} is too small for the conv nets; "
-                           f"pass --data.image_size 28 or 32.")
-        if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1:
-            raise ZooError(f"image_folder: test_fraction must be in (0, 1) and val_fraction in [0, 1), got "
-                           f"{test_fraction} and {val_fraction}. Fix: e.g. --data.test_fraction 0.2.")
         self.image_size, self.channels = image_size, channels
         self.test_fraction, self.val_fraction = test_fraction, val_fraction
         self.pad, self.flip = image_size // 8, flip
-        # Discovered now, not in load(): the CLI links num_classes and input_shape to the model
-        # right after this object is built, before any pixel is read.
+        self.presplit = (self.data_dir / "train").is_dir() and (self.data_dir / "test").is_dir()
+        self.input_shape = (channels, image_size, image_size)
+
+    # Found in the folder on first use, not in __init__: the CLI reads num_classes right after building
+    # this object (to link it to the model), and an error raised then reaches the user as one paragraph,
+    # while jsonargparse wraps one raised in __init__ in a 70-line traceback.
+    @folder_fact
+    def class_names(self) -> list[str]:
+        self._check_options_and_folder()
+        where = self.data_dir / "train" if self.presplit else self.data_dir
+        names = class_folders(where)
+        if len(names) < 2:
+            raise ZooError(f"image_folder: {where} holds {len(names)} class folder(s) ({', '.join(names) or 'none'}); "
+                           f"a classifier needs at least 2. Fix: put each class's images in its own subfolder, "
+                           f"e.g. {where}/cat/ and {where}/dog/.")
+        return names
+
+    @folder_fact
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _check_options_and_folder(self) -> None:
+        if not self.hparams.data_dir:
+            raise ZooError("image_folder needs the folder of your images: pass --data.data_dir DIR "
+                           "(one subfolder per class, e.g. DIR/cat/*.jpg, DIR/dog/*.jpg).")
+        if self.channels not in (1, 3):
+            raise ZooError(f"image_folder: channels must be 1 (grayscale) or 3 (RGB), got {self.channels}. "
+                           f"Fix: pass --data.channels 1 or 3.")
+        if self.image_size < 8:
+            raise ZooError(f"image_folder: image_size {self.image_size} is too small for the conv nets; "
+                           f"pass --data.image_size 28 or 32.")
+        if not 0 < self.test_fraction < 1 or not 0 <= self.val_fraction < 1:
+            raise ZooError(f"image_folder: test_fraction must be in (0, 1) and val_fraction in [0, 1), got "
+                           f"{self.test_fraction} and {self.val_fraction}. Fix: e.g. --data.test_fraction 0.2.")
         if not self.data_dir.is_dir():
             raise ZooError(f"image_folder: {self.data_dir} is not a folder. Fix: pass --data.data_dir DIR, "
                            f"where DIR holds one subfolder of images per class.")
-        self.presplit = (self.data_dir / "train").is_dir() and (self.data_dir / "test").is_dir()
-        self.class_names = class_folders(self.data_dir / "train" if self.presplit else self.data_dir)
-        if len(self.class_names) < 2:
-            where = self.data_dir / "train" if self.presplit else self.data_dir
-            raise ZooError(f"image_folder: {where} holds {len(self.class_names)} class folder(s) "
-                           f"({', '.join(self.class_names) or 'none'}); a classifier needs at least 2. Fix: put "
-                           f"each class's images in its own subfolder, e.g. {where}/cat/ and {where}/dog/.")
-        self.num_classes = len(self.class_names)
-        self.input_shape = (channels, image_size, image_size)
 
     def val_count(self, n_train: int) -> int:
         return round(self.val_fraction * n_train)

@@ -80,6 +80,10 @@ class MNISTDataModule(TensorDataModule):
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return load_idx_dataset(self.name, self.data_dir / self.folder / "raw")
 
+    def label_source(self, split: str, index: int) -> str:
+        name = "train-labels-idx1-ubyte" if split == "train" else "t10k-labels-idx1-ubyte"
+        return f"label {index} of {self.data_dir / self.folder / 'raw' / name}"
+
     def fetch(self) -> None:
         import torchvision  # only needed for downloading
 

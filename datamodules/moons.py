@@ -10,10 +10,13 @@ Registered as 'moons'.
 
     python train.py fit --data moons --model mlp
 """
+import math
+
 import torch
 from torch import Tensor
 
 from datamodules.tensor import TensorDataModule
+from zoo.errors import ZooError
 
 
 class MoonsDataModule(TensorDataModule):
@@ -62,6 +65,13 @@ class MoonsDataModule(TensorDataModule):
         from sklearn.datasets import make_moons  # imported here: sklearn is slow to import
         from sklearn.model_selection import train_test_split
 
+        # Checked here, not in __init__: the CLI would wrap an error raised there in a long traceback.
+        if self.n_samples < 2:  # one point for the test split (30%, rounded up) and one to train on
+            raise ZooError(f"moons: n_samples must be at least 2 (one test point and one to train on), got "
+                           f"{self.n_samples}. Fix: pass e.g. --data.n_samples 200 (the default).")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ZooError(f"moons: noise is the standard deviation of the noise added to the points, so it must be "
+                           f"a finite number >= 0, got {self.noise}. Fix: pass e.g. --data.noise 0.2 (the default).")
         x, y = make_moons(self.n_samples, noise=self.noise, random_state=42)
         x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=42)
         return (

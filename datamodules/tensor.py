@@ -243,6 +243,10 @@ class TensorDataModule(L.LightningDataModule):
         """How many of the n_train official training examples become the validation split."""
         return self.val_size
 
+    def label_source(self, split: str, index: int) -> str:
+        """Where label `index` of the official `split` ('train' or 'test') comes from, for error messages."""
+        return f"label {index} of the {split} split"
+
     # --- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
         # Lightning runs this on one process per node before setup(), so downloads never race.
@@ -255,6 +259,8 @@ class TensorDataModule(L.LightningDataModule):
         if self.trainer is None:
             self.prepare_data()  # used without a Trainer (tests, scripts): nobody else calls it
         x, y, self.test_x, self.test_y = self.load()
+        self._check_labels("train", y)
+        self._check_labels("test", self.test_y)
         n = len(y)
         n_val = self.val_count(n)
         n_train = max(1, round(self.train_fraction * (n - n_val)))
@@ -299,6 +305,19 @@ class TensorDataModule(L.LightningDataModule):
         if "mean" in state_dict:
             self.mean, self.std = torch.tensor(state_dict["mean"]), torch.tensor(state_dict["std"])
 
+    def _check_labels(self, split: str, y: Tensor) -> None:
+        """Labels must be int64 class indices in [0, num_classes): a damaged label file is named here,
+        not met later as an index error inside the loss (or, for test labels, after training)."""
+        if y.dtype != torch.int64:
+            raise ZooError(f"{self.name}: load() gave {split} labels of dtype {y.dtype}; they must be int64 class "
+                           f"indices. Fix: return torch.int64 labels from load().")
+        k = self.num_classes
+        if len(y) and not (0 <= y.min() and y.max() < k):  # whole-tensor reductions: fast on 60,000 labels
+            i = int(((y < 0) | (y >= k)).nonzero()[0])
+            raise ZooError(f"{self.name}: {self.label_source(split, i)} is {int(y[i])}, outside the {k} classes "
+                           f"0..{k - 1}: the file is damaged or not {self.name}'s. Fix: delete it and fetch it again "
+                           f"(--data.download true, or `make data`).")
+
     def _check_options(self, n: int, n_val: int, n_train: int) -> None:
         """Reject impossible split and batch options with a ZooError naming the fix."""
         if not 0 <= n_val < n:
@@ -318,7 +337,8 @@ class TensorDataModule(L.LightningDataModule):
         if self.batch_size > n_train:
             raise ZooError(
                 f"{self.name}: batch_size {self.batch_size} is larger than the training split "
-                f"({n_train} examples). Fix: lower --data.batch_size or raise --data.train_fraction."
+                f"({n_train} examples). Fix: lower --data.batch_size, or train on more data (--data.train_fraction up to 1; "
+                f"--data.n_samples for moons)."
             )
 
     # --- helpers ----------------------------------------------------------------------------

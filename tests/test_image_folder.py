@@ -118,8 +118,10 @@ def test_clear_errors(tmp_path, setup, words):
 
 
 def test_data_dir_is_required():
+    dm = ImageFolderDataModule()  # checked on first use, so the CLI prints it as one paragraph (test_data_trust.py)
     with pytest.raises(ZooError, match="data_dir"):
-        ImageFolderDataModule()
+        dm.setup()
+    assert ImageFolderDataModule.num_classes == 0 and ImageFolderDataModule.class_names == []  # unknown without a folder
 
 
 def test_cli_fit_trains_lenet5_and_evaluates(folder, tmp_path):
