@@ -1,16 +1,25 @@
-"""Checkpoints as data: atomic writes, and loading that never runs code.
+"""Checkpoints as data: atomic writes, and loading that never runs code or trusts the file.
 
 Every checkpoint the project writes holds only tensors and plain values, so it loads with
 torch's `weights_only=True`; anything else (a pickled module, a crafted file whose unpickling
-would run code) is refused with a clear message before any of its code can execute.
+would run code) is refused with a clear message before any of its code can execute. What it
+does hold is checked before anything is built from it: the model's hyperparameters against
+ZooModule's signature and types, the model's size (counted on the meta device, so a crafted
+file cannot make us allocate 160 GB), and the weights against the model they claim to be.
 
     ckpt = load_checkpoint("checkpoints/mnist/lenet5/<run>/best.ckpt")
 """
 
+import inspect
 import io
+import math
 import os
 import pickle
+import reprlib
 import tempfile
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +27,17 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from zoo.errors import ZooError
+from zoo.module import ZooModule
+
+MAX_PARAMS = 100_000_000  # 40x the largest zoo model (MobileNetV2, 2.2M); 400 MB of float32
+MAX_INPUT = 1 << 24  # numbers in one input (3 x 2364 x 2364): export and predict allocate batches of them
+REQUIRED = ("arch", "num_classes", "input_shape")  # ZooModule has defaults, but a checkpoint must say
+FIX = "Use best.ckpt or last.ckpt of a run written by train.py fit (or retrain); do not edit checkpoints by hand."
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a lightning-zoo checkpoint safely (weights_only=True), or raise ZooError saying why not."""
+    """Load a lightning-zoo checkpoint safely (weights_only=True) and check what it holds, or raise
+    ZooError saying why not."""
     path = Path(path)
     if path.is_dir():
         raise ZooError(f"{path} is a directory, not a checkpoint file. Pass a .ckpt file inside it "
@@ -41,14 +57,122 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise ZooError(f"Cannot read checkpoint {path}: the file is truncated, corrupted or not a PyTorch "
                        f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Use another "
                        f"checkpoint of the run (best.ckpt / last.ckpt) or retrain.") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt.get("hyper_parameters", {}):
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or "arch" not in hp or not isinstance(ckpt.get("state_dict"), dict):
         raise ZooError(f"{path} is a PyTorch file but not a lightning-zoo checkpoint (it lacks the model "
                        f"name and weights). Pass a best.ckpt or last.ckpt written by train.py.")
+    check_checkpoint(ckpt, path)
     return ckpt
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that it is either the old one or the complete new one, never half of each."""
+def check_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint that would make us build something other than a zoo model of sane size
+    with these very weights: everything below is decided by the file, so nothing is taken on trust."""
+    for key in ("data_name", "precision"):
+        if not isinstance(ckpt.get(key), str | None):
+            raise ZooError(f"{path}: '{key}' is {reprlib.repr(ckpt[key])}, not a name. {FIX}")
+    model = check_hparams(ckpt["hyper_parameters"], path)
+    check_weights(ckpt["state_dict"], model, path)
+    channels = ckpt["hyper_parameters"]["input_shape"][0]
+    for key, state in ckpt.items():  # the datamodule's normalisation, used as it is by evaluate/predict/export
+        if key.endswith("DataModule") and isinstance(state, dict):
+            for stat in ("mean", "std"):
+                if stat in state and not (fits(state[stat], list[float]) and len(state[stat]) == channels):
+                    raise ZooError(f"{path}: {key}['{stat}'] is {reprlib.repr(state[stat])}, not {channels} "
+                                   f"numbers (one per input channel). {FIX}")
+
+
+def check_hparams(hp: dict, path: str | os.PathLike) -> ZooModule:
+    """The model's hyperparameters as ZooModule takes them, and a model of at most MAX_PARAMS
+    parameters; returns that model built on the meta device (shapes only, no memory)."""
+    check_args(ZooModule.__init__, hp, path, "hyperparameter", REQUIRED)
+    shape = hp["input_shape"]
+    if shape and math.prod(shape) > MAX_INPUT:
+        raise ZooError(f"{path}: input_shape {reprlib.repr(shape)} means {math.prod(shape):,} numbers per input, "
+                       f"more than the {MAX_INPUT:,} this project allows. {FIX}")
+    hp = {k: v for k, v in hp.items() if not k.startswith("_")}
+    try:
+        with torch.device("meta"):  # parameters without storage: counting 40 billion costs nothing
+            model = ZooModule(**{**hp, "pretrained": None})  # the weights come from this file
+    except ZooError as e:
+        raise ZooError(f"{path} holds hyperparameters that do not make a model: {e} {FIX}") from None
+    n = sum(p.numel() for p in model.parameters())
+    if n > MAX_PARAMS:
+        raise ZooError(f"{path} describes a {hp['arch']} of {n:,} parameters ({4 * n / 1e9:.1f} GB), more than "
+                       f"the {MAX_PARAMS:,} this project builds; refused before allocating it. {FIX}")
+    return model
+
+
+def check_weights(state_dict: dict, model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """The weights must be exactly the tensors the model has, name by name and shape by shape."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state_dict.items()}
+    problems = [f"{k} is missing" for k in expected if k not in got]
+    problems += [f"{k} is not one of its weights" for k in got if k not in expected]
+    problems += [f"{k} has shape {list(got[k]) if got[k] is not None else 'none (not a tensor)'}, the model's "
+                 f"is {list(shape)}" for k, shape in expected.items() if k in got and got[k] != shape]
+    if problems:
+        arch = model.hparams.arch
+        raise ZooError(f"The weights in {path} do not fit its model ({arch}, input {model.hparams.input_shape}, "
+                       f"{model.hparams.num_classes} classes): {'; '.join(problems[:3])}"
+                       f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. {FIX}")
+
+
+def check_args(fn: Callable, values: dict, path: str | os.PathLike, what: str, required: tuple[str, ...] = ()) -> None:
+    """`values` (from a file) as keyword arguments of `fn`: known names, the annotated types, the
+    required ones present. Keys starting with '_' are Lightning's bookkeeping and are skipped."""
+    params = [p for p in inspect.signature(fn).parameters if p != "self"]
+    hints = typing.get_type_hints(fn)
+    for key in required:
+        if key not in values:
+            raise ZooError(f"{path} lacks the {what} '{key}'. {FIX}")
+    for key, value in values.items():
+        if key.startswith("_"):
+            continue
+        if key not in params:
+            raise ZooError(f"{path} has an unknown {what} '{key}' (= {reprlib.repr(value)}); {fn.__qualname__} "
+                           f"takes only {', '.join(params)}. It was written by another program or version. {FIX}")
+        if key in hints and not fits(value, hints[key]):
+            raise ZooError(f"{path}: the {what} '{key}' is {reprlib.repr(value)} ({type(value).__name__}), but "
+                           f"must be {type_name(hints[key])}. {FIX}")
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a plain value read from a file has the type an annotation asks for (int for float
+    is fine, bool for int is not)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(fits(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        item = (typing.get_args(hint) or (Any,))[0]
+        return isinstance(value, list | tuple) and all(fits(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("NoneType", "None")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: whole files or nothing.
+
+def check_output(path: str | os.PathLike, flag: str) -> Path:
+    """An output path the user gave (--out, --json, ...): refused before any work when it is a folder
+    or its folder does not exist; we never create folders nobody asked for."""
+    path = Path(path)
+    if path.is_dir() or not path.parent.is_dir():
+        what = "is a folder" if path.is_dir() else f"is in a folder that does not exist ({path.parent})"
+        raise ZooError(f"Cannot write {path}: it {what}. Fix: give {flag} a file path in an existing folder.")
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, check: Callable[[Path], Any] | None = None) -> Any:
+    """Write a file so that it is either the old one or the complete new one, never half of each.
+    `check(temp_path)` runs on the complete, synced file before it takes the name; if it raises, the
+    old file stays. Returns what `check` returned."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -57,7 +181,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        result = check(Path(tmp)) if check is not None else None
         os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file
+        return result
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -35,9 +35,29 @@ MANIFEST = WEIGHTS_DIR / "manifest.json"
 def model_from_checkpoint(ckpt: dict) -> ZooModule:
     """The ZooModule a checkpoint holds, in float32 and eval mode (no dataset needed)."""
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-    model = ZooModule(**hp)
+    model = ZooModule(**{**hp, "pretrained": None})  # the weights are this file's, not the shipped ones
     model.load_state_dict(ckpt["state_dict"])  # copies float16 weights into the float32 parameters
     return model.eval()
+
+
+def pick_device(name: str) -> torch.device:
+    """--device as a device this machine has ('auto': CUDA when there is one, else the CPU), or a
+    ZooError listing the ones it has."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = torch.backends.mps.is_available()
+    try:
+        device = torch.device(name)
+        here = {"cpu": True, "cuda": (device.index or 0) < gpus, "mps": mps}.get(device.type, False)
+    except RuntimeError:  # not a device name at all
+        here = False
+    if not here:
+        have = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(gpus)] if gpus else []) + (["mps"] if mps else [])
+        raise ZooError(f"--device {name}: this machine has no such device ({gpus} CUDA GPU(s) visible to torch "
+                       f"{torch.__version__}). Fix: pass auto (a GPU when there is one, else the CPU) or one of: "
+                       f"{', '.join(have)}.")
+    return device
 
 
 def datamodule_state(ckpt: dict) -> dict:
@@ -67,8 +87,12 @@ def class_names(ckpt: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Shipped weights: the manifest, the sha256 check, loading by name.
 
-def read_manifest(manifest: str | os.PathLike = MANIFEST) -> list[dict]:
-    path = Path(manifest)
+ENTRY_KEYS = ("model", "dataset", "file", "sha256")  # what loading needs of each manifest entry
+
+
+def read_manifest(manifest: str | os.PathLike | None = None) -> list[dict]:
+    """The manifest's entries (default: results/weights/manifest.json), each checked to be usable."""
+    path = Path(manifest or MANIFEST)  # looked up at call time, so tests can point MANIFEST elsewhere
     if not path.is_file():
         raise ZooError(f"No pretrained weights: the manifest {path} does not exist. Train the model instead "
                        f"(python train.py fit --data DATASET --model.arch MODEL) and use its checkpoint.")
@@ -76,10 +100,20 @@ def read_manifest(manifest: str | os.PathLike = MANIFEST) -> list[dict]:
         entries = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ZooError(f"The weights manifest {path} cannot be read ({e}). Restore it: git checkout -- {path}") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ZooError(f"The weights manifest {path} is not a list of entries like {{\"model\": \"lenet5\", "
+                       f"\"dataset\": \"mnist\", \"file\": ..., \"sha256\": ...}}. Fix: restore it with "
+                       f"git checkout -- {path} (or regenerate it: python -m zoo.pretrained).")
+    for n, entry in enumerate(entries, start=1):
+        missing = [k for k in ENTRY_KEYS if not isinstance(entry.get(k), str)]
+        if missing:
+            raise ZooError(f"Entry {n} of the weights manifest {path} lacks {', '.join(missing)} (each entry needs "
+                           f"the text fields {', '.join(ENTRY_KEYS)}). Fix: restore it with git checkout -- {path} "
+                           f"(or regenerate it: python -m zoo.pretrained).")
     return entries
 
 
-def find_entry(model: str | None, dataset: str, manifest: str | os.PathLike = MANIFEST) -> dict:
+def find_entry(model: str | None, dataset: str, manifest: str | os.PathLike | None = None) -> dict:
     """The manifest entry for (model, dataset); model may be None when the dataset has only one."""
     entries = read_manifest(manifest)
     matches = [e for e in entries if e["dataset"] == dataset and model in (None, e["model"])]
@@ -101,10 +135,10 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def pretrained_path(model: str | None, dataset: str, manifest: str | os.PathLike = MANIFEST) -> Path:
+def pretrained_path(model: str | None, dataset: str, manifest: str | os.PathLike | None = None) -> Path:
     """The verified weights file of (model, dataset): it exists and its sha256 is the manifest's."""
     entry = find_entry(model, dataset, manifest)
-    path = Path(manifest).parent / entry["file"]
+    path = Path(manifest or MANIFEST).parent / entry["file"]
     fix = f"Fix: restore it with `git checkout -- {path}` (or regenerate it: {entry.get('command', 'see the manifest')})."
     if not path.is_file():
         raise ZooError(f"The weights file of {entry['model']} on {dataset} is missing: {path}. {fix}")
@@ -115,7 +149,7 @@ def pretrained_path(model: str | None, dataset: str, manifest: str | os.PathLike
     return path
 
 
-def load_pretrained_checkpoint(model: str | None, dataset: str, manifest: str | os.PathLike = MANIFEST) -> dict:
+def load_pretrained_checkpoint(model: str | None, dataset: str, manifest: str | os.PathLike | None = None) -> dict:
     """The shipped weights file of (model, dataset) as a checkpoint dict, weights in float32."""
     path = pretrained_path(model, dataset, manifest)
     ckpt = load_checkpoint(path)  # weights_only=True
@@ -123,13 +157,13 @@ def load_pretrained_checkpoint(model: str | None, dataset: str, manifest: str | 
     return ckpt
 
 
-def load_pretrained(model: str, dataset: str, manifest: str | os.PathLike = MANIFEST) -> ZooModule:
+def load_pretrained(model: str, dataset: str, manifest: str | os.PathLike | None = None) -> ZooModule:
     """A shipped model by name, ready for inference: e.g. load_pretrained("lenet5", "mnist")."""
     return model_from_checkpoint(load_pretrained_checkpoint(model, dataset, manifest))
 
 
 def load_trained(checkpoint: str | None, pretrained: str | None, model: str | None = None,
-                 manifest: str | os.PathLike = MANIFEST) -> tuple[dict, str]:
+                 manifest: str | os.PathLike | None = None) -> tuple[dict, str]:
     """The checkpoint a command was pointed at (--checkpoint PATH or run dir, or --pretrained
     DATASET [--model NAME]) and a name for it to print."""
     if (checkpoint is None) == (pretrained is None):
