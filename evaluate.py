@@ -7,7 +7,8 @@
 The model and the datamodule are rebuilt from the checkpoint alone (it stores the model's
 hyperparameters, the dataset name and its normalisation), so no config is needed; the data
 directory can be overridden. Checkpoints are loaded with weights_only=True: a file that would run
-code when unpickled is refused.
+code when unpickled is refused. A checkpoint never makes evaluate download data or create folders:
+the data directory it names is only read (--data_dir wins over it), its download option is ignored.
 """
 
 import json
@@ -21,8 +22,9 @@ from jsonargparse import ArgumentParser
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from datamodules import get_datamodule_class
-from zoo import ZooError, ZooModule
-from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo import ZooError
+from zoo.checkpoint import atomic_write_bytes, check_args, check_output, load_checkpoint
+from zoo.pretrained import model_from_checkpoint, pick_device
 
 
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
@@ -40,20 +42,27 @@ def resolve(path: str) -> Path:
     return p
 
 
-def rebuild(ckpt: dict, data_dir: str | None = None):
+def rebuild(ckpt: dict, data_dir: str | None = None, path: str | Path = "the checkpoint"):
     """Model and datamodule exactly as they were trained, from the checkpoint's contents."""
-    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-    model = ZooModule(**hp)
-    model.load_state_dict(ckpt["state_dict"])
+    hp = ckpt["hyper_parameters"]
+    model = model_from_checkpoint(ckpt)
     data_name = ckpt.get("data_name")
     if data_name is None:
         raise ZooError("The checkpoint does not say which dataset it was trained on (written by an old "
                        "version?). Evaluate it with: python train.py test --config <run>/config.yaml "
                        "--ckpt_path <checkpoint>.")
-    dm_hparams = dict(ckpt.get("datamodule_hyper_parameters", {}))
+    cls = get_datamodule_class(data_name)
+    dm_hparams = ckpt.get("datamodule_hyper_parameters", {})
+    if not isinstance(dm_hparams, dict):
+        raise ZooError(f"{path}: datamodule_hyper_parameters is not a dict of options. Use best.ckpt or last.ckpt "
+                       f"of a run written by train.py fit.")
+    check_args(cls.__init__, dm_hparams, path, "datamodule option")
+    # The file decides how the test set looks, never what we download or create: no download, and
+    # its data_dir (a path on the training machine) is only read, the user's --data_dir wins.
+    dm_hparams = {k: v for k, v in dm_hparams.items() if not k.startswith("_") and k != "download"}
     if data_dir is not None:
         dm_hparams["data_dir"] = data_dir
-    dm = get_datamodule_class(data_name)(**dm_hparams)
+    dm = cls(**dm_hparams)
     if list(dm.input_shape) != list(hp["input_shape"]) or dm.num_classes != hp["num_classes"]:
         raise ZooError(f"The data ({data_name}: input {list(dm.input_shape)}, {dm.num_classes} classes) does not fit "
                        f"the model ({hp['arch']}: input {hp['input_shape']}, {hp['num_classes']} classes).")
@@ -67,16 +76,15 @@ def rebuild(ckpt: dict, data_dir: str | None = None):
 @torch.inference_mode()
 def evaluate(path: str, data_dir: str | None = None, device: str = "auto", precision: str = "auto") -> dict:
     """Test loss and accuracy, per-class accuracy, confusion matrix and most-confused pairs."""
+    if precision not in PRECISIONS:
+        raise ZooError(f"Unknown --precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}.")
+    dev = pick_device(device)
     ckpt_path = resolve(path)
     ckpt = load_checkpoint(ckpt_path)
-    model, dm = rebuild(ckpt, data_dir)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    model, dm = rebuild(ckpt, data_dir, ckpt_path)
     model.to(dev).eval()
     # The arithmetic the run was tested with (bf16 autocast for conv nets on bf16 hardware), so the
     # numbers match fit's; `--precision 32` evaluates in full precision instead.
-    if precision not in PRECISIONS:
-        raise ZooError(f"Unknown --precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}.")
     trained = ckpt.get("precision") or "32-true"
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(trained if precision == "auto" else precision)
     if dtype is not None and dev.type not in ("cpu", "cuda"):
@@ -149,6 +157,8 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--debug", type=bool, default=False, help="Show tracebacks.")
     cfg = parser.parse_args(args)
     try:
+        if cfg.json:
+            check_output(cfg.json, "--json")  # before evaluating, not after
         results = [evaluate(p, cfg.data_dir, cfg.device, cfg.precision) for p in cfg.checkpoints]
     except ZooError as e:
         if cfg.debug:
@@ -169,7 +179,12 @@ def main(args: list[str] | None = None) -> int:
         for r in results:
             print(f"{r['model']:<14}{r['data']:<15}{r['test_acc']:>9.4f}  {r['checkpoint']}")
     if cfg.json:
-        atomic_write_bytes(cfg.json, json.dumps(results if len(results) > 1 else results[0], indent=2).encode())
+        try:
+            atomic_write_bytes(cfg.json, json.dumps(results if len(results) > 1 else results[0], indent=2).encode())
+        except OSError as e:  # a full disk or a read-only folder: the numbers are printed above
+            print(f"error: cannot write {cfg.json}: {e.strerror or e}; it is as it was before. Fix: free some "
+                  f"space or choose a writable --json path.", file=sys.stderr)
+            return 1
     return 0
 
 

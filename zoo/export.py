@@ -7,12 +7,15 @@ The bare network (ZooModule.model) is exported in eval mode with a dynamic batch
 takes float32 (B, *input_shape) inputs that are already normalised as in training: pixels / 255,
 then (x - mean) / std per channel, and returns logits (B, num_classes). Those statistics, the class
 names and the input shape are stored in the file (TorchScript: extra file 'zoo.json'; ONNX:
-metadata_props['zoo']) and printed. After writing, the file is loaded back and run on a batch of
-random real-shaped inputs; its outputs must match the checkpoint's within 1e-4. ONNX needs the
-optional packages onnx and onnxscript, and onnxruntime for the check: pip install -e .[export].
+metadata_props['zoo']) and printed. The file is written to a temporary file beside --out, synced,
+loaded back and run on a batch of random real-shaped inputs; only if its outputs match the
+checkpoint's within 1e-4 does it replace --out (atomically), so a full disk or a failed check leaves
+a previous file at --out as it was. ONNX needs the optional packages onnx and onnxscript, and
+onnxruntime for the check: pip install -e .[export].
 """
 
 import importlib.util
+import io
 import json
 import sys
 import warnings
@@ -22,8 +25,9 @@ import torch
 from jsonargparse import ArgumentParser
 
 from datamodules.tensor import TensorDataModule
+from zoo.checkpoint import atomic_write_bytes, check_output
 from zoo.errors import ZooError
-from zoo.pretrained import MANIFEST, class_names, datamodule_state, load_trained, model_from_checkpoint
+from zoo.pretrained import class_names, datamodule_state, load_trained, model_from_checkpoint
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -58,13 +62,16 @@ def sample_inputs(ckpt: dict, batch: int, seed: int = 0) -> torch.Tensor:
     return normalizer.normalize(torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=g))
 
 
-def export_torchscript(net: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
+def export_torchscript(net: torch.nn.Module, example: torch.Tensor, meta: dict) -> bytes:
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export, but TorchScript is still what LibTorch
         # (C++), older runtimes and mobile load; the issue asks for it.
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(net, example)
-        torch.jit.save(traced, str(out), _extra_files={"zoo.json": json.dumps(meta)})
+        # Into memory, not to a path: torch's C++ file writer aborts the process on a full disk.
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"zoo.json": json.dumps(meta)})
+    return buffer.getvalue()
 
 
 def run_torchscript(out: Path, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +80,7 @@ def run_torchscript(out: Path, x: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(str(out))(x)
 
 
-def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
+def export_onnx(net: torch.nn.Module, example: torch.Tensor, meta: dict) -> bytes:
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise ZooError(f"ONNX export needs the optional package(s) {', '.join(missing)}. Fix: pip install -e .[export] "
@@ -83,7 +90,7 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path, meta: di
         program = torch.onnx.export(net, (example,), input_names=["input"], output_names=["logits"],
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
     program.model.metadata_props["zoo"] = json.dumps(meta)
-    program.save(str(out), external_data=False)  # one self-contained file (fine below 2 GB)
+    return program.model_proto.SerializeToString()  # one self-contained file (fine below 2 GB)
 
 
 def run_onnx(out: Path, x: torch.Tensor) -> torch.Tensor | None:
@@ -106,21 +113,35 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
     the checkpoint's on a random batch. Returns the check: {'max_abs_diff': float or None, ...}."""
     if fmt not in FORMATS:
         raise ZooError(f"Unknown export format {fmt!r}. Choose one of: {', '.join(FORMATS)} (--format).")
-    out = Path(out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise ZooError(f"Cannot write {out}: give a file path in an existing folder, e.g. --out model.{'pt' if fmt == 'torchscript' else 'onnx'}.")
+    out = check_output(out, "--out")
     model = model_from_checkpoint(ckpt)
     net = model.model.eval()  # the bare network: no Lightning, no metrics
     meta = metadata(ckpt)
-    (export_torchscript if fmt == "torchscript" else export_onnx)(net, sample_inputs(ckpt, EXPORT_BATCH), out, meta)
     x = sample_inputs(ckpt, CHECK_BATCH, seed=1)
     expected = reference(model, x)
-    got = run_torchscript(out, x) if fmt == "torchscript" else run_onnx(out, x)
-    diff = None if got is None else (got.float() - expected).abs().max().item()
-    if diff is not None and (got.shape != expected.shape or not diff < TOLERANCE):
-        raise ZooError(f"The exported {out} does not reproduce the checkpoint: max abs difference {diff:.3g} "
-                       f"on a batch of {CHECK_BATCH} (tolerance {TOLERANCE}). Do not use it; please report this "
-                       f"with the model name ({meta['model']}) and your torch version ({torch.__version__}).")
+    kept = f"Nothing was written: {out} is as it was before." if out.exists() else f"Nothing was written to {out}."
+
+    def check(tmp: Path) -> float | None:
+        """The written file, run on its own, against the checkpoint: None when onnxruntime is absent."""
+        try:
+            got = run_torchscript(tmp, x) if fmt == "torchscript" else run_onnx(tmp, x)
+        except Exception as e:  # our own bytes that do not load back: an exporter bug, not the user's
+            raise ZooError(f"The exported {fmt} file does not load back ({type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}). {kept} Please report this "
+                           f"with the model name ({meta['model']}) and your torch version ({torch.__version__}).") from e
+        diff = None if got is None else (got.float() - expected).abs().max().item()
+        if diff is not None and (got.shape != expected.shape or not diff < TOLERANCE):
+            raise ZooError(f"The {fmt} export of the checkpoint failed its check: max abs difference {diff:.3g} "
+                           f"on a batch of {CHECK_BATCH} (tolerance {TOLERANCE}). {kept} Please report this "
+                           f"with the model name ({meta['model']}) and your torch version ({torch.__version__}).")
+        return diff
+
+    try:
+        data = (export_torchscript if fmt == "torchscript" else export_onnx)(net, sample_inputs(ckpt, EXPORT_BATCH), meta)
+        diff = atomic_write_bytes(out, data, check=check)  # temp file, fsync, check, then rename onto out
+    except OSError as e:  # a full disk, a read-only folder, a quota
+        raise ZooError(f"Cannot write {out}: {e.strerror or e}. {kept} Fix: free some space or choose a "
+                       f"writable place for --out.") from None
     return {"out": str(out), "format": fmt, "max_abs_diff": diff, "batch": CHECK_BATCH, "metadata": meta}
 
 
@@ -132,14 +153,12 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--model", type=str | None, default=None, help="With --pretrained: which model.")
     parser.add_argument("--format", type=str, default="torchscript", help="torchscript or onnx.")
     parser.add_argument("--out", type=str, required=True, help="The file to write (e.g. model.pt, model.onnx).")
-    parser.add_argument("--manifest", type=str, default=str(MANIFEST), help="The pretrained weights' manifest.")
+    parser.add_argument("--manifest", type=str | None, default=None,
+                        help="The pretrained weights' manifest (default: results/weights/manifest.json).")
     cfg = parser.parse_args(args)
-    try:
-        ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)
-        r = export(ckpt, cfg.format.lower(), cfg.out)
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # A ZooError goes up to train.main: one paragraph, exit status 2, the traceback with --debug.
+    ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)
+    r = export(ckpt, cfg.format.lower(), cfg.out)
     m = r["metadata"]
     print(f"exported {m['model']} on {m['data']} ({source}) to {r['out']} ({r['format']})")
     print(f"  input  {m['input']}; shape (B, {', '.join(map(str, m['input_shape']))})")
@@ -155,5 +174,7 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m zoo.export ...: the same as python train.py export ...
+    import train
+
+    sys.exit(train.main(["export", *sys.argv[1:]]))

@@ -24,9 +24,9 @@ from jsonargparse import ArgumentParser
 
 from datamodules.image_folder import IMAGE_EXTENSIONS, list_images, load_image
 from datamodules.tensor import TensorDataModule
-from zoo.checkpoint import atomic_write_bytes
+from zoo.checkpoint import atomic_write_bytes, check_output
 from zoo.errors import ZooError
-from zoo.pretrained import MANIFEST, class_names, datamodule_state, load_trained, model_from_checkpoint
+from zoo.pretrained import class_names, datamodule_state, load_trained, model_from_checkpoint, pick_device
 
 
 def expand_inputs(specs: list[str], extensions: tuple[str, ...]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -102,6 +102,7 @@ def read_points(files: list[Path], n_features: int) -> tuple[list[str], list[lis
 def predict(ckpt: dict, inputs: list[str], top_k: int = 3, invert: bool = False, batch_size: int = 256,
             device: str = "cpu") -> dict:
     """Top-k classes and probabilities for every readable input; skipped inputs with the reason."""
+    device = pick_device(device)
     shape = ckpt["hyper_parameters"]["input_shape"]
     images = len(shape) == 3
     if images and shape[0] not in (1, 3):
@@ -191,28 +192,33 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=str | None, default=None, help="Also write the predictions to this CSV file.")
     parser.add_argument("--json", type=str | None, default=None, help="Also write the predictions to this JSON file.")
     parser.add_argument("--batch_size", type=int, default=256, help="Inputs per forward pass.")
-    parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda or mps.")
-    parser.add_argument("--manifest", type=str, default=str(MANIFEST), help="The pretrained weights' manifest.")
+    parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda (cuda:N), mps or auto.")
+    parser.add_argument("--manifest", type=str | None, default=None,
+                        help="The pretrained weights' manifest (default: results/weights/manifest.json).")
     cfg = parser.parse_args(args)
-    try:
-        if cfg.top_k < 1 or cfg.batch_size < 1:
-            raise ZooError(f"--top_k and --batch_size must be positive, got {cfg.top_k} and {cfg.batch_size}.")
-        ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)
-        r = predict(ckpt, cfg.inputs, cfg.top_k, cfg.invert, cfg.batch_size, cfg.device)
-        r["checkpoint"] = source
-        print(table(r, source))
-        for path, text in ((cfg.csv, to_csv(r) if cfg.csv else ""), (cfg.json, json.dumps(r, indent=2) + "\n")):
-            if path:
-                try:
-                    atomic_write_bytes(path, text.encode())
-                except OSError as e:
-                    raise ZooError(f"Cannot write {path} ({e.strerror or e}). Fix: choose a writable path.") from None
-                print(f"wrote {path}")
-    except ZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # A ZooError goes up to train.main: one paragraph, exit status 2, the traceback with --debug.
+    if cfg.top_k < 1 or cfg.batch_size < 1:
+        raise ZooError(f"--top_k and --batch_size must be positive, got {cfg.top_k} and {cfg.batch_size}.")
+    for flag, path in (("--csv", cfg.csv), ("--json", cfg.json)):
+        if path:
+            check_output(path, flag)  # before the work, not after it
+    pick_device(cfg.device)
+    ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)
+    r = predict(ckpt, cfg.inputs, cfg.top_k, cfg.invert, cfg.batch_size, cfg.device)
+    r["checkpoint"] = source
+    print(table(r, source))
+    for path, text in ((cfg.csv, to_csv(r) if cfg.csv else ""), (cfg.json, json.dumps(r, indent=2) + "\n")):
+        if path:
+            try:
+                atomic_write_bytes(path, text.encode())
+            except OSError as e:
+                raise ZooError(f"Cannot write {path} ({e.strerror or e}); it is as it was before. Fix: choose a "
+                               f"writable path.") from None
+            print(f"wrote {path}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m zoo.predict ...: the same as python train.py predict ...
+    import train
+
+    sys.exit(train.main(["predict", *sys.argv[1:]]))
