@@ -38,8 +38,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from datamodules import DATAMODULES, TensorDataModule
 from zoo import ZooError, ZooModule, insight, profile
 from zoo.checkpoint import AtomicCheckpointIO, atomic_write_bytes, load_checkpoint
-from zoo.module import default_precision
+from zoo.module import RESOLVED, default_precision, resolve_hparams
 from zoo.registry import convolutional
+from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale_temp_files
 
 ROOT = Path(__file__).resolve().parent
 
@@ -58,6 +59,7 @@ CONFIGS = ROOT / "configs"
 # Run directories: checkpoints/<data>/<model>/<run-id>/, one per fit, never shared.
 
 NEW_RUN_DIRS: list[Path] = []  # made by this process: removed again if it fails before a checkpoint
+LOCKS: list[RunLock] = []  # held by this process: released when the command ends, however it ends
 
 
 def new_run_dir(runs_root: Path, data: str, arch: str) -> Path:
@@ -79,10 +81,16 @@ def new_run_dir(runs_root: Path, data: str, arch: str) -> Path:
 
 def remove_failed_runs() -> None:
     """A run that failed before its first checkpoint leaves no half-made directory behind."""
+    release_locks()
     while NEW_RUN_DIRS:
         run = NEW_RUN_DIRS.pop()
         if run.is_dir() and not any(run.glob("*.ckpt")):
             shutil.rmtree(run, ignore_errors=True)
+
+
+def release_locks() -> None:
+    while LOCKS:
+        LOCKS.pop().release()
 
 
 def find_resume(spec: str, runs_root: Path, data: str, arch: str) -> Path:
@@ -152,7 +160,7 @@ class RunInfo(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # A kill by the user is not a failure: keep the progress so `--ckpt_path last` continues.
         if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException":
-            trainer.save_checkpoint(self.run_dir / "last.ckpt")
+            trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)  # full state, to resume
             if trainer.is_global_zero:
                 print(f"\nInterrupted: progress saved to {self.run_dir / 'last.ckpt'}; "
                       f"resume with --ckpt_path {self.run_dir}", file=sys.stderr)
@@ -232,7 +240,6 @@ class ZooCLI(LightningCLI):
         # The model is built for the data: the user never types num_classes or the input shape.
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
-        parser.set_defaults({"data": {"class_path": "datamodules.moons.MoonsDataModule"}})
         parser.add_argument("--runs_root", type=str, default="checkpoints", help="Where run directories go.")
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="Use this run directory (multi-node launches: give every node the same).")
@@ -244,6 +251,33 @@ class ZooCLI(LightningCLI):
                             help="CPU threads per process (0: torch's default, one per core). 1 helps when other "
                                  "jobs share the cores: oversubscribed threads spin and can make steps 10x slower.")
         insight.add_arguments(parser)
+        # Configs written before there was one optimizer interface hold `optimizer: null` and
+        # `lr_scheduler: null`: still read, but only as null (see parse_arguments).
+        for key in ("optimizer", "lr_scheduler"):
+            parser.add_argument(f"--{key}", type=str | None, default=None,
+                                help="Not an option: set the optimizer with --model.optimizer, --model.lr, "
+                                     "--model.scheduler (kept so that older config.yaml files load).")
+
+    def parse_arguments(self, parser, args) -> None:
+        # --print_config shows the resolved recipe, as config.yaml does: parse without it, resolve, print.
+        printing = any(a == "--print_config" or a.startswith("--print_config=") for a in args or [])
+        super().parse_arguments(parser, [a for a in args if not a.startswith("--print_config")] if printing else args)
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        for key in ("optimizer", "lr_scheduler"):
+            if cfg.get(key) is not None:
+                raise not_our_optimizer_flag(key)
+        seed = cfg.get("seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= 2**32 - 1:
+            raise ZooError(f"--seed_everything {seed}: a seed must be an integer from 0 to {2**32 - 1} (numpy's "
+                           f"range), or true for a random one.")
+        if printing:
+            resolved = resolve_hparams({k: cfg.model.get(k) for k in ("arch", *RESOLVED)})
+            for key in RESOLVED:
+                cfg.model[key] = resolved[key]
+            subparser = parser._subcommands_action._name_parser_map[sub] if sub else parser
+            sys.stdout.write(subparser.dump(cfg, skip_check=True))
+            raise SystemExit(0)
 
     def _parse_ckpt_path(self) -> None:
         # Replaces Lightning's version: resolve `last` / a run directory, load the file safely
@@ -257,7 +291,12 @@ class ZooCLI(LightningCLI):
         data, arch = data_name(cfg.data), cfg.model.arch
         if os.environ.get("ZOO_RUN_DIR") and spec == "last":  # a DDP child: same run as rank 0
             spec = os.environ["ZOO_RUN_DIR"]
+        elif sub == "fit" and cfg.get("run_dir") and spec == "last":  # `--run_dir D --ckpt_path last`: D's run
+            spec = cfg.run_dir
         path = find_resume(spec, Path(cfg.runs_root), data, arch) if sub == "fit" else Path(spec)
+        if sub == "fit" and cfg.get("run_dir") and Path(cfg.run_dir).resolve() != path.parent.resolve():
+            raise ZooError(f"--run_dir {cfg.run_dir} and --ckpt_path {spec} name different runs ({path.parent}). "
+                           f"A resume continues the checkpoint's own run directory: drop --run_dir.")
         ckpt = load_checkpoint(path)
         check_matches(ckpt, path, data, cfg.model)
         self.ckpt_hparams, self.ckpt_precision = ckpt["hyper_parameters"], ckpt.get("precision")
@@ -272,8 +311,10 @@ class ZooCLI(LightningCLI):
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
             os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # DDP workers started from here inherit it
-        if cfg.model.channels_last is None:  # resolved here so that config.yaml records it
-            cfg.model.channels_last = convolutional(self.arch)
+        # The recipe's defaults filled in here, so config.yaml records what really trains.
+        resolved = resolve_hparams({k: cfg.model.get(k) for k in ("arch", *RESOLVED)})
+        for key in RESOLVED:
+            cfg.model[key] = resolved[key]
         if cfg.trainer.precision is None:  # not given: as the weights were trained, else the fast path
             if self.ckpt_precision:
                 cfg.trainer.precision = self.ckpt_precision
@@ -283,10 +324,20 @@ class ZooCLI(LightningCLI):
                 cfg.trainer.precision = default_precision(self.arch, cfg.trainer.accelerator)
         if self.subcommand != "fit":
             return
-        if self.run_dir is None:
-            self.run_dir = Path(cfg.run_dir or os.environ.get("ZOO_RUN_DIR") or
-                                new_run_dir(Path(cfg.runs_root), self.data_name, self.arch))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        inherited = os.environ.get("ZOO_RUN_DIR")  # a DDP worker: rank 0 claimed and locked the directory
+        if self.run_dir is not None or inherited:
+            self.run_dir = self.run_dir or Path(inherited)
+        elif cfg.run_dir:
+            fresh = not Path(cfg.run_dir).exists() and job_id() is None
+            self.run_dir = claim_run_dir(Path(cfg.run_dir), resuming=False)
+            if fresh:
+                NEW_RUN_DIRS.append(self.run_dir)
+        else:
+            self.run_dir = new_run_dir(Path(cfg.runs_root), self.data_name, self.arch)
+        if not inherited and global_rank() == 0:  # one lock per run: the job's first process holds it
+            lock = RunLock(self.run_dir)
+            lock.acquire()
+            LOCKS.append(lock)
         check_writable(self.run_dir)
         os.environ["ZOO_RUN_DIR"] = str(self.run_dir)  # DDP workers Lightning starts inherit this
         cfg.trainer.default_root_dir = str(self.run_dir)
@@ -312,7 +363,9 @@ class ZooCLI(LightningCLI):
         callbacks += [self.checkpoint, last, self.run_info, LearningRateMonitor(logging_interval="epoch")]
         callbacks += insight.callbacks(cfg, self.run_dir)
         if cfg.patience > 0:
-            self.early_stopping = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience)
+            # strict=False: a metric that never comes (max_steps inside the first epoch) ends the run
+            # without best.ckpt, said in the summary, instead of a crash after training.
+            self.early_stopping = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience, strict=False)
             callbacks.append(self.early_stopping)
         loggers = [TensorBoardLogger(save_dir=self.run_dir, name="", version="", default_hp_metric=False)]
         if cfg.wandb:
@@ -331,8 +384,45 @@ class ZooCLI(LightningCLI):
 
     before_validate = before_test = check_checkpoint_fits
 
+    def check_resume_matches(self) -> None:
+        """A resume must train the model and recipe the checkpoint holds: say what differs before any
+        file is written (config.yaml included), instead of failing inside Lightning after it."""
+        if not self.ckpt_hparams:
+            return
+        cfg = self.config["fit"]
+        theirs, mine = resolve_hparams(dict(self.ckpt_hparams)), dict(self.model.hparams)
+        ignored = {"compile", "pretrained", "num_classes", "input_shape"} | ({"lr"} if cfg.lr_find else set())
+        differ = [f"{k}: checkpoint {theirs.get(k)!r}, command {mine.get(k)!r}" for k in sorted(set(theirs) | set(mine))
+                  if k not in ignored and _norm(theirs.get(k)) != _norm(mine.get(k))]
+        if differ:
+            raise ZooError(f"Cannot resume {cfg.ckpt_path} with other model settings ({'; '.join(differ)}). Resume "
+                           f"with the run's own settings: --config {self.run_dir / 'config.yaml'} --ckpt_path "
+                           f"{self.run_dir}; or start a new run without --ckpt_path.")
+
+    def check_monitor(self) -> None:
+        """The metric behind best.ckpt and early stopping must be one that this run will log."""
+        cfg, t = self.config["fit"], self.config["fit"].trainer
+        dm, monitor = self.datamodule, cfg.monitor
+        logged = ["train/loss", "train/acc", "val/loss", "val/acc"] + (["val/acc_top5"] if dm.num_classes > 5 else [])
+        if monitor not in logged:
+            raise ZooError(f"--monitor {monitor}: this run logs no such metric. Pick one of: {', '.join(logged)}.")
+        if not monitor.startswith("val/"):
+            return
+        dm.setup("fit")  # loaded now rather than at the first step: the split size decides
+        why = ("--trainer.limit_val_batches is 0" if t.limit_val_batches in (0, 0.0) else
+               "the validation split is empty" if len(dm.val_y) == 0 else None)
+        if why:
+            raise ZooError(f"--monitor {monitor} can never be measured: {why}, so no validation metric is logged. "
+                           f"Keep a validation split, or monitor a training metric (--monitor train/loss) and "
+                           f"turn early stopping off (--patience 0).")
+
     def before_fit(self) -> None:
         self.check_checkpoint_fits()
+        self.check_resume_matches()
+        self.check_monitor()
+        if LOCKS and self.ckpt_hparams:
+            for p in remove_stale_temp_files(self.run_dir):
+                print(f"Removed {p.name}, left by an interrupted save.", file=sys.stderr)
         stats = profile(self.model.model, self.model.hparams.input_shape)
         self.stats = stats
         if self.trainer.is_global_zero:
@@ -352,6 +442,13 @@ class ZooCLI(LightningCLI):
         epochs = trainer.current_epoch
         best_score = float(cb.best_model_score) if cb.best_model_score is not None else None
         best = cb.best_model_path or str(self.run_dir / "last.ckpt")
+        if not Path(best).is_file():
+            raise ZooError(f"The fit ended without saving a checkpoint ({epochs} epochs, {trainer.global_step} steps), "
+                           f"so there is nothing to test. Train at least one epoch (check --trainer.max_steps and "
+                           f"--trainer.limit_train_batches).")
+        if not cb.best_model_path:
+            print(f"note: {cb.monitor} was never logged (the run stopped before a validation epoch ended), so "
+                  f"there is no best.ckpt; testing last.ckpt.", file=sys.stderr)
         test = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)[0]
         if not trainer.is_global_zero:
             return
@@ -370,18 +467,31 @@ class ZooCLI(LightningCLI):
         for logger in trainer.loggers:  # final metrics beside the hyperparameters (TensorBoard's HParams tab)
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(dict(self.model.hparams), {"test/acc": test["test/acc"]})
+                logger.finalize("success")  # flushed and closed now, not by a writer thread after we return
             elif type(logger).__name__ == "WandbLogger":
                 logger.experiment.summary.update({k: v for k, v in metrics.items() if k != "versions"})
                 logger.experiment.finish()  # flush now: in-process callers may start another run
         print(f"\n{self.arch} on {self.data_name}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
-              f"best {cb.monitor} {best_score:.4f} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
+              f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
               f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']}, {metrics['precision']} ({stopped})\n"
               f"checkpoint: {best}\nlogs:       {self.run_dir}  (tensorboard --logdir {self.run_dir.parent})")
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.4f}"
 
 
 def check_trainer_options(cfg) -> None:
     """Mistakes Lightning would accept silently, or report from deep inside, caught up front."""
     t = cfg.trainer
+    for what, value in (("limit_train_batches", t.limit_train_batches), ("max_steps", t.max_steps)):
+        if value is not None and not isinstance(value, bool) and value == 0:
+            raise ZooError(f"--trainer.{what} 0 trains nothing, so there would be no checkpoint to test. Leave it "
+                           f"out, or pass a positive number.")
     if t.max_epochs is not None and t.max_epochs != -1 and t.max_epochs < 1:
         raise ZooError(f"--trainer.max_epochs must be at least 1 (or -1 for no limit), got {t.max_epochs}.")
     if cfg.patience < 0:
@@ -389,6 +499,10 @@ def check_trainer_options(cfg) -> None:
     if cfg.threads < 0:
         raise ZooError(f"--threads must be >= 0 (0 keeps torch's default of one per core), got {cfg.threads}.")
     accelerator = str(t.accelerator)
+    if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise ZooError(f"--trainer.accelerator {accelerator}: lightning-zoo runs on auto, cpu, gpu (cuda) or mps; "
+                       f"{accelerator} needs its own stack (e.g. torch_xla for TPUs), which this project does not "
+                       f"install or test. Use --trainer.accelerator auto.")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ZooError(f"--trainer.accelerator {accelerator}: this machine has no usable CUDA GPU (torch "
                        f"{torch.__version__}, torch.cuda.is_available() is False). Use --trainer.accelerator auto "
@@ -424,22 +538,31 @@ def data_name(data_cfg) -> str:
 
 
 def expand_data_shorthand(args: list[str]) -> list[str]:
-    """`--data mnist` means `--config configs/mnist.yaml`: the dataset with its training recipe."""
-    out, i = [], 0
+    """`--data mnist` means `--config configs/mnist.yaml`: the dataset with its training recipe.
+
+    The recipe goes first, right after the subcommand, whatever the position of `--data`: the
+    user's own flags always win over it. With neither --data nor --config, fit/validate/test take
+    the two-moons recipe (configs/moons.yaml), the README's default."""
+    out, recipes, named, i = [], [], False, 0
     while i < len(args):
         a = args[i]
         name = a.split("=", 1)[1] if a.startswith("--data=") else (args[i + 1] if a == "--data" and i + 1 < len(args) else None)
-        if name is None or "." in name or name.endswith("DataModule"):
+        named |= a in ("--data", "--config", "-c") or a.startswith(("--data=", "--config=", "--data.class_path"))
+        if name is None or "." in name or name.endswith("DataModule") or name.startswith("{"):
             out.append(a)
             i += 1
             continue
         if name not in DATAMODULES:
             raise ZooError(f"Unknown dataset {name!r}. Available: {', '.join(DATAMODULES)} (--data NAME).")
         config = CONFIGS / f"{name}.yaml"
-        cls = DATAMODULES[name]
-        out += ["--config", str(config)] if config.exists() else ["--data", f"{cls.__module__}.{cls.__name__}"]
+        if not config.exists():
+            raise ZooError(f"Dataset {name!r} has no recipe file {config}: every registered dataset needs one "
+                           f"(batch size, epochs), written as configs/moons.yaml is.")
+        recipes += ["--config", str(config)]
         i += 1 if a.startswith("--data=") else 2
-    return out
+    if not named and out and out[0] in ("fit", "validate", "test"):
+        recipes = ["--config", str(CONFIGS / "moons.yaml")]
+    return out[:1] + recipes + out[1:] if out and not out[0].startswith("-") else recipes + out
 
 
 def check_config_files(args: list[str]) -> None:
@@ -458,18 +581,32 @@ def check_config_files(args: list[str]) -> None:
                                f"Fix the file (indentation, brackets, colons).") from None
 
 
+def not_our_optimizer_flag(key: str) -> ZooError:
+    ours = "--model.scheduler" if key == "lr_scheduler" else "--model.optimizer, --model.lr, --model.momentum"
+    return ZooError(f"--{key} is not an option of lightning-zoo: the optimizer and schedule are the model's "
+                    f"hyperparameters, so that checkpoints and logs record what trained. Use {ours} "
+                    f"(see `python train.py fit --help`).")
+
+
 def cli_main(args: list[str] | None = None) -> ZooCLI:
     """Run the CLI in-process (tests call this); errors propagate."""
     args = expand_data_shorthand(list(sys.argv[1:] if args is None else args))
+    for a in args:
+        key = a[2:].split("=")[0].split(".")[0]
+        if a.startswith("--") and key in ("optimizer", "lr_scheduler") and a[2 + len(key):] not in ("", "=null"):
+            raise not_our_optimizer_flag(key)
     check_config_files(args)
     inherited = "ZOO_RUN_DIR" in os.environ  # set: we are a DDP worker of a run started elsewhere
     try:
+        # auto_configure_optimizers=False: one optimizer interface (--model.optimizer, recorded in the
+        # hyperparameters), not also LightningCLI's --optimizer/--lr_scheduler, which bypassed them.
         return ZooCLI(ZooModule, TensorDataModule, subclass_mode_data=True, seed_everything_default=42,
                       trainer_defaults={"max_epochs": 20}, save_config_kwargs={"overwrite": True},
-                      load_from_checkpoint_support=False,
-                      parser_kwargs={"exit_on_error": False},  # raise, so main() prints one clear line  # hparams = the values __init__ resolved (plain data)
+                      load_from_checkpoint_support=False, auto_configure_optimizers=False,
+                      parser_kwargs={"exit_on_error": False},  # raise, so main() prints one clear line
                       args=args)
     finally:
+        release_locks()
         if not inherited:  # in-process callers (tests) start every run afresh
             os.environ.pop("ZOO_RUN_DIR", None)
 
@@ -483,11 +620,30 @@ EXTRA_COMMANDS = {
 }
 
 
+HELP = """usage: train.py SUBCOMMAND [options]      (python train.py SUBCOMMAND --help for its options)
+
+Train, evaluate and compare lightning-zoo models. Subcommands:
+  fit       train a model on a dataset (default: the lecture's MLP on two-moons), test its best checkpoint
+  validate  evaluate a checkpoint on the validation split (--config <run>/config.yaml --ckpt_path ...)
+  test      evaluate a checkpoint on the test split
+  compare   train several models and seeds, write the accuracy-versus-cost tables (results/)
+  doctor    check the environment: packages, devices, data files, W&B
+  predict   classify image files with a checkpoint or the shipped weights
+  export    write a checkpoint as TorchScript or ONNX, checked against the checkpoint
+
+  python train.py fit --data mnist --model.arch lenet5
+  python evaluate.py <run>/best.ckpt       (test metrics, per-class accuracy, confusion matrix)
+Add --debug to any command to see the full traceback of an error."""
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point: returns the exit status. User mistakes print one paragraph, not a traceback."""
     args = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    if not args or args[0] in ("-h", "--help"):
+        print(HELP, file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
     try:
         if args and args[0] in EXTRA_COMMANDS:
             import importlib
@@ -504,7 +660,8 @@ def main(args: list[str] | None = None) -> int:
         remove_failed_runs()
         if debug:
             traceback.print_exc()
-        print(f"error: could not write {e.filename or 'a file'}: {e.strerror or e}. Free some space or choose a "
+        name = os.fsdecode(e.filename) if e.filename is not None else "a file"  # torch passes bytes
+        print(f"error: could not write {name}: {e.strerror or e}. Free some space or choose a "
               f"writable --runs_root; checkpoints already saved are intact (they are written atomically).",
               file=sys.stderr)
         return 1
@@ -518,6 +675,9 @@ def main(args: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or jsonargparse has printed its message already
         remove_failed_runs()
         return e.code if isinstance(e.code, int) else 1
+    except BaseException:  # a bug or Ctrl-C before the first checkpoint: no half-made run left behind
+        remove_failed_runs()
+        raise
     return 0
 
 

@@ -102,6 +102,24 @@ CASES = [
     ("negative patience", ["fit", "--data", "moons", "--patience", "-1"], ["patience"]),
     ("negative thread count", ["fit", "--data", "moons", "--threads", "-2"], ["--threads", ">= 0"]),
     ("unknown evaluation precision", ["evaluate", "{run}", "--precision", "fp8"], ["fp8", "bf16-mixed"]),
+    ("LightningCLI's own optimizer flags", ["fit", "--data", "moons", "--optimizer", "SGD", "--optimizer.lr", "0.5"],
+     ["--optimizer", "--model.optimizer"]),
+    ("negative seed", ["fit", "--data", "moons", "--seed_everything", "-1"], ["seed", "4294967295"]),
+    ("seed above numpy's range", ["fit", "--data", "moons", "--seed_everything", str(2**70)], ["seed", "4294967295"]),
+    ("negative SGD momentum", ["fit", "--data", "moons", "--model.optimizer", "sgd", "--model.momentum", "-1"],
+     ["momentum", "[0, 1)"]),
+    ("schedule without an end", ["fit", "--data", "moons", "--model.scheduler", "onecycle", "--trainer.max_epochs", "-1"],
+     ["onecycle", "max_steps", "--model.scheduler none"]),
+    ("unsupported accelerator", ["fit", "--data", "moons", "--trainer.accelerator", "tpu"], ["tpu", "auto"]),
+    ("monitored metric that does not exist", ["fit", "--data", "moons", "--monitor", "val/accuracy"],
+     ["val/accuracy", "val/acc", "train/loss"]),
+    ("validation switched off while monitoring it", ["fit", "--data", "moons", "--trainer.limit_val_batches", "0"],
+     ["limit_val_batches", "--monitor train/loss"]),
+    ("empty validation split while monitoring it", ["fit", "--data", "moons", "--data.init_args.val_fraction", "0"],
+     ["validation split is empty", "--monitor train/loss"]),
+    ("no training batches", ["fit", "--data", "moons", "--trainer.limit_train_batches", "0"],
+     ["limit_train_batches", "trains nothing"]),
+    ("--run_dir of an existing run", ["fit", "--data", "moons", "--run_dir", "{run}"], ["already holds a run", "--ckpt_path"]),
 ]
 
 
@@ -202,6 +220,42 @@ def test_nan_loss_stops_with_step_and_hint(tmp_path, monkeypatch, capsys):
     assert zoo_checkpoint.load_checkpoint(run / "last.ckpt")["epoch"] == 4  # the last good epoch is kept
 
 
+def test_nan_in_the_first_epoch_claims_no_checkpoint(tmp_path, monkeypatch, capsys):
+    from zoo import ZooModule
+
+    real = ZooModule.forward
+    monkeypatch.setattr(ZooModule, "forward",
+                        lambda self, x: real(self, x) * (float("nan") if self.training and self.global_step == 2 else 1))
+    rc = train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST, "--trainer.max_epochs", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "step 2" in err, err
+    assert "no checkpoint was saved" in err and "is kept" not in err, err
+    assert not list(tmp_path.glob("moons/mlp/*")), "a run without a checkpoint leaves no directory"
+
+
+def test_any_failure_before_the_first_checkpoint_removes_the_run(tmp_path, monkeypatch):
+    from zoo import ZooModule
+
+    def bug(self, batch, batch_idx):
+        raise RuntimeError("a bug, not a user mistake")
+
+    monkeypatch.setattr(ZooModule, "training_step", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback ...
+        train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST])
+    assert not list(tmp_path.glob("moons/mlp/*"))  # ... but leaves no half-made run behind
+
+
+def test_write_error_names_the_file_as_text(tmp_path, monkeypatch, capsys):
+    def full(path, data):  # torch reports the file name as bytes
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fsencode(str(path)))
+
+    monkeypatch.setattr(zoo_checkpoint, "atomic_write_bytes", full)
+    rc = train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST, "--trainer.max_epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "No space left" in err, err
+    assert "b'" not in err and ("last.ckpt" in err or "best.ckpt" in err), err
+
+
 def test_wandb_without_network_falls_back_to_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key, but the server cannot be reached
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
@@ -287,6 +341,7 @@ def test_signal_saves_last_and_resumes_exactly(tmp_path, sig, reference_run):
     (run,) = tmp_path.glob("moons/mlp/*")
     assert "Interrupted: progress saved" in err, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
+    assert "weights_only" not in err, err[-2000:]  # no torch/Lightning warning about the save
     ckpt = zoo_checkpoint.load_checkpoint(run / "last.ckpt")
     assert not (run / "metrics.json").exists()
     batches = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]

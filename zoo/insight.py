@@ -32,6 +32,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
+from zoo.checkpoint import atomic_write_bytes
+
 INIT_LOSS_TOLERANCE = 0.25  # relative to ln(C) ...
 INIT_LOSS_MIN_TOLERANCE = 0.5  # ... but at least this many nats: a linear model on moons starts at 0.65-1.1
 OVERFIT_STEPS, OVERFIT_LR = 500, 3e-3
@@ -229,9 +231,22 @@ class LRFinder(LearningRateFinder):
         pl_module.hparams.lr = self.lr
         # configure_optimizers again, so every schedule (OneCycle's max_lr too) is built on the new rate.
         trainer.strategy.setup_optimizers(trainer)
+        if trainer.is_global_zero:
+            record_lr(self.run_dir / "config.yaml", self.lr)
         if not self.quiet:
             say(f"lr finder: suggested lr {self.lr:.3g} (configured {configured:g}); training with it. "
                 f"Plot: {self.run_dir / 'lr_find.png'}")
+
+
+def record_lr(config: Path, lr: float) -> None:
+    """Write the rate the finder chose into the run's config.yaml (saved before the search ran), so
+    the resolved config, the hyperparameters and a resume all say which rate trains."""
+    if not config.is_file():
+        return
+    text = config.read_text()
+    new = re.sub(r"(?m)^(model:\n(?:  .*\n)*?  lr: ).*$", lambda m: m.group(1) + repr(float(lr)), text, count=1)
+    if new != text:
+        atomic_write_bytes(config, new.encode())
 
 
 def suggest_lr(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> int | None:

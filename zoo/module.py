@@ -7,8 +7,10 @@ strings, numbers and lists, so every checkpoint loads with torch's `weights_only
     model = ZooModule("lenet5", num_classes=10, input_shape=[1, 28, 28])
 """
 
+import inspect
 import math
 import os
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -17,7 +19,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.errors import ZooError
-from zoo.registry import convolutional, create_model
+from zoo.registry import MODELS, convolutional, create_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "onecycle", "step")
@@ -38,6 +40,34 @@ def recipe(arch: str) -> dict:
     """The default optimizer, lr, weight decay and schedule for a model name."""
     family = "resnet" if arch.startswith("resnet") else arch
     return dict(RECIPES.get(family, RECIPES["mlp"]))
+
+
+RESOLVED = ("hidden", "dropout", "width", "optimizer", "lr", "weight_decay", "scheduler", "channels_last")
+
+
+def resolve_hparams(hp: dict) -> dict:
+    """`hp` with every option left None filled in as training will use it: the recipe's optimizer,
+    lr, weight decay and schedule, the builder's defaults for the options it takes (mlp's hidden,
+    ...), channels_last for conv nets. Options a model does not take stay None. Checkpoints and
+    config.yaml record these values, and a resume compares them."""
+    arch = hp["arch"]
+    out = dict(hp)
+    for key, value in recipe(arch).items():
+        if out.get(key) is None:
+            out[key] = value
+    builder = MODELS.get(arch)
+    params = inspect.signature(builder).parameters if builder else {}
+    for key in ("hidden", "dropout", "width"):
+        if out.get(key) is None and key in params and params[key].default is not inspect.Parameter.empty:
+            default = params[key].default
+            out[key] = list(default) if isinstance(default, tuple) else default
+    if out.get("channels_last") is None:
+        out["channels_last"] = convolutional(arch)  # conv nets always take (C, H, W) input
+    if isinstance(out.get("optimizer"), str):
+        out["optimizer"] = out["optimizer"].lower()
+    if isinstance(out.get("scheduler"), str):
+        out["scheduler"] = out["scheduler"].lower()
+    return out
 
 
 class NonFiniteLossError(ZooError):
@@ -88,24 +118,21 @@ class ZooModule(L.LightningModule):
         super().__init__()
         # Fill the recipe's defaults in before saving, so the checkpoint records what was used
         # (save_hyperparameters reads these local variables).
-        defaults = recipe(arch)
-        optimizer = optimizer or defaults["optimizer"]
-        scheduler = scheduler or defaults["scheduler"]
-        lr = defaults["lr"] if lr is None else lr
-        weight_decay = defaults["weight_decay"] if weight_decay is None else weight_decay
-        optimizer, scheduler = optimizer.lower(), scheduler.lower()
+        r = resolve_hparams(dict(arch=arch, hidden=hidden, dropout=dropout, width=width, optimizer=optimizer, lr=lr,
+                                 weight_decay=weight_decay, scheduler=scheduler, channels_last=channels_last))
+        hidden, dropout, width, optimizer, lr, weight_decay, scheduler, channels_last = (r[k] for k in RESOLVED)
         if optimizer not in OPTIMIZERS:
             raise ZooError(f"Unknown optimizer {optimizer!r}. Choose one of: {', '.join(OPTIMIZERS)} (--model.optimizer).")
         if scheduler not in SCHEDULERS:
             raise ZooError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(SCHEDULERS)} (--model.scheduler).")
         if not lr > 0:
             raise ZooError(f"The learning rate must be positive, got {lr}. Pass e.g. --model.lr 0.001.")
+        if not 0 <= momentum < 1:
+            raise ZooError(f"SGD momentum must be in [0, 1), got {momentum}. Pass e.g. --model.momentum 0.9 (0: none).")
         if weight_decay < 0 or not 0 <= label_smoothing < 1:
             raise ZooError("weight_decay must be >= 0 and label_smoothing in [0, 1): check --model.weight_decay "
                            "and --model.label_smoothing.")
         input_shape = [int(s) for s in input_shape]  # plain list: the checkpoint must hold no tuples of tensors
-        if channels_last is None:
-            channels_last = convolutional(arch)  # conv nets always take (C, H, W) input
         self.save_hyperparameters()
         self.model = create_model(arch, input_shape, num_classes, hidden=hidden, dropout=dropout, width=width)
         if pretrained:
@@ -152,12 +179,19 @@ class ZooModule(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         if not torch.isfinite(loss):
+            saved = [p for p in self._last_checkpoints() if p.is_file()]
+            kept = (f"the last good checkpoint {saved[0]} (end of the previous epoch) is kept" if saved else
+                    "no checkpoint was saved (it diverged before the first epoch ended)")
             raise NonFiniteLossError(
                 f"The training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}. "
-                f"Training stopped; the last good checkpoint (last.ckpt of the previous epoch) is kept. Try a "
-                f"smaller learning rate (now {self.hparams.lr}) or full precision (--trainer.precision 32).")
+                f"Training stopped; {kept}. Try a smaller learning rate (now {self.hparams.lr}) or full precision "
+                f"(--trainer.precision 32).")
         self._update("train", logits.detach(), y, loss.detach())
         return loss
+
+    def _last_checkpoints(self) -> list[Path]:
+        callbacks = self.trainer.checkpoint_callbacks if self._trainer else []
+        return [Path(cb.dirpath) / "last.ckpt" for cb in callbacks if getattr(cb, "dirpath", None)]
 
     def _update(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         # Accumulated on the device, no sync: torchmetrics reduces across processes in compute().
@@ -234,7 +268,12 @@ class ZooModule(L.LightningModule):
         opt = kind(groups, lr=hp.lr, fused=use_fused(self, self._trainer), **extra)
         if hp.scheduler == "none":
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):  # max_epochs -1 and no max_steps: a schedule needs an end
+            raise ZooError(f"The {hp.scheduler} learning-rate schedule needs to know how long training lasts, but "
+                           f"--trainer.max_epochs is -1 (no limit) and no --trainer.max_steps is set. Give one of "
+                           f"them, or pass --model.scheduler none.")
+        total = max(1, int(total))
         if hp.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         elif hp.scheduler == "onecycle":

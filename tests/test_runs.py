@@ -1,0 +1,192 @@
+"""Run directories and flags: a run is never overwritten, two processes never train one run, a
+refused resume changes no file, and every flag the user gives is the one that trains and is
+recorded (issue: trust). In-process through `train.main`; files compared by checksum."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from zoo.rundir import LOCK_FILE, RunLock, claim_run_dir
+
+FAST = ["--quiet", "true"]
+
+
+def checksums(run: Path) -> dict[str, str]:
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture()
+def finished_run(tmp_path) -> Path:
+    """A finished 2-epoch MLP(10,10)-on-moons run of its own (tests here modify or lock it)."""
+    assert train.main(["fit", "--runs_root", str(tmp_path / "runs"), *FAST, "--data", "moons", "--model.hidden",
+                       "[10,10]", "--trainer.max_epochs", "2"]) == 0
+    (run,) = (tmp_path / "runs").glob("moons/mlp/*")
+    return run
+
+
+def fit(*args: str) -> int:
+    return train.main(["fit", *FAST, *args])
+
+
+def printed_config(capsys, *args: str) -> dict:
+    capsys.readouterr()  # drop what fixtures printed
+    assert train.main([*args, "--print_config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+# --- a run directory holds one run ----------------------------------------------------------------
+
+def test_run_dir_of_another_run_is_refused_and_untouched(finished_run, capsys):
+    before = checksums(finished_run)
+    assert fit("--data", "moons", "--model.arch", "linear", "--run_dir", str(finished_run)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert checksums(finished_run) == before
+
+
+def test_new_or_empty_run_dir_is_used(tmp_path):
+    empty = tmp_path / "mine"
+    empty.mkdir()
+    assert fit("--data", "moons", "--trainer.max_epochs", "1", "--run_dir", str(empty)) == 0
+    assert (empty / "best.ckpt").is_file() and not (empty / LOCK_FILE).exists()  # lock released
+
+
+def test_nodes_of_one_job_share_a_run_dir_other_jobs_do_not(tmp_path, monkeypatch):
+    run = tmp_path / "job-42"
+    job = {"TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "8"}
+    for key, value in job.items():
+        monkeypatch.setenv(key, value)
+    claim_run_dir(run, resuming=False)  # the first node
+    (run / "config.yaml").write_text("written by the first node\n")
+    claim_run_dir(run, resuming=False)  # another node of the same job joins
+    monkeypatch.setenv("MASTER_PORT", "29501")  # another job
+    with pytest.raises(train.ZooError, match="already holds a run"):
+        claim_run_dir(run, resuming=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    (run / "last.ckpt").write_bytes(b"a checkpoint")  # the job has trained: a new launch is another job
+    with pytest.raises(train.ZooError, match="already holds a run"):
+        claim_run_dir(run, resuming=False)
+
+
+# --- one process per run: the lock ----------------------------------------------------------------
+
+def test_resume_of_a_run_being_trained_is_refused(finished_run, capsys):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live 'trainer'
+    try:
+        (finished_run / LOCK_FILE).write_text(f'{{"pid": {other.pid}, "host": "{os.uname().nodename}", '
+                                              f'"started": "now"}}')
+        before = checksums(finished_run)
+        assert fit("--config", str(finished_run / "config.yaml"), "--ckpt_path", str(finished_run),
+                   "--trainer.max_epochs", "3") == 2
+        err = capsys.readouterr().err
+        assert f"process {other.pid}" in err and "two processes must not train one run" in err.lower(), err
+        assert checksums(finished_run) == before
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_stale_lock_is_taken_over_with_a_notice(finished_run, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (finished_run / LOCK_FILE).write_text(f'{{"pid": {dead.pid}, "host": "{os.uname().nodename}", "started": "x"}}')
+    assert fit("--config", str(finished_run / "config.yaml"), "--ckpt_path", str(finished_run),
+               "--trainer.max_epochs", "3") == 0
+    assert f"process {dead.pid} that held it is no longer running" in capsys.readouterr().err
+    assert torch.load(finished_run / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert not (finished_run / LOCK_FILE).exists()
+
+
+def test_lock_is_exclusive_within_and_across_processes(tmp_path):
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    first.acquire()
+    # Same PID in the file is this process: a lock left by an earlier in-process run, taken over.
+    second.acquire()
+    assert second.held
+    second.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_resume_removes_temp_files_of_an_interrupted_save(finished_run, capsys):
+    (finished_run / ".last.ckpt.k9x2.tmp").write_bytes(b"half a checkpoint")
+    assert fit("--config", str(finished_run / "config.yaml"), "--ckpt_path", str(finished_run),
+               "--trainer.max_epochs", "3") == 0
+    assert not list(finished_run.glob(".*.tmp"))
+    assert "left by an interrupted save" in capsys.readouterr().err
+
+
+# --- a refused resume writes nothing ----------------------------------------------------------------
+
+@pytest.mark.parametrize("change, words", [(["--model.hidden", "[20]"], ["hidden", "[10, 10]", "[20]"]),
+                                           (["--model.optimizer", "sgd"], ["optimizer", "adam", "sgd"])],
+                         ids=["hidden", "optimizer"])
+def test_refused_resume_changes_no_file(finished_run, capsys, change, words):
+    before = checksums(finished_run)
+    assert fit("--config", str(finished_run / "config.yaml"), "--ckpt_path", str(finished_run), *change) == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, err
+    assert checksums(finished_run) == before
+    # ... so README's resume command still works afterwards.
+    assert fit("--config", str(finished_run / "config.yaml"), "--ckpt_path", str(finished_run),
+               "--trainer.max_epochs", "3") == 0
+
+
+# --- flags: the user's win, one interface, recorded as they ran ----------------------------------
+
+def test_explicit_flags_win_over_the_dataset_recipe_wherever_they_stand(capsys):
+    cfg = printed_config(capsys, "fit", "--trainer.max_epochs", "1", "--data", "mnist")
+    assert cfg["trainer"]["max_epochs"] == 1  # configs/mnist.yaml says 15
+    cfg = printed_config(capsys, "fit", "--model.arch", "mobilenetv2", "--data", "cifar10")
+    assert cfg["model"]["arch"] == "mobilenetv2"  # configs/cifar10.yaml says resnet20
+    cfg = printed_config(capsys, "fit", "--data", "image_folder", "--data.init_args.data_dir", "/anywhere")
+    assert cfg["data"]["init_args"]["batch_size"] == 64  # its own default, not two-moons' 32
+
+
+def test_printed_and_saved_config_is_the_resolved_recipe(capsys, finished_run):
+    model = printed_config(capsys, "fit", "--data", "cifar10", "--model.arch", "resnet20")["model"]
+    assert (model["optimizer"], model["lr"], model["weight_decay"], model["scheduler"]) == ("sgd", 0.1, 5e-4, "cosine")
+    assert model["channels_last"] is True
+    saved = yaml.safe_load((finished_run / "config.yaml").read_text())["model"]
+    hp = torch.load(finished_run / "best.ckpt", weights_only=True)["hyper_parameters"]
+    assert saved["hidden"] == hp["hidden"] == [10, 10]
+    assert saved["optimizer"] == hp["optimizer"] == "adam" and saved["lr"] == hp["lr"] == 0.01  # moons recipe
+
+
+def test_lr_find_choice_is_what_config_and_hparams_record(tmp_path):
+    assert fit("--runs_root", str(tmp_path), "--data", "moons", "--lr_find", "true", "--trainer.max_epochs", "1") == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    lr = yaml.safe_load((run / "config.yaml").read_text())["model"]["lr"]
+    assert lr != 0.01  # the finder's choice, not the recipe's
+    assert torch.load(run / "best.ckpt", weights_only=True)["hyper_parameters"]["lr"] == lr
+
+
+def test_no_data_and_no_config_is_the_moons_recipe(capsys):
+    cfg = printed_config(capsys, "fit")
+    recipe = yaml.safe_load((train.CONFIGS / "moons.yaml").read_text())
+    assert cfg["data"]["class_path"].endswith("MoonsDataModule")
+    assert cfg["model"]["lr"] == recipe["model"]["lr"] and cfg["trainer"]["max_epochs"] == recipe["trainer"]["max_epochs"]
+    assert (cfg["monitor"], cfg["patience"]) == (recipe["monitor"], recipe["patience"])
+
+
+def test_help_lists_every_subcommand(capsys):
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for sub in ("fit", "validate", "test", "compare", "doctor", "predict", "export"):
+        assert f"\n  {sub} " in out, sub
+    assert "predict   classify image files" in out  # ours, not Lightning's predict
+
+
+def test_metric_that_never_comes_ends_without_best_ckpt_and_says_so(tmp_path, capsys):
+    # 3 steps of a 4-step epoch: no validation epoch ends, so val/loss never exists.
+    assert fit("--runs_root", str(tmp_path), "--data", "moons", "--trainer.max_steps", "3") == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert "no best.ckpt" in capsys.readouterr().err
+    assert not (run / "best.ckpt").exists() and (run / "last.ckpt").is_file() and (run / "metrics.json").is_file()
