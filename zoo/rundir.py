@@ -44,10 +44,13 @@ def global_rank() -> int:
     return 0
 
 
+RUN_FILES = ("config.yaml", "metrics.json", "hparams.yaml", "*.ckpt", "events.out.tfevents.*", "wandb")
+
+
 def _holds_a_run(run_dir: Path) -> list[str]:
-    """The files that make `run_dir` someone's run (our own markers and probes do not count)."""
-    return sorted(p.name for p in run_dir.iterdir()
-                  if p.name not in (JOB_FILE, LOCK_FILE) and not p.name.startswith(".write-test-"))
+    """The files a fit writes that are already in `run_dir` (others, such as compare's notes, are
+    not ours to overwrite and do not make it a run)."""
+    return sorted({p.name for pattern in RUN_FILES for p in run_dir.glob(pattern)})
 
 
 def claim_run_dir(run_dir: Path, resuming: bool) -> Path:
