@@ -15,7 +15,9 @@ from zoo.profile import format_count
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (2,)]
 FLAT_MODELS = sorted(registry._FLAT_OK)
-SLOW_TO_OVERFIT = {"resnet110", "mobilenetv2"}  # 4-8 s each on an idle CPU core
+# The deep ResNets share resnet20/32's code (only the depth differs): overfitting them adds
+# 25-40 s to the default suite without testing anything new, so they run with -m slow.
+SLOW_TO_OVERFIT = {"resnet44", "resnet56", "resnet110", "mobilenetv2"}
 
 
 @pytest.fixture(autouse=True, scope="module")
