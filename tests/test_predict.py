@@ -1,8 +1,10 @@
 """`train.py predict` and the pretrained-weights loading side (zoo/pretrained.py).
 
 Images go through the same conversion and normalisation as training (checked against a manual
-pipeline); unreadable inputs are listed and skipped; two-moons reads CSV points. Weights files are
-written from a tiny moons run, found through a manifest in tmp_path and checked by sha256.
+pipeline and against the image-folder datamodule's loader); predict is the model applied to
+zoo.transforms(image), for PIL images and uint8 tensors alike; unreadable inputs are listed and
+skipped; two-moons reads CSV points. Weights files are written from a tiny moons run, found through
+a manifest in tmp_path and checked by sha256.
 """
 import csv
 import json
@@ -10,14 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from PIL import Image, ImageDraw
 
 import evaluate
 import train
+import zoo
+from datamodules.image_folder import load_image
 from zoo import ZooModule
 from zoo.errors import ZooError
 from zoo.predict import predict
-from zoo.pretrained import load_pretrained, load_trained, save_pretrained
+from zoo.pretrained import image_to_uint8, load_pretrained, load_trained, save_pretrained
 
 MNIST_STATS = {"mean": [0.1307], "std": [0.3081]}
 
@@ -85,6 +90,50 @@ def test_images_are_preprocessed_as_in_training(digits_ckpt, images, invert):
         assert torch.allclose(got, probs, atol=1e-6)
 
 
+@pytest.mark.parametrize("model,dataset,invert", [("lenet5", "mnist", True), ("resnet20", "cifar10", False)])
+def test_predict_is_the_model_on_transforms(model, dataset, invert, images, tmp_path):
+    out = tmp_path / "p.json"
+    assert train.main(["predict", "--pretrained", dataset, "--model", model, "--inputs", str(images), "--top_k", "10",
+                       "--invert", str(invert).lower(), "--json", str(out)]) == 0
+    net = zoo.create(model, pretrained=dataset)
+    transform = zoo.transforms(net, invert=invert)
+    rows = json.loads(out.read_text())["predictions"]
+    assert len(rows) == 4
+    for row in rows:
+        with Image.open(row["input"]) as im, torch.no_grad():
+            probs = net(transform(im)[None]).softmax(-1)[0]
+        got = torch.tensor([c["prob"] for c in sorted(row["top_k"], key=lambda c: c["index"])])
+        assert torch.allclose(got, probs, atol=1e-6)
+        assert row["top_k"][0]["class"] == net.pretrained_cfg["class_names"][int(probs.argmax())]
+
+
+def test_transforms_take_uint8_tensors_as_they_take_pil_images(images):
+    for model, dataset in (("lenet5", "mnist"), ("resnet20", "cifar10")):
+        transform = zoo.transforms(zoo.create(model, pretrained=dataset))
+        for path in (images / "digit0.png", images / "digit2.png"):  # grayscale and RGBA
+            with Image.open(path) as im:
+                assert torch.equal(transform(torchvision.io.decode_image(str(path))), transform(im))
+
+
+def test_images_convert_as_the_image_folder_datamodule_loads_them(images, tmp_path):
+    """Transform's conversion and datamodules.image_folder.load_image (training on your own images)
+    give the same pixels, also for a rotated phone photo and a palette image with transparency."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    photo = Image.new("RGB", (40, 20), (200, 30, 30))
+    ImageDraw.Draw(photo).rectangle((0, 0, 10, 19), fill="white")  # not symmetric: a missed rotation shows
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    palette = Image.new("P", (30, 30), 0)
+    ImageDraw.Draw(palette).rectangle((5, 5, 20, 20), fill=1)
+    palette.save(tmp_path / "palette.png", transparency=0)
+    files = [images / "digit0.png", images / "digit1.jpg", images / "digit2.png", tmp_path / "phone.jpg",
+             tmp_path / "palette.png"]
+    for path in files:
+        for channels, color in ((1, "grayscale"), (3, "rgb")):
+            with Image.open(path) as im:
+                assert torch.equal(image_to_uint8(im, color, (28, 24)), load_image(path, channels, (28, 24))), path
+
+
 def test_cli_table_csv_json_and_globs(digits_ckpt, images, tmp_path, capsys):
     out_csv, out_json = tmp_path / "p.csv", tmp_path / "p.json"
     rc = train.main(["predict", "--checkpoint", str(digits_ckpt), "--inputs", str(images / "*.png"),
@@ -123,7 +172,7 @@ def test_nothing_readable_is_an_error(digits_ckpt, tmp_path, capsys):
 def test_moons_checkpoint_predicts_csv_points(moons_run, tmp_path, capsys):
     points = tmp_path / "points.csv"
     points.write_text("x1,x2\n-1.0,0.2\n2.0,0.3\nnot,numbers\n1,2,3\n\n0.5,-0.4\n")
-    rc = train.main(["predict", "--checkpoint", str(moons_run), "--inputs", str(points), "--top_k", "1",
+    rc = train.main(["predict", "--ckpt_path", str(moons_run), "--inputs", str(points), "--top_k", "1",
                      "--csv", str(tmp_path / "out.csv")])
     assert rc == 0
     assert "skipped 2" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The shipped weights (results/weights/): each manifest entry's test accuracy is reproduced
-exactly from the file, by evaluate.py and by the CLI's --model.pretrained, and zoo.create loads them
-by name."""
+exactly from the file, by evaluate.py and by the CLI's --model.pretrained; each entry's
+pretrained_cfg is what its file holds (and `python -m zoo.pretrained cfg` writes the manifest
+byte for byte); zoo.create loads them by name with that cfg, and zoo.list_pretrained lists them."""
 
 import json
 
@@ -11,7 +12,8 @@ import evaluate
 import train
 import zoo
 from conftest import require_data
-from zoo.pretrained import MANIFEST, read_manifest
+from zoo.checkpoint import load_checkpoint
+from zoo.pretrained import MANIFEST, pretrained_cfg, pretrained_path, read_manifest, write_cfgs
 
 ENTRIES = read_manifest(MANIFEST) if MANIFEST.is_file() else []
 CHEAP = [e for e in ENTRIES if e["model"] in ("linear", "mlp", "lenet5")]
@@ -50,6 +52,42 @@ def test_create_by_name_with_pretrained_weights():
     ckpt = torch.load(MANIFEST.parent / e["file"], weights_only=True)
     shape = ckpt["hyper_parameters"]["input_shape"]
     assert model(torch.zeros(3, *shape)).shape == (3, ckpt["hyper_parameters"]["num_classes"])
+
+
+def test_manifest_cfg_is_what_the_weights_hold():
+    for e in ENTRIES:
+        ckpt = load_checkpoint(pretrained_path(e["model"], e["dataset"]))  # sha256-checked: files unchanged
+        assert e["pretrained_cfg"] == pretrained_cfg(ckpt), e["file"]
+        state = next(v for k, v in ckpt.items() if k.endswith("DataModule"))
+        assert e["pretrained_cfg"]["mean"] == state["mean"] and e["pretrained_cfg"]["input_shape"] == \
+            ckpt["hyper_parameters"]["input_shape"]
+
+
+def test_cfg_command_writes_the_committed_manifest(tmp_path):
+    """The cfgs are computed, not typed: from the entries without them, the command writes the
+    committed manifest byte for byte."""
+    for e in ENTRIES:
+        (tmp_path / e["file"]).symlink_to(MANIFEST.parent / e["file"])
+    bare = [{k: v for k, v in e.items() if k != "pretrained_cfg"} for e in ENTRIES]
+    (tmp_path / "manifest.json").write_text(json.dumps(bare, indent=2) + "\n")
+    write_cfgs(tmp_path / "manifest.json")  # python -m zoo.pretrained cfg MANIFEST
+    assert (tmp_path / "manifest.json").read_bytes() == MANIFEST.read_bytes()
+
+
+def test_list_pretrained_and_create_carry_the_cfg():
+    assert zoo.list_pretrained() == sorted((e["model"], e["dataset"]) for e in ENTRIES)
+    assert ("lenet5", "mnist") in zoo.list_pretrained()
+    for e in ENTRIES:
+        model = zoo.create(e["model"], pretrained=e["dataset"])
+        assert model.pretrained_cfg == e["pretrained_cfg"] and not model.training
+
+
+def test_create_pretrained_refuses_what_the_weights_do_not_fit():
+    with pytest.raises(zoo.ZooError, match="is num_classes=10, not num_classes=5"):
+        zoo.create("lenet5", pretrained="mnist", num_classes=5)
+    assert zoo.create("lenet5", pretrained="mnist", input_shape=(1, 28, 28)).pretrained_cfg["color"] == "grayscale"
+    with pytest.raises(zoo.ZooError, match="no pretrained_cfg"):
+        zoo.transforms(zoo.create("lenet5", input_shape=(1, 28, 28), num_classes=10))
 
 
 def test_tampered_weights_are_refused(tmp_path, monkeypatch):

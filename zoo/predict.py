@@ -1,12 +1,13 @@
 """`train.py predict`: a trained model's top-k classes for your own images (or two-moons points).
 
-    python train.py predict --checkpoint checkpoints/mnist/lenet5/<run> --inputs my_digits/
+    python train.py predict --ckpt_path <run> --inputs my_digits/
     python train.py predict --pretrained mnist --inputs "photos/*.png" --top_k 3 --csv out.csv --json out.json
-    python train.py predict --checkpoint checkpoints/moons/mlp/<run> --inputs points.csv
+    python train.py predict --ckpt_path <run> --inputs points.csv            (a two-moons model)
 
-Images (PNG, JPEG, ...) become exactly what the model was trained on: grayscale or RGB by the
-checkpoint's input shape, resized to its H x W, uint8, then normalised with the checkpoint's own
-mean/std (datamodules.image_folder.load_image, TensorDataModule.normalize). MNIST digits are
+--ckpt_path (Lightning's name) and --checkpoint are the same option. Images (PNG, JPEG, ...)
+become exactly what the model was trained on, by its pretrained_cfg (zoo.pretrained.Transform,
+which zoo.transforms(model) returns too): grayscale or RGB, resized to its H x W, uint8, then
+normalised with the checkpoint's own mean/std (TensorDataModule.normalize). MNIST digits are
 white on black: pass --invert true for black-on-white drawings. Models of flat features (two-moons)
 read CSV files, one point per line (x1,x2), header optional. Files that cannot be read are listed
 and skipped; the command fails only when nothing could be predicted.
@@ -21,12 +22,12 @@ from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
+from PIL import Image
 
-from datamodules.image_folder import IMAGE_EXTENSIONS, list_images, load_image
-from datamodules.tensor import TensorDataModule
+from datamodules.image_folder import IMAGE_EXTENSIONS, list_images
 from zoo.checkpoint import atomic_write_bytes, check_output
 from zoo.errors import ZooError
-from zoo.pretrained import class_names, datamodule_state, load_trained, model_from_checkpoint, pick_device
+from zoo.pretrained import Transform, load_trained, model_from_checkpoint, pick_device, pretrained_cfg
 
 
 def expand_inputs(specs: list[str], extensions: tuple[str, ...]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -52,13 +53,14 @@ def expand_inputs(specs: list[str], extensions: tuple[str, ...]) -> tuple[list[P
     return list(dict.fromkeys(files)), missing  # in order, each file once
 
 
-def read_images(files: list[Path], shape: list[int]) -> tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]:
-    """Images as uint8 (N, C, H, W) for a model of input shape (C, H, W); unreadable files skipped."""
-    c, h, w = shape
+def read_images(files: list[Path], transform: Transform) -> tuple[list[str], torch.Tensor | None,
+                                                                   list[tuple[str, str]]]:
+    """Images as the model's input (N, C, H, W), made by `transform`; unreadable files skipped."""
     names, images, skipped = [], [], []
     for path in files:
         try:
-            images.append(load_image(path, c, (h, w)))
+            with Image.open(path) as im:
+                images.append(transform(im))
             names.append(str(path))
         except Exception as e:  # PIL raises many types for a broken file; none should stop the rest
             skipped.append((str(path), f"not a readable image ({type(e).__name__}: {e})"))
@@ -103,10 +105,10 @@ def predict(ckpt: dict, inputs: list[str], top_k: int = 3, invert: bool = False,
             device: str = "cpu") -> dict:
     """Top-k classes and probabilities for every readable input; skipped inputs with the reason."""
     device = pick_device(device)
-    shape = ckpt["hyper_parameters"]["input_shape"]
+    cfg = pretrained_cfg(ckpt)
+    shape = cfg["input_shape"]
     images = len(shape) == 3
-    if images and shape[0] not in (1, 3):
-        raise ZooError(f"The model takes {shape[0]}-channel images; predict reads grayscale (1) or RGB (3) only.")
+    transform = Transform(cfg, invert)  # refuses images it cannot make (not 1 or 3 channels, no mean/std)
     if not images and len(shape) != 1:
         raise ZooError(f"The model's input shape {shape} is neither an image (C, H, W) nor a feature vector.")
     files, skipped = expand_inputs(inputs, IMAGE_EXTENSIONS if images else (".csv", ".txt"))
@@ -115,29 +117,21 @@ def predict(ckpt: dict, inputs: list[str], top_k: int = 3, invert: bool = False,
         raise ZooError(f"No input files found: {'; '.join(f'{s} ({r})' for s, r in skipped)}. Fix: pass {what}, "
                        f"a folder of them or a quoted glob such as 'photos/*.png' to --inputs.")
     if images:
-        names, x, bad = read_images(files, shape)
+        names, x, bad = read_images(files, transform)
     else:
         names, points, bad = read_points(files, shape[0])
-        x = torch.tensor(points, dtype=torch.float32) if points else None
+        x = transform(points) if points else None
     skipped += bad
     if x is None:
         raise ZooError(f"None of the {len(files)} input file(s) could be read: "
                        f"{'; '.join(f'{s}: {r}' for s, r in skipped[:5])}. "
                        + ("Fix: pass PNG or JPEG images." if images else
                           f"Fix: pass CSV files with {shape[0]} numbers per line (x1,x2 for two-moons)."))
-    if invert and images:
-        x = 255 - x  # black-on-white drawings -> white-on-black, as MNIST digits are
-    # The training-time normalisation, with the checkpoint's statistics: the same code, not a copy.
-    normalizer = TensorDataModule()
-    normalizer.load_state_dict(datamodule_state(ckpt))
-    if images and normalizer.mean is None:
-        raise ZooError("The checkpoint holds no normalisation statistics (mean/std) for its images; "
-                       "it was not written by train.py fit. Retrain it with train.py.")
     model = model_from_checkpoint(ckpt).to(device)
-    probs = torch.cat([model(normalizer.normalize(batch.to(device))).softmax(-1).cpu() for batch in x.split(batch_size)])
+    probs = torch.cat([model(batch.to(device)).softmax(-1).cpu() for batch in x.split(batch_size)])
     k = min(top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
-    labels = class_names(ckpt)
+    labels = cfg["class_names"]
     results = []
     for n, name in enumerate(names):
         row = {"input": name, "top_k": [{"class": labels[i], "index": i, "prob": p}
@@ -179,7 +173,7 @@ def to_csv(r: dict) -> str:
 
 def main(args: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="train.py predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=str | None, default=None,
+    parser.add_argument("--checkpoint", "--ckpt_path", type=str | None, default=None,
                         help="A .ckpt or weights file, or a run directory (its best.ckpt).")
     parser.add_argument("--pretrained", type=str | None, default=None,
                         help="Use the shipped weights for this dataset (mnist, fashion_mnist, cifar10, moons).")

@@ -3,12 +3,15 @@
 A weights file is a checkpoint cut down to what inference needs: the model's hyperparameters,
 its state_dict (float16 where that keeps the accuracy), the dataset's name, options and
 normalisation (mean/std, class names). It keeps the checkpoint's keys, so evaluate.py, `predict`
-and `export` take it like any best.ckpt. results/weights/manifest.json lists the shipped files:
+and `export` take it like any best.ckpt. results/weights/manifest.json lists the shipped files,
+each with its preprocessing (`pretrained_cfg`, read from the file by `python -m zoo.pretrained cfg`):
 
     [{"model": "lenet5", "dataset": "mnist", "file": "lenet5_mnist.pt", "test_acc": 0.9912,
-      "sha256": "...", "dtype": "float16", "bytes": 124000, "command": "python train.py fit ..."}]
+      "sha256": "...", "dtype": "float16", "bytes": 124000, "command": "python train.py fit ...",
+      "pretrained_cfg": {"input_shape": [1, 28, 28], "color": "grayscale", "mean": [0.1307], ...}}]
 
     model = load_pretrained("lenet5", "mnist")     # sha256 checked, weights_only, float32, eval mode
+    x = Transform(pretrained_cfg(ckpt))(Image.open("digit.png"))  # the model's input, as predict makes it
     save_pretrained("checkpoints/mnist/lenet5/<run>/best.ckpt", "results/weights",
                     command="python train.py fit --data mnist --model.arch lenet5", half=True)
 """
@@ -19,7 +22,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.errors import ZooError
@@ -82,6 +87,81 @@ def class_names(ckpt: dict) -> list[str]:
     k = ckpt["hyper_parameters"]["num_classes"]
     names = datamodule_state(ckpt).get("class_names") or getattr(DATAMODULES.get(ckpt.get("data_name")), "class_names", None)
     return list(names) if names and len(names) == k else [str(i) for i in range(k)]
+
+
+def pretrained_cfg(ckpt: dict) -> dict:
+    """How the checkpoint's model wants its inputs and what its outputs mean, like timm's
+    pretrained_cfg (input_size -> input_shape, label_names -> class_names): images are converted to
+    `color` (grayscale or rgb), resized to input_shape's H x W with `interpolation`, scaled to 0..1
+    and standardised with the per-channel mean/std. Feature vectors (two-moons) are used as they are
+    (color and interpolation None). Read from the checkpoint itself: the statistics training used."""
+    hp, state = ckpt["hyper_parameters"], datamodule_state(ckpt)
+    shape = list(hp["input_shape"])
+    image = len(shape) == 3
+    return {
+        "input_shape": shape,
+        "color": {1: "grayscale", 3: "rgb"}.get(shape[0]) if image else None,
+        "interpolation": "bilinear" if image else None,
+        "mean": state.get("mean"), "std": state.get("std"),
+        "num_classes": hp["num_classes"], "class_names": class_names(ckpt),
+    }
+
+
+def image_to_uint8(im: Image.Image, color: str, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """A PIL image as uint8 (C, H, W) by the rules images are trained with (the same steps as
+    datamodules.image_folder.load_image; tests/test_predict.py checks they agree): the stored
+    rotation applied, transparent pixels white, converted to grayscale or RGB, resized to size=(H, W)."""
+    im = ImageOps.exif_transpose(im)  # phone photos: apply the stored rotation
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+    im = im.convert({"grayscale": "L", "rgb": "RGB"}[color])
+    im = im.resize((size[1], size[0]), Image.Resampling[interpolation.upper()])  # PIL sizes are (W, H)
+    array = np.asarray(im, dtype=np.uint8).reshape(size[0], size[1], len(im.getbands()))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
+
+
+class Transform:
+    """A model's input made from one image, by its pretrained_cfg: a PIL image, or a uint8 (C, H, W)
+    tensor of any size (C = 1, 3 or 4, e.g. torchvision.io.decode_image's), becomes float32 (C, H, W),
+    normalised as in training; `invert` first turns black-on-white drawings into MNIST's white on
+    black. Feature vectors become float32 as they are. `train.py predict` feeds every input through
+    this, so `model(transform(image)[None])` is what predict computes.
+
+        transform = Transform(pretrained_cfg(ckpt))   # or zoo.transforms(model)
+    """
+
+    def __init__(self, cfg: dict, invert: bool = False):
+        from datamodules.tensor import TensorDataModule  # (datamodules import zoo: not at the top)
+
+        if len(cfg["input_shape"]) == 3 and cfg["color"] is None:
+            raise ZooError(f"The model takes {cfg['input_shape'][0]}-channel images; only grayscale (1) or RGB (3) "
+                           f"images can be converted to its input.")
+        if cfg["color"] is not None and cfg["mean"] is None:
+            raise ZooError("The checkpoint holds no normalisation statistics (mean/std) for its images; "
+                           "it was not written by train.py fit. Retrain it with train.py.")
+        self.cfg, self.invert = cfg, invert
+        self.normalizer = TensorDataModule()  # the training-time normalisation itself, not a copy
+        self.normalizer.load_state_dict({k: cfg[k] for k in ("mean", "std") if cfg[k] is not None})
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg["color"] is None:
+            return torch.as_tensor(image, dtype=torch.float32)
+        if isinstance(image, torch.Tensor):
+            if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] not in (1, 3, 4):
+                raise ZooError(f"An image tensor must be uint8 (C, H, W) with C = 1, 3 or 4, got {image.dtype} "
+                               f"{tuple(image.shape)}. Fix: pass pixels 0..255, e.g. torchvision.io.decode_image's.")
+            array = image.cpu().permute(1, 2, 0).numpy()  # (H, W, C)
+            image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+        x = image_to_uint8(image, cfg["color"], cfg["input_shape"][1:], cfg["interpolation"])
+        if self.invert:
+            x = 255 - x
+        return self.normalizer.normalize(x[None])[0]  # (1, C, H, W) -> (C, H, W)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"Transform({c['color']}, {c['input_shape']}, {c['interpolation']}, mean={c['mean']}, std={c['std']}"
+                f"{', invert' if self.invert else ''})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,8 +247,8 @@ def load_trained(checkpoint: str | None, pretrained: str | None, model: str | No
     """The checkpoint a command was pointed at (--checkpoint PATH or run dir, or --pretrained
     DATASET [--model NAME]) and a name for it to print."""
     if (checkpoint is None) == (pretrained is None):
-        raise ZooError("Say which model to use: --checkpoint PATH (a .ckpt file, a weights file or a run "
-                       "directory) or --pretrained DATASET [--model NAME], not both.")
+        raise ZooError("Say which model to use: --checkpoint PATH (or --ckpt_path PATH: a .ckpt file, a weights "
+                       "file or a run directory) or --pretrained DATASET [--model NAME], not both.")
     if pretrained is not None:
         ckpt = load_pretrained_checkpoint(model, pretrained, manifest)
         return ckpt, f"pretrained {ckpt['hyper_parameters']['arch']} on {pretrained}"
@@ -212,7 +292,7 @@ def save_pretrained(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, co
     entry = {
         "model": arch, "dataset": data, "file": os.path.relpath(path, manifest.parent),
         "test_acc": result["test_acc"], "sha256": sha256(path), "dtype": "float16" if half else "float32",
-        "bytes": path.stat().st_size, "command": command,
+        "bytes": path.stat().st_size, "command": command, "pretrained_cfg": pretrained_cfg(weights),
     }
     entries = read_manifest(manifest) if manifest.is_file() else []
     entries = [e for e in entries if (e["model"], e["dataset"]) != (arch, data)] + [entry]
@@ -269,7 +349,21 @@ def remove_entry(model: str, dataset: str, out_dir: str | os.PathLike = WEIGHTS_
     atomic_write_bytes(manifest, (json.dumps(kept, indent=2) + "\n").encode())
 
 
-if __name__ == "__main__":  # python -m zoo.pretrained [RESULTS_DIR [OUT_DIR]]
+def write_cfgs(manifest: str | os.PathLike | None = None) -> list[dict]:
+    """Set each manifest entry's pretrained_cfg to what its weights file holds (sha256-checked; the
+    files are not touched), so the manifest's preprocessing is read from the weights, never typed."""
+    path = Path(manifest or MANIFEST)
+    entries = read_manifest(path)
+    for e in entries:
+        e["pretrained_cfg"] = pretrained_cfg(load_checkpoint(pretrained_path(e["model"], e["dataset"], path)))
+    atomic_write_bytes(path, (json.dumps(entries, indent=2) + "\n").encode())
+    return entries
+
+
+if __name__ == "__main__":  # python -m zoo.pretrained [RESULTS_DIR [OUT_DIR]] | python -m zoo.pretrained cfg [MANIFEST]
     import sys
 
-    build_from_results(*sys.argv[1:3])
+    if sys.argv[1:2] == ["cfg"]:
+        write_cfgs(*sys.argv[2:3])
+    else:
+        build_from_results(*sys.argv[1:3])
