@@ -26,7 +26,8 @@ from datamodules.mnist import MNISTDataModule
 from zoo import ZooModule
 
 HAS_ONNX = all(__import__("importlib").util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
-FORMATS = ["torchscript", pytest.param("onnx", marks=pytest.mark.skipif(not HAS_ONNX, reason="pip install -e .[export]"))]
+ONNX = pytest.param("onnx", marks=pytest.mark.skipif(not HAS_ONNX, reason="pip install -e .[export]"))
+FORMATS = ["pt2", "torchscript", ONNX]
 
 
 def sha256(path: Path) -> str:
@@ -96,11 +97,12 @@ def full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def truncating_jit_save(real_save):
-    """torch.jit.save on a disk that fills up: writes the first bytes where it is told, then fails."""
-    def save(module, f, _extra_files=None):
+def truncating_save(real_save):
+    """torch.jit.save or torch.export.save on a disk that fills up: writes the first bytes where it
+    is told, then fails."""
+    def save(module, f, **kwargs):
         buffer = io.BytesIO()
-        real_save(module, buffer, _extra_files=_extra_files)
+        real_save(module, buffer, **kwargs)
         if isinstance(f, (str, os.PathLike)):
             Path(f).write_bytes(buffer.getvalue()[:100])
         else:
@@ -109,14 +111,15 @@ def truncating_jit_save(real_save):
     return save
 
 
-@pytest.mark.parametrize("fmt,where", [("torchscript", "fsync"), ("torchscript", "jit.save"),
-                                       pytest.param("onnx", "fsync", marks=FORMATS[1].marks)])
+@pytest.mark.parametrize("fmt,where", [("pt2", "fsync"), ("pt2", "save"), ("torchscript", "fsync"),
+                                       ("torchscript", "save"), pytest.param("onnx", "fsync", marks=ONNX.marks)])
 def test_export_on_a_full_disk_leaves_out_untouched(ckpt, previous, fmt, where, monkeypatch, capsys):
     before = sha256(previous)
     if where == "fsync":  # delayed allocation: the full disk shows when the data is flushed
         monkeypatch.setattr(os, "fsync", full_disk)
-    else:
-        monkeypatch.setattr(torch.jit, "save", truncating_jit_save(torch.jit.save))
+    else:  # the exporter's own writer fails half-way
+        module = torch.export if fmt == "pt2" else torch.jit
+        monkeypatch.setattr(module, "save", truncating_save(module.save))
     rc = train.main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(previous)])
     assert sha256(previous) == before
     assert list(previous.parent.iterdir()) == [previous]  # no temp file left behind
@@ -128,7 +131,7 @@ def test_export_on_a_full_disk_leaves_out_untouched(ckpt, previous, fmt, where, 
 def test_export_that_fails_its_check_leaves_out_untouched(ckpt, previous, fmt, monkeypatch, capsys):
     before = sha256(previous)
     wrong = lambda path, x: torch.full((len(x), 2), 1e3)  # noqa: E731 (a file that computes something else)
-    monkeypatch.setattr(zoo.export, "run_torchscript" if fmt == "torchscript" else "run_onnx", wrong)
+    monkeypatch.setattr(zoo.export, f"run_{fmt}", wrong)
     rc = train.main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(previous)])
     assert sha256(previous) == before
     assert list(previous.parent.iterdir()) == [previous]

@@ -1,8 +1,9 @@
-"""`train.py export`: TorchScript and ONNX files that give the checkpoint's outputs on a batch.
+"""`train.py export`: torch.export (.pt2), TorchScript and ONNX files that give the checkpoint's outputs on a batch.
 
-Each exported file is loaded back on its own (torch.jit.load, onnxruntime) and run on a batch of
-a size other than the one it was exported with (the batch axis is dynamic); the ONNX tests skip
-only where onnxruntime is not installed (pip install -e .[export])."""
+Each exported file is loaded back on its own (torch.export.load, torch.jit.load, onnxruntime) and
+run on batches of sizes other than the one it was exported with (the batch axis is dynamic); the
+preprocessing config stored in it is read back. The ONNX tests skip only where onnxruntime is not
+installed (pip install -e .[export])."""
 import importlib.util
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ import train
 import zoo.export
 from zoo import ZooModule
 from zoo.export import export
+from zoo.pretrained import pretrained_cfg
 
 STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 
@@ -50,6 +52,27 @@ def checkpoint_outputs(path: Path, x: torch.Tensor) -> torch.Tensor:
 def batch(path: Path, n: int = 5) -> torch.Tensor:
     shape = torch.load(path, weights_only=True)["hyper_parameters"]["input_shape"]
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("which", ["moons_ckpt", "resnet_ckpt"])
+def test_pt2_matches_checkpoint_at_two_batch_sizes(which, request, tmp_path, capsys):
+    ckpt = request.getfixturevalue(which)
+    out = tmp_path / "model.pt2"
+    assert train.main(["export", "--ckpt_path", str(ckpt), "--out", str(out)]) == 0  # format from the suffix
+    printed = capsys.readouterr().out
+    assert "(pt2)" in printed and "check  OK" in printed
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+    files = {"zoo.json": ""}
+    program = torch.export.load(out, extra_files=files)
+    for n in (1, 5):  # exported with a batch of 4
+        x = batch(ckpt, n)
+        with torch.no_grad():
+            assert (program.module()(x) - checkpoint_outputs(ckpt, x)).abs().max() < 1e-4
+    meta = json.loads(files["zoo.json"])
+    cfg = pretrained_cfg(torch.load(ckpt, weights_only=True))
+    assert {k: meta[k] for k in cfg} == cfg
+    if which == "resnet_ckpt":
+        assert meta["mean"] == STATS["mean"] and meta["color"] == "rgb" and meta["class_names"][0] == "airplane"
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.*deprecated:FutureWarning")
@@ -104,7 +127,7 @@ def test_without_onnxruntime_the_check_is_skipped_with_a_note(moons_ckpt, tmp_pa
 
 def test_bad_format_and_path_are_clear_errors(moons_ckpt, tmp_path, capsys):
     assert train.main(["export", "--checkpoint", str(moons_ckpt), "--format", "tflite", "--out", str(tmp_path / "m")]) == 2
-    assert "torchscript, onnx" in capsys.readouterr().err
+    assert "pt2, torchscript, onnx" in capsys.readouterr().err
     assert train.main(["export", "--checkpoint", str(moons_ckpt), "--out", str(tmp_path / "no" / "m.pt")]) == 2
     assert "existing folder" in capsys.readouterr().err
 

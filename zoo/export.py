@@ -1,17 +1,22 @@
-"""`train.py export`: a checkpoint's network as a TorchScript or ONNX file, checked against the checkpoint.
+"""`train.py export`: a checkpoint's network as a torch.export (.pt2), TorchScript or ONNX file, checked.
 
-    python train.py export --checkpoint checkpoints/mnist/lenet5/<run> --format torchscript --out lenet5.pt
-    python train.py export --checkpoint checkpoints/mnist/lenet5/<run> --format onnx --out lenet5.onnx
+    python train.py export --ckpt_path <run> --out lenet5.pt2     # torch.export (ExportedProgram)
+    python train.py export --ckpt_path <run> --out lenet5.pt      # TorchScript
+    python train.py export --ckpt_path <run> --out lenet5.onnx    # ONNX
+
+--ckpt_path (Lightning's name) and --checkpoint are the same option. --format is read from the
+--out suffix (.pt2: pt2, .onnx: onnx, else torchscript) unless given. pt2 is what PyTorch
+recommends now that TorchScript is deprecated: torch.export.load(path).module() runs it.
 
 The bare network (ZooModule.model) is exported in eval mode with a dynamic batch dimension. It
 takes float32 (B, *input_shape) inputs that are already normalised as in training: pixels / 255,
 then (x - mean) / std per channel, and returns logits (B, num_classes). Those statistics, the class
-names and the input shape are stored in the file (TorchScript: extra file 'zoo.json'; ONNX:
-metadata_props['zoo']) and printed. The file is written to a temporary file beside --out, synced,
-loaded back and run on a batch of random real-shaped inputs; only if its outputs match the
-checkpoint's within 1e-4 does it replace --out (atomically), so a full disk or a failed check leaves
-a previous file at --out as it was. ONNX needs the optional packages onnx and onnxscript, and
-onnxruntime for the check: pip install -e .[export].
+names and the rest of the model's pretrained_cfg are stored in the file (pt2 and TorchScript:
+extra file 'zoo.json'; ONNX: metadata_props['zoo']) and printed. The file is written to a
+temporary file beside --out, synced, loaded back and run on a batch of random real-shaped inputs;
+only if its outputs match the checkpoint's within 1e-4 does it replace --out (atomically), so a
+full disk or a failed check leaves a previous file at --out as it was. ONNX needs the optional
+packages onnx and onnxscript, and onnxruntime for the check: pip install -e .[export].
 """
 
 import importlib.util
@@ -27,21 +32,20 @@ from jsonargparse import ArgumentParser
 from datamodules.tensor import TensorDataModule
 from zoo.checkpoint import atomic_write_bytes, check_output
 from zoo.errors import ZooError
-from zoo.pretrained import class_names, datamodule_state, load_trained, model_from_checkpoint
+from zoo.pretrained import datamodule_state, load_trained, model_from_checkpoint, pretrained_cfg
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("pt2", "torchscript", "onnx")
+SUFFIXES = {".pt2": "pt2", ".onnx": "onnx"}  # --format from --out when not given; anything else: torchscript
 TOLERANCE = 1e-4
 EXPORT_BATCH, CHECK_BATCH = 4, 7  # checked on another batch size than exported: the batch axis is dynamic
 
 
 def metadata(ckpt: dict) -> dict:
-    """What a user of the exported file needs to feed it: shape, normalisation, class names."""
-    state = datamodule_state(ckpt)
+    """What a user of the exported file needs to feed it: the pretrained_cfg (shape, normalisation,
+    class names, ...) and the input and output in words."""
     shape = list(ckpt["hyper_parameters"]["input_shape"])
     return {
-        "model": ckpt["hyper_parameters"]["arch"], "data": ckpt.get("data_name"),
-        "input_shape": shape, "mean": state.get("mean"), "std": state.get("std"),
-        "class_names": class_names(ckpt),
+        "model": ckpt["hyper_parameters"]["arch"], "data": ckpt.get("data_name"), **pretrained_cfg(ckpt),
         "input": "float32 (B, C, H, W): pixels / 255, then (x - mean) / std per channel" if len(shape) == 3
         else "float32 (B, features), as in training (not normalised)",
         "output": "logits (B, num_classes); softmax gives probabilities",
@@ -60,6 +64,21 @@ def sample_inputs(ckpt: dict, batch: int, seed: int = 0) -> torch.Tensor:
     if normalizer.mean is None:
         normalizer.mean, normalizer.std = torch.zeros(shape[0]), torch.ones(shape[0])
     return normalizer.normalize(torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=g))
+
+
+def export_pt2(net: torch.nn.Module, example: torch.Tensor, meta: dict) -> bytes:
+    program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    buffer = io.BytesIO()  # into memory, then atomic_write_bytes: as for the other formats
+    with warnings.catch_warnings():
+        # torch's note on tensors that view part of a storage (ResNet-20 has some); the check below
+        # runs the saved file, so a weight saved wrongly would show there
+        warnings.filterwarnings("ignore", "No complete tensor found")
+        torch.export.save(program, buffer, extra_files={"zoo.json": json.dumps(meta)})
+    return buffer.getvalue()
+
+
+def run_pt2(out: Path, x: torch.Tensor) -> torch.Tensor:
+    return torch.export.load(out).module()(x)
 
 
 def export_torchscript(net: torch.nn.Module, example: torch.Tensor, meta: dict) -> bytes:
@@ -124,7 +143,7 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
     def check(tmp: Path) -> float | None:
         """The written file, run on its own, against the checkpoint: None when onnxruntime is absent."""
         try:
-            got = run_torchscript(tmp, x) if fmt == "torchscript" else run_onnx(tmp, x)
+            got = {"pt2": run_pt2, "torchscript": run_torchscript, "onnx": run_onnx}[fmt](tmp, x)
         except Exception as e:  # our own bytes that do not load back: an exporter bug, not the user's
             raise ZooError(f"The exported {fmt} file does not load back ({type(e).__name__}: "
                            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}). {kept} Please report this "
@@ -137,7 +156,8 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
         return diff
 
     try:
-        data = (export_torchscript if fmt == "torchscript" else export_onnx)(net, sample_inputs(ckpt, EXPORT_BATCH), meta)
+        write = {"pt2": export_pt2, "torchscript": export_torchscript, "onnx": export_onnx}[fmt]
+        data = write(net, sample_inputs(ckpt, EXPORT_BATCH), meta)
         diff = atomic_write_bytes(out, data, check=check)  # temp file, fsync, check, then rename onto out
     except OSError as e:  # a full disk, a read-only folder, a quota
         raise ZooError(f"Cannot write {out}: {e.strerror or e}. {kept} Fix: free some space or choose a "
@@ -147,18 +167,22 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
 
 def main(args: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=str | None, default=None,
+    parser.add_argument("--checkpoint", "--ckpt_path", type=str | None, default=None,
                         help="A .ckpt or weights file, or a run directory (its best.ckpt).")
     parser.add_argument("--pretrained", type=str | None, default=None, help="Export the shipped weights for this dataset.")
     parser.add_argument("--model", type=str | None, default=None, help="With --pretrained: which model.")
-    parser.add_argument("--format", type=str, default="torchscript", help="torchscript or onnx.")
-    parser.add_argument("--out", type=str, required=True, help="The file to write (e.g. model.pt, model.onnx).")
+    parser.add_argument("--format", type=str | None, default=None,
+                        help="pt2 (torch.export), torchscript or onnx; default: by the --out suffix "
+                             "(.pt2, .onnx, else torchscript).")
+    parser.add_argument("--out", type=str, required=True,
+                        help="The file to write (e.g. model.pt2, model.pt, model.onnx).")
     parser.add_argument("--manifest", type=str | None, default=None,
                         help="The pretrained weights' manifest (default: results/weights/manifest.json).")
     cfg = parser.parse_args(args)
     # A ZooError goes up to train.main: one paragraph, exit status 2, the traceback with --debug.
     ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)
-    r = export(ckpt, cfg.format.lower(), cfg.out)
+    fmt = cfg.format.lower() if cfg.format else SUFFIXES.get(Path(cfg.out).suffix.lower(), "torchscript")
+    r = export(ckpt, fmt, cfg.out)
     m = r["metadata"]
     print(f"exported {m['model']} on {m['data']} ({source}) to {r['out']} ({r['format']})")
     print(f"  input  {m['input']}; shape (B, {', '.join(map(str, m['input_shape']))})")
