@@ -352,6 +352,50 @@ def measure_profile(data: str, model_options: dict, meta: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The table: one row per model, every number from the runs or the measurements above.
 
+@dataclass
+class Row:
+    """One line of a comparison table: a model (its seeds averaged) or a baseline. Cost columns a
+    baseline lacks are None; the comparisons with baselines and references are filled in last."""
+
+    model: str
+    dataset: str
+    params: int
+    macs: int | None
+    flops: int
+    latency_ms_b1: float | None
+    throughput: float | None
+    epochs: float | None
+    max_epochs: int | None
+    fit_seconds: float | None
+    device: str
+    seeds: list[int]
+    acc: float
+    acc_std: float
+    recipe: str
+    delta_majority_pp: float | None = None
+    delta_knn_pp: float | None = None
+    delta_linear_pp: float | None = None
+    flag: bool = False  # not above linear by more than the spread over seeds (⚑)
+    reference: float | None = None
+    reference_source: str = ""
+    delta_reference_pp: float | None = None
+
+    def csv_fields(self) -> dict:
+        """The CSV's columns (raw numbers; error = 1 - accuracy, its std the accuracy's)."""
+        return {
+            "model": self.model, "dataset": self.dataset, "params": self.params, "macs": self.macs,
+            "flops": self.flops, "latency_ms_b1": self.latency_ms_b1, "throughput": self.throughput,
+            "epochs": self.epochs, "max_epochs": self.max_epochs, "fit_seconds": self.fit_seconds,
+            "device": self.device, "n_seeds": len(self.seeds), "seeds": " ".join(map(str, self.seeds)),
+            "test_acc_mean": self.acc, "test_acc_std": self.acc_std, "test_error_mean": 1 - self.acc,
+            "test_error_std": self.acc_std, "delta_majority_pp": self.delta_majority_pp,
+            "delta_knn_pp": self.delta_knn_pp, "delta_linear_pp": self.delta_linear_pp,
+            "not_above_linear": self.flag, "reference_acc": self.reference,
+            "reference_source": self.reference_source, "delta_reference_pp": self.delta_reference_pp,
+            "recipe": self.recipe,
+        }
+
+
 def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselines: bool) -> dict:
     """Rows (baselines first, then models by parameter count) and what the notes need."""
     rows, runs_of = [], {}
@@ -363,51 +407,51 @@ def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselin
                   for p in paths]
         runs_of[model] = loaded
         rows.append(model_row(data, model, loaded, measure_profile(data, loaded[0][1]["model"], meta)))
-    rows.sort(key=lambda r: (r["params"], r["model"]))
+    rows.sort(key=lambda r: (r.params, r.model))
     base = None
     if with_baselines:
         first = runs_of[min(runs_of)][0][1] if runs_of else None  # any run will do: pick one the same way always
         base = measure_baselines(data, data_config(data, first), meta)
         rows = baseline_rows(data, base) + rows
-    by_name = {r["model"]: r for r in rows}
+    by_name = {r.model: r for r in rows}
     for r in rows:
         for other in ("majority", "knn", "linear"):
             ref = by_name.get(other)
-            r[f"delta_{other}_pp"] = None if ref is None or other == r["model"] else (r["acc"] - ref["acc"]) * 100
+            setattr(r, f"delta_{other}_pp", None if ref is None or other == r.model else (r.acc - ref.acc) * 100)
         lin = by_name.get("linear")
-        spread = math.hypot(r["acc_std"], lin["acc_std"]) if lin else 0.0
-        r["flag"] = bool(lin and r["model"] not in ("linear", *BASELINES) and r["acc"] - lin["acc"] <= spread)
-        ref = REFERENCES.get((data, r["model"]))
-        r["reference"], r["reference_source"] = ref if ref else (None, "")
-        r["delta_reference_pp"] = r["acc"] * 100 - ref[0] if ref else None
+        spread = math.hypot(r.acc_std, lin.acc_std) if lin else 0.0
+        r.flag = bool(lin and r.model not in ("linear", *BASELINES) and r.acc - lin.acc <= spread)
+        ref = REFERENCES.get((data, r.model))
+        r.reference, r.reference_source = ref if ref else (None, "")
+        r.delta_reference_pp = r.acc * 100 - ref[0] if ref else None
     return {"data": data, "rows": rows, "runs": runs_of, "baselines": base,
             "skipped": meta.get("skipped", {}).get(data, {})}
 
 
-def model_row(data: str, model: str, runs: list[tuple[dict, dict]], cost: dict) -> dict:
+def model_row(data: str, model: str, runs: list[tuple[dict, dict]], cost: dict) -> Row:
     accs = [m["test_acc"] for m, _ in runs]
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
     devices = sorted({m["device"] + (f" x{m['devices']}" if m.get("devices", 1) > 1 else "") for m, _ in runs})
-    return {
-        "model": model, "dataset": data, "params": runs[0][0]["params"], "macs": runs[0][0]["macs"],
-        "flops": runs[0][0]["flops"], "latency_ms_b1": cost["latency_ms_b1"], "throughput": cost["throughput_b256"],
-        "epochs": statistics.mean(m["epochs"] for m, _ in runs),
-        "max_epochs": max(c["trainer"]["max_epochs"] for _, c in runs),
-        "fit_seconds": statistics.mean(m["fit_seconds"] for m, _ in runs), "device": ", ".join(devices),
-        "seeds": [m["seed"] for m, _ in runs], "acc": statistics.mean(accs), "acc_std": std,
-        "recipe": recipe_text(data, runs[0][1]),
-    }
+    return Row(
+        model=model, dataset=data, params=runs[0][0]["params"], macs=runs[0][0]["macs"], flops=runs[0][0]["flops"],
+        latency_ms_b1=cost["latency_ms_b1"], throughput=cost["throughput_b256"],
+        epochs=statistics.mean(m["epochs"] for m, _ in runs),
+        max_epochs=max(c["trainer"]["max_epochs"] for _, c in runs),
+        fit_seconds=statistics.mean(m["fit_seconds"] for m, _ in runs), device=", ".join(devices),
+        seeds=[m["seed"] for m, _ in runs], acc=statistics.mean(accs), acc_std=std,
+        recipe=recipe_text(data, runs[0][1]),
+    )
 
 
-def baseline_rows(data: str, base: dict) -> list[dict]:
+def baseline_rows(data: str, base: dict) -> list[Row]:
     k = base["knn"]
-    common = dict(dataset=data, macs=None, epochs=None, max_epochs=None, fit_seconds=None, device="cpu",
-                  seeds=[], acc_std=0.0)
+    common = dict(dataset=data, epochs=None, max_epochs=None, fit_seconds=None, device="cpu", seeds=[], acc_std=0.0)
     return [
-        dict(common, model="majority", params=0, flops=0, latency_ms_b1=None, throughput=None,
-             acc=base["majority"]["test_acc"], recipe=f"always class {base['majority']['label']}"),
-        dict(common, model="knn", params=0, macs=k["flops"] // 2, flops=k["flops"], latency_ms_b1=k["latency_ms_b1"],
-             throughput=k["throughput"], acc=k["test_acc"], recipe=f"k={k['k']}, {k['metric']} on {inputs(data)}"),
+        Row(model="majority", params=0, macs=None, flops=0, latency_ms_b1=None, throughput=None,
+            acc=base["majority"]["test_acc"], recipe=f"always class {base['majority']['label']}", **common),
+        Row(model="knn", params=0, macs=k["flops"] // 2, flops=k["flops"], latency_ms_b1=k["latency_ms_b1"],
+            throughput=k["throughput"], acc=k["test_acc"], recipe=f"k={k['k']}, {k['metric']} on {inputs(data)}",
+            **common),
     ]
 
 
@@ -447,20 +491,14 @@ CSV_FIELDS = ["model", "dataset", "params", "macs", "flops", "latency_ms_b1", "t
               "reference_acc", "reference_source", "delta_reference_pp", "recipe"]
 
 
-def csv_text(rows: list[dict]) -> str:
+def csv_text(rows: list[Row]) -> str:
     def num(x):
         return "" if x is None else round(x, 6) if isinstance(x, float) else x
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for r in rows:
-        writer.writerow([num(v) for v in (
-            r["model"], r["dataset"], r["params"], r["macs"], r["flops"], r["latency_ms_b1"], r["throughput"],
-            r["epochs"], r["max_epochs"], r["fit_seconds"], r["device"], len(r["seeds"]),
-            " ".join(map(str, r["seeds"])), r["acc"], r["acc_std"], 1 - r["acc"], r["acc_std"],
-            r["delta_majority_pp"], r["delta_knn_pp"], r["delta_linear_pp"], r["flag"], r["reference"],
-            r["reference_source"], r["delta_reference_pp"], r["recipe"])])
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: num(v) for k, v in r.csv_fields().items()} for r in rows)
     return buffer.getvalue()
 
 
@@ -480,19 +518,19 @@ def markdown_text(table: dict, meta: dict, tail: str) -> str:
     lines = [f"# {data}: test accuracy against model cost", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        n = len(r["seeds"])
+        n = len(r.seeds)
         cells = [
-            r["model"], format_count(r["params"]) if r["params"] else "—",
-            format_count(r["macs"]) if r["macs"] is not None else "—",
-            format_count(r["flops"]) if r["flops"] else "—",
-            f"{r['latency_ms_b1']:.3g}" if r["latency_ms_b1"] is not None else "~0",
-            format_count(round(r["throughput"])) if r["throughput"] else "—",
-            f"{r['epochs']:.3g}/{r['max_epochs']}" if r["epochs"] is not None else "—",
-            f"{r['fit_seconds']:.1f}" if r["fit_seconds"] is not None else "—", r["device"],
-            str(n) if n else "— (deterministic)", pct(r["acc"], r["acc_std"], n), pct(1 - r["acc"], r["acc_std"], n),
-            signed(r["delta_majority_pp"]), signed(r["delta_knn_pp"]), signed(r["delta_linear_pp"], r["flag"]),
-            f"{r['reference']:g} ({r['reference_source']})" if r["reference"] is not None else "",
-            signed(r["delta_reference_pp"]), r["recipe"],
+            r.model, format_count(r.params) if r.params else "—",
+            format_count(r.macs) if r.macs is not None else "—",
+            format_count(r.flops) if r.flops else "—",
+            f"{r.latency_ms_b1:.3g}" if r.latency_ms_b1 is not None else "~0",
+            format_count(round(r.throughput)) if r.throughput else "—",
+            f"{r.epochs:.3g}/{r.max_epochs}" if r.epochs is not None else "—",
+            f"{r.fit_seconds:.1f}" if r.fit_seconds is not None else "—", r.device,
+            str(n) if n else "— (deterministic)", pct(r.acc, r.acc_std, n), pct(1 - r.acc, r.acc_std, n),
+            signed(r.delta_majority_pp), signed(r.delta_knn_pp), signed(r.delta_linear_pp, r.flag),
+            f"{r.reference:g} ({r.reference_source})" if r.reference is not None else "",
+            signed(r.delta_reference_pp), r.recipe,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *notes(table, meta), "", tail, ""]
@@ -519,7 +557,7 @@ def notes(table: dict, meta: dict) -> list[str]:
                    f"frequent training label. k-NN: k={k['k']}, {k['metric']} distance on {inputs(table['data'])}, "
                    f"chosen among k in 1,3,5,7,9 × euclidean/cosine on {k['n_val']:,} validation inputs ({val}); it "
                    f"stores {k['n_train']:,} training inputs ({format_count(k['stored_values'])} values).")
-    if any(r["reference"] is not None for r in rows):
+    if any(r.reference is not None for r in rows):
         out.append("- **References**: lecture = the course lecture this project grew from (MNIST, Fashion-MNIST and "
                    "two-moons rows); He et al. 2015 = 'Deep Residual Learning for Image Recognition', Table 6 "
                    "(CIFAR-10, 64k iterations at batch 128, crop + flip augmentation). A reference may use another "
@@ -564,32 +602,32 @@ def plot_error(table: dict, axis: str, path: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
-    models = [r for r in table["rows"] if r["model"] not in BASELINES]
+    models = [r for r in table["rows"] if r.model not in BASELINES]
     n_test = (table["baselines"] or {}).get("majority", {}).get("n_test", 10_000)
     floor = 50 / n_test  # half an error, in %: a perfect score still shows on a log axis
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
     for r in models:
-        err = max((1 - r["acc"]) * 100, floor)
-        ax.errorbar(r[axis], err, yerr=r["acc_std"] * 100, fmt="o", capsize=3)
-        ax.annotate(r["model"], (r[axis], err), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        err = max((1 - r.acc) * 100, floor)
+        ax.errorbar(getattr(r, axis), err, yerr=r.acc_std * 100, fmt="o", capsize=3)
+        ax.annotate(r.model, (getattr(r, axis), err), textcoords="offset points", xytext=(5, 5), fontsize=8)
     front, best = [], math.inf
-    for r in sorted(models, key=lambda r: (r[axis], 1 - r["acc"])):
-        if 1 - r["acc"] < best:
-            best = 1 - r["acc"]
-            front.append((r[axis], max(best * 100, floor)))
+    for r in sorted(models, key=lambda r: (getattr(r, axis), 1 - r.acc)):
+        if 1 - r.acc < best:
+            best = 1 - r.acc
+            front.append((getattr(r, axis), max(best * 100, floor)))
     if len(front) > 1:
         ax.plot(*zip(*front), "k--", lw=1, drawstyle="steps-post", label="Pareto front")
-    for r, style in zip([r for r in table["rows"] if r["model"] in BASELINES], (":", "-.")):
-        ax.axhline(max((1 - r["acc"]) * 100, floor), color="gray", ls=style, lw=1,
-                   label=f"{r['model']}: {(1 - r['acc']) * 100:.2f}%")
+    for r, style in zip([r for r in table["rows"] if r.model in BASELINES], (":", "-.")):
+        ax.axhline(max((1 - r.acc) * 100, floor), color="gray", ls=style, lw=1,
+                   label=f"{r.model}: {(1 - r.acc) * 100:.2f}%")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 2, 5, 10 rather than 2x10^0
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
     ax.set_xlabel("parameters" if axis == "params" else "FLOPs per sample (2 per multiply-add)")
     ax.set_ylabel("test error (%)")
-    n = sorted({len(r["seeds"]) for r in models})
+    n = sorted({len(r.seeds) for r in models})
     ax.set_title(f"{table['data']}: test error vs {axis} (mean ± std, seeds per model: {'/'.join(map(str, n))})",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
