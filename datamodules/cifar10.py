@@ -87,6 +87,7 @@ class CIFAR10DataModule(TensorDataModule):
     pad = 4
     flip = True
     augment_default = True
+    val_size_default = 5000  # the usual 45,000 / 5,000 split; committed results depend on it
 
     def files(self) -> list[Path]:
         return [self.data_dir / "cifar-10-batches-py" / name for name in FILES]

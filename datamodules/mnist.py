@@ -72,6 +72,7 @@ class MNISTDataModule(TensorDataModule):
     pad = 2
     flip = False  # a mirrored 2 or 5 is not a digit
     augment_default = False
+    val_size_default = 5000  # the usual 55,000 / 5,000 split; committed results depend on it
     folder = "MNIST"  # torchvision's layout: <data_dir>/MNIST/raw/
 
     def files(self) -> list[Path]:

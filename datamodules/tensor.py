@@ -189,7 +189,9 @@ class TensorDataModule(L.LightningDataModule):
         data_dir: folder holding the dataset files; None uses $ZOO_DATA, else ./data.
         batch_size: training batch size (per GPU/process).
         eval_batch_size: batch size for validation and test (no gradients, so larger is fine).
-        val_size: training examples held out for validation (0: no validation).
+        val_size: training examples held out for validation: a count (5000), or a float in [0, 1)
+            for a fraction of the official training split (0.1); 0: no validation. None uses the
+            dataset's default (5,000 for mnist, fashion_mnist and cifar10, else 0.1).
         split_seed: seed of the train/validation split; None uses the global seed
             (--seed_everything), else 42. The training order always follows the global seed.
         augment: random crop/flip for training; None uses the dataset's default.
@@ -205,13 +207,14 @@ class TensorDataModule(L.LightningDataModule):
     pad: int = 0  # random-crop padding used when augmenting
     flip: bool = False  # horizontal flips when augmenting (never for digits)
     augment_default: bool = False
+    val_size_default: int | float = 0.1  # a fraction: fits any size of dataset
 
     def __init__(
         self,
         data_dir: str | None = None,
         batch_size: int = 128,
         eval_batch_size: int = 1000,
-        val_size: int = 5000,
+        val_size: int | float | None = None,  # not float alone: the CLI must keep 5000 an int (a count)
         split_seed: int | None = None,
         augment: bool | None = None,
         train_fraction: float = 1.0,
@@ -241,7 +244,13 @@ class TensorDataModule(L.LightningDataModule):
 
     def val_count(self, n_train: int) -> int:
         """How many of the n_train official training examples become the validation split."""
-        return self.val_size
+        size = self.val_size_default if self.val_size is None else self.val_size
+        if isinstance(size, float):  # a fraction; an int is a count (bool is neither)
+            if not 0 <= size < 1:
+                raise ZooError(f"{self.name}: val_size {size} is neither a fraction in [0, 1) nor a whole number "
+                               f"of examples. Fix: pass e.g. --data.val_size 0.1 (a tenth) or --data.val_size 500.")
+            return round(size * n_train)
+        return size
 
     def label_source(self, split: str, index: int) -> str:
         """Where label `index` of the official `split` ('train' or 'test') comes from, for error messages."""
@@ -323,8 +332,8 @@ class TensorDataModule(L.LightningDataModule):
         if not 0 <= n_val < n:
             raise ZooError(
                 f"{self.name}: the validation split must hold between 0 and {n - 1} of the {n} "
-                f"training examples, got {n_val}. Fix: choose a smaller --data.val_size "
-                f"(--data.val_fraction for moons)."
+                f"training examples, got {n_val}. Fix: choose a smaller --data.val_size, or a fraction "
+                f"such as 0.1 (--data.val_fraction for moons and image_folder)."
             )
         if not 0 < self.train_fraction <= 1:
             raise ZooError(

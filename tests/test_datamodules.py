@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import require_data
 from datamodules import DATAMODULES, MoonsDataModule, TensorLoader, create_datamodule, get_datamodule_class, list_datasets
-from datamodules.tensor import random_crop
+from datamodules.tensor import TensorDataModule, random_crop
 from zoo.errors import ZooError
 
 IMAGE_DATASETS = ["mnist", "fashion_mnist", "cifar10"]
@@ -216,6 +216,49 @@ def test_bad_options_are_zoo_errors():
         MoonsDataModule(train_fraction=0).setup("fit")
     with pytest.raises(ZooError, match="validation split"):
         MoonsDataModule(val_fraction=1).setup("fit")
+
+
+class Tiny(TensorDataModule):
+    """200 random 4x4 images: a dataset far smaller than the built-ins' 5,000 validation images."""
+
+    name, num_classes, input_shape, class_names = "tiny", 2, (1, 4, 4), ["a", "b"]
+
+    def load(self) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (250, 1, 4, 4), generator=g, dtype=torch.uint8)
+        y = torch.arange(250) % 2
+        return x[:200], y[:200], x[200:], y[200:]
+
+
+@pytest.mark.parametrize("val_size, n_val", [(None, 20), (0.25, 50), (30, 30), (0, 0), (0.0, 0)])
+def test_val_size_is_a_count_or_a_fraction_and_defaults_to_a_tenth(val_size, n_val):
+    dm = Tiny(val_size=val_size, batch_size=8)
+    dm.setup()
+    assert len(dm.val_y) == n_val and len(dm.train_y) == 200 - n_val
+
+
+@pytest.mark.parametrize("val_size, words", [(1.5, "neither a fraction"), (1.0, "neither a fraction"),
+                                             (200, "between 0 and 199"), (-1, "between 0 and 199")])
+def test_impossible_val_size_is_a_zoo_error(val_size, words):
+    with pytest.raises(ZooError, match=words):
+        Tiny(val_size=val_size, batch_size=8).setup()
+
+
+def test_built_in_splits_are_unchanged_by_fractional_val_size(monkeypatch):
+    """Committed results depend on the 5,000-image validation splits. The MNIST digests below are
+    what the code before val_size took fractions gave (real MNIST, split_seed 42); the split
+    depends only on the training-set size and the seed, so 60,000 stand-in images give it too."""
+    import hashlib
+
+    for name, n in (("mnist", 60_000), ("fashion_mnist", 60_000), ("cifar10", 50_000)):
+        assert get_datamodule_class(name)().val_count(n) == 5_000
+    dm = create_datamodule("mnist", split_seed=42)
+    stand_in = torch.zeros(60_000, 1, 1, 1, dtype=torch.uint8), torch.zeros(60_000, dtype=torch.int64)
+    monkeypatch.setattr(dm, "load", lambda: (*stand_in, *stand_in))
+    dm.setup()
+    digest = [hashlib.sha256(i.numpy().tobytes()).hexdigest()[:16] for i in (dm.val_indices, dm.train_indices)]
+    assert digest == ["f77758c170d6fe95", "387ab774b7e42b6c"]
+    assert dm.val_indices[:5].tolist() == [37542, 43087, 2992, 25810, 39634]
 
 
 # --- moons ----------------------------------------------------------------------------------
