@@ -1,7 +1,7 @@
 """train.py: the single entry point. Any zoo model on any dataset, on any hardware.
 
     python train.py fit                                        # MLP on two-moons, needs no files
-    python train.py fit --data mnist --model.arch lenet5       # --data NAME = --config configs/NAME.yaml
+    python train.py fit --data mnist --model lenet5            # --data NAME = --config configs/NAME.yaml
     python train.py fit --config checkpoints/mnist/lenet5/<run>/config.yaml --ckpt_path last   # resume
     python train.py test --config <run>/config.yaml --ckpt_path <run>/best.ckpt
     python train.py compare --models [linear,mlp] --datasets [moons]
@@ -13,9 +13,11 @@ datamodules and Lightning's Trainer (see --help). What it adds is the run direct
 a final summary with the test accuracy of the best checkpoint.
 """
 
+import importlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -288,12 +290,12 @@ class ZooCLI(LightningCLI):
         spec = cfg.get("ckpt_path") if sub else None
         if not spec:
             return
-        data, arch = data_name(cfg.data), cfg.model.arch
+        data, runs, arch = data_name(cfg.data), run_data_name(cfg.data), cfg.model.arch
         if os.environ.get("ZOO_RUN_DIR") and spec == "last":  # a DDP child: same run as rank 0
             spec = os.environ["ZOO_RUN_DIR"]
         elif sub == "fit" and cfg.get("run_dir") and spec == "last":  # `--run_dir D --ckpt_path last`: D's run
             spec = cfg.run_dir
-        path = find_resume(spec, Path(cfg.runs_root), data, arch) if sub == "fit" else Path(spec)
+        path = find_resume(spec, Path(cfg.runs_root), runs, arch) if sub == "fit" else Path(spec)
         if sub == "fit" and cfg.get("run_dir") and Path(cfg.run_dir).resolve() != path.parent.resolve():
             raise ZooError(f"--run_dir {cfg.run_dir} and --ckpt_path {spec} name different runs ({path.parent}). "
                            f"A resume continues the checkpoint's own run directory: drop --run_dir.")
@@ -333,7 +335,7 @@ class ZooCLI(LightningCLI):
             if fresh:
                 NEW_RUN_DIRS.append(self.run_dir)
         else:
-            self.run_dir = new_run_dir(Path(cfg.runs_root), self.data_name, self.arch)
+            self.run_dir = new_run_dir(Path(cfg.runs_root), run_data_name(cfg.data), self.arch)
         if not inherited and global_rank() == 0:  # one lock per run: the job's first process holds it
             lock = RunLock(self.run_dir)
             lock.acquire()
@@ -528,13 +530,27 @@ def device_name(trainer: Trainer) -> str:
 
 
 def data_name(data_cfg) -> str:
-    """The registry name (mnist, ...) of the datamodule a config selects."""
-    class_path = data_cfg.class_path if hasattr(data_cfg, "class_path") else data_cfg["class_path"]
-    class_name = class_path.rsplit(".", 1)[-1]  # jsonargparse may shorten the module path
+    """The dataset name (mnist, ...) of the datamodule a config selects: its registry name, else the
+    class's own `name` (what its checkpoints record), else the class name."""
+    module, _, class_name = data_cfg.get("class_path").rpartition(".")  # jsonargparse may shorten the module
     for name, cls in DATAMODULES.items():
         if cls.__name__ == class_name:
             return name
-    return class_name
+    try:  # a datamodule of your own, given by class path: parsing has imported it already
+        return getattr(importlib.import_module(module), class_name).name or class_name
+    except (ImportError, AttributeError, ValueError):
+        return class_name
+
+
+def run_data_name(data_cfg) -> str:
+    """The dataset part of run directories: data_name, and for image_folder the folder's name too
+    (image_folder-my_images), so runs on unrelated folders never mix, nor resume each other."""
+    name = data_name(data_cfg)
+    folder = (data_cfg.get("init_args") or {}).get("data_dir")
+    if name != "image_folder" or not folder:
+        return name
+    folder_name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(os.path.abspath(folder)).name)  # abspath: "." has a name
+    return f"{name}-{folder_name}" if folder_name.strip("._") else name
 
 
 def expand_data_shorthand(args: list[str]) -> list[str]:
@@ -565,6 +581,26 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
     return out[:1] + recipes + out[1:] if out and not out[0].startswith("-") else recipes + out
 
 
+def expand_name_shorthand(args: list[str]) -> list[str]:
+    """`--model lenet5` means `--model.arch lenet5` (fit, validate, test), and `--data.help mnist`
+    means `--data.help datamodules.mnist.MNISTDataModule`: the names used everywhere else work here."""
+    out, i = [], 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if flag == "--model" and args[0] in ("fit", "validate", "test") and re.fullmatch(r"[\w-]+", value):
+            out += ["--model.arch", value]  # not a name (model.yaml, {...}): jsonargparse's --model CONFIG
+        elif flag == "--data.help" and value in DATAMODULES:
+            out += ["--data.help", f"{DATAMODULES[value].__module__}.{DATAMODULES[value].__name__}"]
+        else:
+            out.append(args[i])
+            i += 1
+            continue
+        i += 1 if eq else 2
+    return out
+
+
 def check_config_files(args: list[str]) -> None:
     """A missing or broken --config file named in one sentence (jsonargparse would not name it)."""
     for flag, value in zip(args, args[1:]):
@@ -590,7 +626,7 @@ def not_our_optimizer_flag(key: str) -> ZooError:
 
 def cli_main(args: list[str] | None = None) -> ZooCLI:
     """Run the CLI in-process (tests call this); errors propagate."""
-    args = expand_data_shorthand(list(sys.argv[1:] if args is None else args))
+    args = expand_data_shorthand(expand_name_shorthand(list(sys.argv[1:] if args is None else args)))
     for a in args:
         key = a[2:].split("=")[0].split(".")[0]
         if a.startswith("--") and key in ("optimizer", "lr_scheduler") and a[2 + len(key):] not in ("", "=null"):
@@ -631,7 +667,7 @@ Train, evaluate and compare lightning-zoo models. Subcommands:
   predict   classify image files with a checkpoint or the shipped weights
   export    write a checkpoint as TorchScript or ONNX, checked against the checkpoint
 
-  python train.py fit --data mnist --model.arch lenet5
+  python train.py fit --data mnist --model lenet5
   python evaluate.py <run>/best.ckpt       (test metrics, per-class accuracy, confusion matrix)
 Add --debug to any command to see the full traceback of an error."""
 
@@ -646,8 +682,6 @@ def main(args: list[str] | None = None) -> int:
         return 0 if args else 2
     try:
         if args and args[0] in EXTRA_COMMANDS:
-            import importlib
-
             return importlib.import_module(EXTRA_COMMANDS[args[0]]).main(args[1:]) or 0
         cli_main(args)
     except (ZooError, MisconfigurationException) as e:

@@ -9,9 +9,10 @@ Each image is decoded once with PIL, converted to grayscale or RGB (`channels`),
 Classes are the sorted subfolder names. Validation is carved from the training part (seeded, as
 for the built-in datasets) and mean/std come from the training split. `load_image` is the one
 conversion used both here and by `train.py predict`, so predictions see what training saw.
+Runs are named after the folder (checkpoints/image_folder-my_images/<model>/), so unrelated
+folders never share a run directory or a `--ckpt_path last`.
 
-    python train.py fit --data datamodules.image_folder.ImageFolderDataModule \
-        --data.init_args.data_dir my_images --model.arch lenet5
+    python train.py fit --data image_folder --data.data_dir my_images --model lenet5
 """
 import os
 import sys

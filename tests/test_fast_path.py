@@ -74,7 +74,7 @@ def fit_lenet(shapes: Path, root: Path, *extra: str) -> Path:
     assert train.main(["fit", "--runs_root", str(root), *FAST, "--data", "datamodules.image_folder.ImageFolderDataModule",
                        "--data.init_args.data_dir", str(shapes), "--data.init_args.batch_size", "16",
                        "--model.arch", "lenet5", "--trainer.max_epochs", "2", *extra]) == 0
-    (run,) = root.glob("image_folder/lenet5/*")
+    (run,) = root.glob("image_folder-*/lenet5/*")  # named after the folder
     return run
 
 

@@ -143,3 +143,32 @@ def test_cli_fit_trains_lenet5_and_evaluates(folder, tmp_path):
         import evaluate
 
         assert evaluate.evaluate(str(metrics_file.parent))["test_acc"] == m["test_acc"]
+
+
+def test_runs_are_named_after_the_folder_and_resume_finds_them(tmp_path):
+    photos = make_folder(tmp_path / "My photos (2024)", per_class=4)
+    fit = ["fit", "--runs_root", str(tmp_path / "runs"), "--quiet", "true", "--threads", "1", "--data", "image_folder",
+           "--data.data_dir", str(photos), "--data.batch_size", "4", "--model", "mlp", "--patience", "0"]
+    assert train.main([*fit, "--trainer.max_epochs", "1"]) == 0
+    assert train.main([*fit, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0  # the same run, one more epoch
+    (run,) = (tmp_path / "runs").glob("*/mlp/*")
+    assert run.parent.parent.name == "image_folder-My_photos__2024_"  # only [A-Za-z0-9._-] in the name
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_run_directory_names_for_folders():
+    def name(data_dir: str | None) -> str:
+        return train.run_data_name({"class_path": "datamodules.image_folder.ImageFolderDataModule",
+                                    "init_args": {"data_dir": data_dir}})
+
+    assert name("/data/cats_vs_dogs/") == "image_folder-cats_vs_dogs"
+    assert name("/data/ça va?") == "image_folder-_a_va_"
+    assert name(None) == name("/") == "image_folder"  # no folder name to add
+    mnist = {"class_path": "datamodules.mnist.MNISTDataModule", "init_args": {"data_dir": "/x"}}
+    assert train.run_data_name(mnist) == "mnist"
+
+
+def test_data_help_takes_the_registered_name(capsys):
+    assert train.main(["fit", "--data.help", "image_folder"]) == 0
+    out = capsys.readouterr().out
+    assert "--data.image_size" in out and "--data.channels" in out
