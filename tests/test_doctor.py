@@ -2,10 +2,12 @@
 
 import struct
 
+import numpy as np
 import torch
 
 import train
-from conftest import require_data
+from conftest import REPO, require_data
+from datamodules import DATAMODULES, TensorDataModule
 from zoo import doctor
 
 
@@ -58,3 +60,30 @@ def test_wandb_mode_follows_train_py(monkeypatch, tmp_path):
     assert doctor.wandb_mode()[0] == "online"
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert doctor.wandb_mode()[0] == "offline"
+
+
+class PointsDataModule(TensorDataModule):
+    """A datamodule of one's own that reads a file from data_dir without declaring it in files()."""
+
+    name, num_classes, input_shape, class_names = "points", 2, (2,), ["a", "b"]
+
+    def load(self) -> tuple[torch.Tensor, ...]:
+        xy = torch.tensor(np.loadtxt(self.data_dir / "points.csv", delimiter=","), dtype=torch.float32)
+        return xy[:, :2], xy[:, 2].long(), xy[:, :2], xy[:, 2].long()
+
+
+def test_datasets_of_ones_own_are_described_by_what_they_load(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.setenv("COLUMNS", "300")  # one table row per line, not folded
+    from docs.examples.digits import DigitsDataModule
+
+    monkeypatch.setitem(DATAMODULES, "digits", DigitsDataModule)  # registered, as the docs describe
+    monkeypatch.setitem(DATAMODULES, "points", PointsDataModule)
+    assert doctor.main(["--data_dir", str(tmp_path)]) == 0  # a missing file is a warning, as for mnist
+    out = capsys.readouterr().out
+    assert "generated in memory" not in out  # what the doctor once said of every dataset without files()
+    assert "1,437 train / 360 test, input (1, 8, 8)" in out and "lists no files to download" in out
+    assert "warning points: FileNotFoundError" in out and "points.csv" in out
+    (tmp_path / "points.csv").write_text("0,0,0\n1,1,1\n")
+    assert doctor.main(["--data_dir", str(tmp_path)]) == 0
+    assert "2 train / 2 test, input (2,)" in capsys.readouterr().out

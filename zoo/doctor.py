@@ -150,29 +150,24 @@ def check_data(data_dir: str | None, require: bool) -> list[Row]:
             rows.append(Row("data", name, "info", "your own images: checked when you train on their folder"))
             continue
         dm = cls(data_dir=str(root))
-        files = dm.files()
-        if not files:
-            rows.append(Row("data", name, "ok", "generated in memory, needs no files"))
-            continue
+        files = dm.files()  # what load() reads from data_dir, as far as the datamodule declares
         absent = [p for p in files if not p.is_file()]
-        if absent:
-            try:
-                dm.load()  # raises the datamodule's own "not found" error, which names the fix
-                fix = None
-            except ZooError as e:
-                fix = str(e)
-            detail = f"missing {len(absent)} of {len(files)} files, e.g. {absent[0]}"
-            rows.append(Row("data", name, missing, detail, fix))
-            continue
         start = time.perf_counter()
-        try:
-            train_x, _, test_x, _ = dm.load()  # reads and validates every file (headers, sizes)
-        except ZooError as e:
-            rows.append(Row("data", name, "FAIL", "present but does not load", str(e)))
+        try:  # reads and validates every file (headers, sizes); a missing file is the datamodule's own error
+            train_x, _, test_x, _ = dm.load()
+        except Exception as e:  # ZooError from ours; anything at all from a datamodule of your own
+            fix = str(e) if isinstance(e, ZooError) else f"{type(e).__name__}: {e}"
+            if absent or isinstance(e, FileNotFoundError):
+                what = f"missing {len(absent)} of {len(files)} files, e.g. {absent[0]}" if absent else "file missing"
+                rows.append(Row("data", name, missing, what, fix))
+            else:
+                rows.append(Row("data", name, "FAIL", "present but does not load" if files else "does not load", fix))
             continue
         seconds = time.perf_counter() - start
-        rows.append(Row("data", name, "ok", f"{len(train_x):,} train / {len(test_x):,} test images "
-                                            f"{tuple(train_x.shape[1:])}, loaded in {seconds:.1f} s"))
+        # Not "generated in memory" without declared files: load() may read them from elsewhere.
+        rows.append(Row("data", name, "ok", f"{len(train_x):,} train / {len(test_x):,} test, input "
+                                            f"{tuple(train_x.shape[1:])}, loaded in {seconds:.1f} s"
+                                            + ("" if files else "; lists no files to download")))
     return rows
 
 
