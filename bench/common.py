@@ -210,7 +210,8 @@ def run_cli(args: list[str], runs_root: str | Path, *, rich_tty: bool = False):
 
     gc.collect()  # the previous runs' trainers, models and datasets (reference cycles), before timing a new one
     sink = io.StringIO()
-    env = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "TERM": "xterm-256color", "COLUMNS": "120"} if rich_tty else {}
+    env = ({"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "TERM": "xterm-256color", "COLUMNS": "120"}
+           if rich_tty else {})
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     lightning_log = logging.getLogger("lightning.pytorch")

@@ -92,7 +92,8 @@ def main(quick: bool) -> None:
             "|---|---:|---:|---:|---:|"]
     for name in ("mnist", "fashion_mnist", "cifar10"):
         r = bench(name, quick)
-        rows.append(f"| {name} | {r['ours']:.3f} | {r['w0']:.2f} | {r['w2']:.2f} | {min(r['w0'], r['w2']) / r['ours']:.0f}x |")
+        rows.append(f"| {name} | {r['ours']:.3f} | {r['w0']:.2f} | {r['w2']:.2f} "
+                    f"| {min(r['w0'], r['w2']) / r['ours']:.0f}x |")
         print(rows[-1], flush=True)
     command = "python bench/loader_speed.py" + (" --quick" if quick else "")
     load_after = os.getloadavg()[0]

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from bench.common import tmpdir, Section, body, load, med, num_threads, read_metrics, run_cli, spread
+from bench.common import Section, body, load, med, num_threads, read_metrics, run_cli, spread, tmpdir
 from bench.loops import BareLoop, setup_data
 
 MODELS = {"mlp": "mnist", "lenet5": "mnist", "resnet20": "cifar10"}  # model -> dataset
@@ -74,15 +74,18 @@ def compiled(s: Section, data: dict, quick: bool, repeats: int) -> None:
             start = time.perf_counter()
             comp.step(x, y)
             first = time.perf_counter() - start
-        res = rounds({"eager": lambda: eager.seconds_per_step(steps), "compiled": lambda: comp.seconds_per_step(steps)}, repeats)
+        res = rounds({"eager": lambda: eager.seconds_per_step(steps),
+                      "compiled": lambda: comp.seconds_per_step(steps)}, repeats)
         compile_s = first - med(res["compiled"])
         gain = med(res["eager"]) - med(res["compiled"])
         breakeven = f"{compile_s / gain:.0f}" if gain > 0 else "never"
         rows.append([arch, spread(res["eager"], 2, 1000), spread(res["compiled"], 2, 1000),
-                     f"{med(res['eager']) / med(res['compiled']):.2f}x", f"{compile_s:.1f}", breakeven, f"{load():.1f}"])
+                     f"{med(res['eager']) / med(res['compiled']):.2f}x", f"{compile_s:.1f}", breakeven,
+                     f"{load():.1f}"])
     s.text("**torch.compile** (default inductor backend, caches disabled: the compile time a first run pays; "
            "steady state after the first step)" + (" [quick: eager backend]" if quick else "") + ":")
-    s.table(["model", "eager ms/step", "compiled ms/step", "speed-up", "compile s", "steps to break even", "load avg"], rows)
+    s.table(["model", "eager ms/step", "compiled ms/step", "speed-up", "compile s", "steps to break even",
+             "load avg"], rows)
 
 
 @contextlib.contextmanager
@@ -127,7 +130,8 @@ def evaluation(s: Section, data: dict, quick: bool, repeats: int) -> dict[str, f
         res = rounds({k: (lambda k=k: loop.evaluate("bench", batch_size=k[1], mode=k[0])[0]) for k in configs}, repeats)
         ref = med(res[("inference_mode", 1000 if not quick else 64)])
         val_pass[arch] = ref * len(dm.val_y) / n
-        rows += [[arch, n, mode, b, spread(v, 3), f"{ref / med(v):.2f}x", f"{load():.1f}"] for (mode, b), v in res.items()]
+        rows += [[arch, n, mode, b, spread(v, 3), f"{ref / med(v):.2f}x", f"{load():.1f}"]
+                 for (mode, b), v in res.items()]
     s.text("**Evaluation** (a pass over a fixed slice of the validation split computing loss and accuracy; "
            "`grad` = autograd on, as if validation forgot both; Lightning validates under inference_mode at "
            "the datamodule's eval_batch_size, 1000 by default):")
@@ -142,7 +146,8 @@ def validation_share(s: Section, data: dict, step_s: dict, val_pass: dict) -> No
         steps = len(BareLoop(dm, "linear").loader())
         train = step_s[arch]["train.py's defaults"] * steps
         share = val_pass[arch] / (train + val_pass[arch])
-        rows.append([arch, f"{train:.1f}", f"{val_pass[arch]:.2f}", f"{share:.1%}", f"{share / 2:.1%}", f"{share * 4 / 5:.1%}"])
+        rows.append([arch, f"{train:.1f}", f"{val_pass[arch]:.2f}", f"{share:.1%}", f"{share / 2:.1%}",
+                     f"{share * 4 / 5:.1%}"])
     s.text("**Validation every N epochs** (`--trainer.check_val_every_n_epoch N`), derived from the numbers above: "
            "the share of an epoch spent validating 5,000 images, and what validating every 2nd or 5th epoch saves:")
     s.table(["model", "train s/epoch (defaults)", "val s/pass", "validation share", "saved, N=2", "saved, N=5"], rows)
@@ -151,13 +156,15 @@ def validation_share(s: Section, data: dict, step_s: dict, val_pass: dict) -> No
 def bf16_accuracy(s: Section, quick: bool) -> dict[str, tuple[float, float, float, float]]:
     """Test accuracy and fit time of short train.py runs in fp32 and bf16-mixed."""
     runs = {
-        "mlp on fashion_mnist, 4 epochs": ["--data", "fashion_mnist", "--model.arch", "mlp", "--trainer.max_epochs", "4"],
+        "mlp on fashion_mnist, 4 epochs": ["--data", "fashion_mnist", "--model.arch", "mlp",
+                                           "--trainer.max_epochs", "4"],
         "lenet5 on mnist, 2 epochs": ["--data", "mnist", "--model.arch", "lenet5", "--trainer.max_epochs", "2"],
         "resnet20 on cifar10, 1 epoch on 1/4 of the data": ["--data", "cifar10", "--model.arch", "resnet20",
-                                                           "--trainer.max_epochs", "1", "--data.train_fraction", "0.25"],
+                                                            "--trainer.max_epochs", "1",
+                                                            "--data.train_fraction", "0.25"],
     }
-    quick_limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-                    "--trainer.limit_test_batches", "1"]
+    quick_limits = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                    "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
     rows, out = [], {}
     for name, args in runs.items():
         if quick and "mlp" not in name:
@@ -182,7 +189,8 @@ def bf16_accuracy(s: Section, quick: bool) -> dict[str, tuple[float, float, floa
 
 def run(quick: bool) -> Section:
     repeats = 1 if quick else 3
-    s = Section("7. Options: channels_last, bf16, fused optimizer, torch.compile, threads, evaluation, validation frequency")
+    s = Section("7. Options: channels_last, bf16, fused optimizer, torch.compile, threads, evaluation, "
+                "validation frequency")
     s.text(body(__doc__))
     data = {"mnist": setup_data("mnist"),
             "cifar10": setup_data("cifar10", 16 if quick else None)}

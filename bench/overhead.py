@@ -21,7 +21,8 @@ from bench.common import REPO, Section, body, callback, load, med, read_metrics,
 from bench.loops import BareLoop, setup_data
 
 ARCHS = ("mlp", "lenet5")
-QUICK_LIMITS = ["--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
+QUICK_LIMITS = ["--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "1",
+                "--trainer.limit_test_batches", "1"]
 
 
 def ours(arch: str, epochs: int, quick: bool, rich: bool = False,
@@ -86,9 +87,9 @@ def patched(*triples):
 
 
 def ablations():
-    import train
     from lightning.pytorch import Callback
 
+    import train
     import zoo.insight
     import zoo.module
 
@@ -103,7 +104,8 @@ def ablations():
         "no per-step isfinite(loss) check": ((module, "training_step", _step_without_isfinite),),
         "no training metrics (loss and accuracy not accumulated)": (
             (module, "training_step", _step_without_metrics), no_train_log),
-        "training_step = forward + loss only (no check, no metrics)": ((module, "training_step", _step_bare), no_train_log),
+        "training_step = forward + loss only (no check, no metrics)": (
+            (module, "training_step", _step_bare), no_train_log),
         "no LearningRateMonitor": ((train, "LearningRateMonitor", NoCallback),),
         "no insight callbacks (sanity check, pictures)": ((zoo.insight, "callbacks", lambda cfg, run_dir: []),),
         "the optimizer's for-loop step instead of the fused one (the old default)": (
@@ -155,7 +157,8 @@ def micro(batch: int, classes: int = 10, quick: bool = False) -> list[tuple[str,
     loss = F.cross_entropy(logits, y)
     from torchmetrics import MeanMetric
 
-    checked, unchecked = MulticlassAccuracy(classes, average="micro"), MulticlassAccuracy(classes, average="micro", validate_args=False)
+    checked, unchecked = (MulticlassAccuracy(classes, average="micro"),
+                          MulticlassAccuracy(classes, average="micro", validate_args=False))
     mean = MeanMetric(nan_strategy="disable")
     correct = torch.zeros((), dtype=torch.long)
 
@@ -278,8 +281,8 @@ def run(quick: bool) -> Section:
         train = med([e["train"] for e in ep])
         abl_rows.append([name, spread([e["train"] for e in ep], 3), f"{(train - base_train) * 1000:+.0f}",
                          f"{train / base_train - 1:+.1%}", f"{ep[0]['acc']:.2%}", spread([e["load"] for e in ep], 1)])
-    s.text(f"**Ablations** (MLP, --quiet; one run of {abl_epochs} epochs each, epoch 0 dropped; the changes are patched "
-           f"into this process, the files are untouched). {steps} training steps per epoch. Single runs: "
+    s.text(f"**Ablations** (MLP, --quiet; one run of {abl_epochs} epochs each, epoch 0 dropped; the changes are "
+           f"patched into this process, the files are untouched). {steps} training steps per epoch. Single runs: "
            "differences below a few percent are within the noise.")
     s.text(f"The reference for the changes is train.py as it is in the main comparison above ({base_train:.3f} s, "
            f"test accuracy {results['mlp']['quiet'][0]['acc']:.2%} after {epochs} epochs).")

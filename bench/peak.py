@@ -4,7 +4,8 @@ The CPU's fp32 matmul throughput (torch.mm of two
 2048x2048 matrices, median of repeats; bf16 too, for the AMX/AVX-512 units) against the FLOP/s
 that training achieves: zoo.profile's forward FLOPs per sample x 3 (forward + backward) x samples
 per second. Training steps as in the bare loop (the recipe's optimizer, cross-entropy; in fp32 here,
-also for the conv nets that train.py runs in bf16 on such a CPU), on one resident batch ("step") and through the data path (TensorLoader + normalisation, "with loader").
+also for the conv nets that train.py runs in bf16 on such a CPU), on one resident batch ("step") and \
+through the data path (TensorLoader + normalisation, "with loader").
 The profiler counts only matmuls and convolutions, so everything else a step does (activations,
 the loss, the optimizer, data) is time without FLOPs: exactly the distance we want to see.
 """
@@ -16,7 +17,8 @@ from bench.common import Section, body, load, med, num_threads, spread, timeit
 from bench.loops import BareLoop, setup_data
 from zoo.profile import profile
 
-# model, dataset, batch, fused optimizer step (torch.optim.Adam/SGD(..., fused=True), train.py's default) or the for-loop one
+# model, dataset, batch, fused optimizer step (torch.optim.Adam/SGD(..., fused=True), train.py's default)
+# or the for-loop one
 CASES = [("mlp", "mnist", 100, False), ("mlp", "mnist", 256, False), ("mlp", "mnist", 1024, False),
          ("mlp", "mnist", 100, True), ("mlp", "mnist", 1024, True),
          ("lenet5", "mnist", 128, False), ("lenet5", "mnist", 1024, False), ("resnet20", "cifar10", 128, False)]
@@ -78,7 +80,8 @@ def run(quick: bool) -> Section:
     cores = os.cpu_count() or 1
     if cores != torch.get_num_threads():
         with num_threads(cores):
-            s.text(f"For reference, with {cores} threads: fp32 {spread(mm_gflops(n, torch.float32, 2 if quick else 7), 0)} "
+            s.text(f"For reference, with {cores} threads: "
+                   f"fp32 {spread(mm_gflops(n, torch.float32, 2 if quick else 7), 0)} "
                    f"GFLOP/s (load {load():.2f}).")
     data = {}
     rows = []
@@ -92,14 +95,15 @@ def run(quick: bool) -> Section:
         resident, loader = train_rate(dm, arch, batch, fused, steps, repeats)
         g_res, g_load = [flops / t / 1e9 for t in resident], [flops / t / 1e9 for t in loader]
         ratios[(arch, batch, fused)] = med(g_load) / peak
-        rows.append([arch, batch, "fused" if fused else "for-loop", f"{flops / 1e9:.3f}", spread(resident, 2, 1000), spread(g_res, 1),
-                     f"{med(g_res) / peak:.2f}", spread(loader, 2, 1000), spread(g_load, 1),
+        rows.append([arch, batch, "fused" if fused else "for-loop", f"{flops / 1e9:.3f}", spread(resident, 2, 1000),
+                     spread(g_res, 1), f"{med(g_res) / peak:.2f}", spread(loader, 2, 1000), spread(g_load, 1),
                      f"{med(g_load) / peak:.2f}", f"{load():.1f}"])
     s.table(["model", "batch", "optimizer", "GFLOP/step", "step ms", "step GFLOP/s", "of peak", "with loader ms/step",
              "with loader GFLOP/s", "of peak", "load avg"], rows)
     for fused in (False, True):
         batch, r = max(((b, r) for (a, b, f), r in ratios.items() if a == "mlp" and f == fused), key=lambda br: br[1])
-        s.goal(f"3. MLP training FLOP/s / fp32 matmul peak, {'fused' if fused else 'for-loop'} optimizer step (best batch)",
+        s.goal(f"3. MLP training FLOP/s / fp32 matmul peak, {'fused' if fused else 'for-loop'} optimizer step "
+               "(best batch)",
                f"{r:.2f} at batch {batch}", ">= 0.5", r >= 0.5)
     for (arch, batch, fused), r in ratios.items():
         if arch != "mlp":
@@ -110,5 +114,6 @@ def run(quick: bool) -> Section:
            + ", ".join(f"{shape_gflops(*sh, repeats):.0f} GFLOP/s at batch {sh[0]}" for sh in shapes)
            + f" on its own (the 2048^2 peak: {peak:.0f}), and the rest of a step is small operations with no "
            "FLOPs counted. Where one MLP step's time goes at batch 100 (torch.profiler, self CPU time):")
-    s.table(["operator", "calls per step", "us per step", "share"], op_breakdown(data["mnist"], 100, 5 if quick else 100))
+    s.table(["operator", "calls per step", "us per step", "share"],
+            op_breakdown(data["mnist"], 100, 5 if quick else 100))
     return s

@@ -36,7 +36,8 @@ BENCHMARKS = {  # name -> module with run(quick: bool) -> Section
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a few steps of every benchmark: checks they run, measures nothing")
+    p.add_argument("--quick", action="store_true",
+                   help="a few steps of every benchmark: checks they run, measures nothing")
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     p.add_argument("--out", default=None, help="report path (default results/bench.md; none for --quick)")
     p.add_argument("--threads", type=int, default=0,

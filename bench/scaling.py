@@ -12,12 +12,25 @@ epoch); Lightning gives each DDP process cpu_count/2 threads unless OMP_NUM_THRE
 import json
 from pathlib import Path
 
-from bench.common import (PY, Section, body, callback, check, load, med, read_metrics, run_cli, run_processes, spread,
-                          tmpdir)
+from bench.common import (
+    PY,
+    Section,
+    body,
+    callback,
+    check,
+    load,
+    med,
+    read_metrics,
+    run_cli,
+    run_processes,
+    spread,
+    tmpdir,
+)
 from bench.loops import BareLoop, setup_data
 from zoo.profile import profile
 
-QUICK_LIMITS = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]
+QUICK_LIMITS = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+                "--trainer.limit_test_batches", "1"]
 
 
 def data_scaling(s: Section, quick: bool) -> None:
@@ -40,7 +53,8 @@ def data_scaling(s: Section, quick: bool) -> None:
                      f"{train / full:.2f} (ideal {f:g})", f"{train / (55_000 * f) * 1e6:.1f}",
                      spread([e["total"] for e in samples[f]], 3), spread([e["load"] for e in samples[f]], 1)])
     s.text("**Data size** (MNIST MLP, train.py, --quiet):")
-    s.table(["fraction", "training images", "train s/epoch", "relative", "us per image", "whole epoch s", "load avg"], rows)
+    s.table(["fraction", "training images", "train s/epoch", "relative", "us per image", "whole epoch s",
+             "load avg"], rows)
     small = fractions[0]
     rel = med([e["train"] for e in samples[small]]) / full
     s.goal(f"5. MLP epoch (training part) at {small:g} of MNIST, relative to all", f"{rel:.2f}", f"{small:g} (linear)",
@@ -71,7 +85,8 @@ def ddp_scaling(s: Section, quick: bool) -> None:
             "--trainer.accelerator", "cpu", "--trainer.callbacks+=bench.clocks.SavingEpochClock"]
     variants = {"1 process": ["--trainer.devices", "1"],
                 "DDP, 2 processes": ["--trainer.strategy", "ddp", "--trainer.devices", "2"]}
-    res: dict[str, dict[str, list[float]]] = {k: {"epoch": [], "wall": [], "fit": [], "acc": [], "load": []} for k in variants}
+    res: dict[str, dict[str, list[float]]] = {k: {"epoch": [], "wall": [], "fit": [], "acc": [], "load": []}
+                                              for k in variants}
     for _ in range(repeats):  # alternating when measuring; both at once in a smoke test
         with tmpdir() as tmp:
             labels = list(variants)

@@ -30,7 +30,8 @@ def run(quick: bool) -> Section:
     textbook, ours, compute = [], [], []
     for _ in range(repeats):  # alternate, so a change in the machine's load hits both sides alike
         with tmpdir() as tmp:
-            theirs = [PY, "bench/textbook_fashion_mnist.py", *(["--epochs", "1", "--max_batches", "5"] if quick else [])]
+            theirs = [PY, "bench/textbook_fashion_mnist.py",
+                      *(["--epochs", "1", "--max_batches", "5"] if quick else [])]
             mine = [PY, *OURS, *(QUICK_OURS if quick else []), "--runs_root", tmp]
             p, q = run_processes([theirs, mine], parallel=quick)  # sequential when measuring
             check(p, "the textbook script")

@@ -21,7 +21,8 @@ from torchvision.transforms import ToTensor
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=4)
-parser.add_argument("--max_batches", type=int, default=0, help="stop each epoch and the test after this many batches (smoke test)")
+parser.add_argument("--max_batches", type=int, default=0,
+                    help="stop each epoch and the test after this many batches (smoke test)")
 args = parser.parse_args()
 root = os.environ.get("ZOO_DATA", "data")
 

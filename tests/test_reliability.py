@@ -85,7 +85,8 @@ CASES = [
     ("checkpoint path that does not exist", ["fit", "--data", "moons", "--ckpt_path", "{tmp}/none.ckpt"],
      ["not found", "none.ckpt"]),
     ("nothing to resume", ["fit", "--data", "moons", "--ckpt_path", "last"], ["no run", "to resume"]),
-    ("truncated checkpoint", ["test", "--data", "moons", "--model.arch", "linear", "--ckpt_path", "{tmp}/truncated.ckpt"],
+    ("truncated checkpoint",
+     ["test", "--data", "moons", "--model.arch", "linear", "--ckpt_path", "{tmp}/truncated.ckpt"],
      ["truncated", "truncated.ckpt"]),
     ("file that is not a checkpoint", ["test", "--data", "moons", "--ckpt_path", "{tmp}/notes.ckpt"],
      ["notes.ckpt", "not a PyTorch checkpoint"]),
@@ -108,7 +109,8 @@ CASES = [
     ("seed above numpy's range", ["fit", "--data", "moons", "--seed_everything", str(2**70)], ["seed", "4294967295"]),
     ("negative SGD momentum", ["fit", "--data", "moons", "--model.optimizer", "sgd", "--model.momentum", "-1"],
      ["momentum", "[0, 1)"]),
-    ("schedule without an end", ["fit", "--data", "moons", "--model.scheduler", "onecycle", "--trainer.max_epochs", "-1"],
+    ("schedule without an end",
+     ["fit", "--data", "moons", "--model.scheduler", "onecycle", "--trainer.max_epochs", "-1"],
      ["onecycle", "max_steps", "--model.scheduler none"]),
     ("unsupported accelerator", ["fit", "--data", "moons", "--trainer.accelerator", "tpu"], ["tpu", "auto"]),
     ("monitored metric that does not exist", ["fit", "--data", "moons", "--monitor", "val/accuracy"],
@@ -119,7 +121,8 @@ CASES = [
      ["validation split is empty", "--monitor train/loss"]),
     ("no training batches", ["fit", "--data", "moons", "--trainer.limit_train_batches", "0"],
      ["limit_train_batches", "trains nothing"]),
-    ("--run_dir of an existing run", ["fit", "--data", "moons", "--run_dir", "{run}"], ["already holds a run", "--ckpt_path"]),
+    ("--run_dir of an existing run", ["fit", "--data", "moons", "--run_dir", "{run}"],
+     ["already holds a run", "--ckpt_path"]),
 ]
 
 
@@ -225,7 +228,8 @@ def test_nan_in_the_first_epoch_claims_no_checkpoint(tmp_path, monkeypatch, caps
 
     real = ZooModule.forward
     monkeypatch.setattr(ZooModule, "forward",
-                        lambda self, x: real(self, x) * (float("nan") if self.training and self.global_step == 2 else 1))
+                        lambda self, x: real(self, x) * (float("nan") if self.training and self.global_step == 2
+                                                         else 1))
     rc = train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST, "--trainer.max_epochs", "3"])
     err = capsys.readouterr().err
     assert rc == 2 and "step 2" in err, err

@@ -172,7 +172,8 @@ def test_no_data_and_no_config_is_the_moons_recipe(capsys):
     cfg = printed_config(capsys, "fit")
     recipe = yaml.safe_load((train.CONFIGS / "moons.yaml").read_text())
     assert cfg["data"]["class_path"].endswith("MoonsDataModule")
-    assert cfg["model"]["lr"] == recipe["model"]["lr"] and cfg["trainer"]["max_epochs"] == recipe["trainer"]["max_epochs"]
+    assert (cfg["model"]["lr"] == recipe["model"]["lr"]
+            and cfg["trainer"]["max_epochs"] == recipe["trainer"]["max_epochs"])
     assert (cfg["monitor"], cfg["patience"]) == (recipe["monitor"], recipe["patience"])
 
 
