@@ -1,5 +1,5 @@
 """zoo/insight.py: sanity checks, TensorBoard and W&B pictures, the decision boundary and the LR finder,
-read back from the files real runs write (tensorboard's reader, W&B's protobuf records, PIL)."""
+read back from the files real runs write (tensorboard's reader, `wandb leet inspect`, PIL)."""
 
 import contextlib
 import io
@@ -74,9 +74,9 @@ def test_wandb_offline_run_holds_the_media(mnist_run):
     (log,) = run.glob("wandb/offline-run-*/run-*.wandb")
     _, final, history = wandb_log.summary(log)
     for key in ("samples/train", "test/confusion_matrix"):
-        (row,) = [r for r in history if f"{key}/_type" in r]
-        assert row[f"{key}/_type"] == "images/separated"
-        (name,) = row[f"{key}/filenames"]
+        (row,) = [r for r in history if f"{key}._type" in r]
+        assert row[f"{key}._type"] == "images/separated"
+        (name,) = row[f"{key}.filenames"]
         assert_png(log.parent / "files" / name)  # the image file W&B will upload
     assert final["test/acc_class/0"] == pytest.approx(events(run).Scalars("test/acc_class/0")[-1].value)
 

@@ -1,52 +1,36 @@
-"""Read a W&B offline run (`run-<id>.wandb`) with wandb's own protobuf records, so tests check what
-W&B would upload rather than grepping text. The file is a LevelDB-style log: a 7-byte W&B header,
-then 32 KiB blocks of chunks (crc32 4 bytes, length 2, type 1: full/first/middle/last)."""
+"""Read a W&B offline run (`run-<id>.wandb`) with wandb's own reader, so tests check what W&B would
+upload: `wandb leet inspect --json [--summary] FILE`, the transaction-log inspector of wandb 0.31.
+
+The CLI only resolves the paths and hands over to the wandb-core binary; we call that binary the
+same way directly, which saves the CLI's two seconds of imports per read."""
 import json
-import struct
+import subprocess
 from pathlib import Path
 
-from wandb.proto import wandb_internal_pb2
-
-BLOCK, HEADER = 32768, 7
+from wandb.util import get_core_path
 
 
-def records(path: Path) -> list:
-    data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run log"
-    out, pos, pending = [], HEADER, b""
-    while pos + 7 <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 0 and length == 0:
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            out.append(record)
-    return out
+def inspect(path: Path, *flags: str) -> str:
+    """What `wandb leet inspect FLAGS PATH` prints (see `wandb leet inspect --help`)."""
+    path = Path(path).resolve()
+    cmd = [get_core_path(), "leet", "inspect", "--no-observability", *flags, "--run-file", str(path),
+           str(path.parent.parent)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def key(item) -> str:
-    """W&B splits 'val/acc' into nested_key ['val', 'acc']."""
-    return item.key or "/".join(item.nested_key)
+def records(path: Path) -> list[dict]:
+    """Every record of the log in order, as JSON: {"type": "history", "history": {...}}, ..."""
+    return [json.loads(line) for line in inspect(path, "--json").splitlines()]
+
+
+def run(path: Path) -> dict:
+    """The run's final state: config, summary, project, name, tags, state, exit code, console tail."""
+    return json.loads(inspect(path, "--summary", "--json"))
 
 
 def summary(path: Path) -> tuple[dict, dict, list[dict]]:
-    """(config, final summary, history rows) of an offline run, as W&B stores them."""
-    config, final, history = {}, {}, []
-    for r in records(path):
-        kind = r.WhichOneof("record_type")
-        if kind in ("config", "run"):
-            items = r.config.update if kind == "config" else r.run.config.update
-            config.update({i.key: json.loads(i.value_json) for i in items})
-        elif kind == "summary":
-            final.update({key(i): json.loads(i.value_json) for i in r.summary.update})
-        elif kind == "history":
-            history.append({key(i): json.loads(i.value_json) for i in r.history.item})
-    return config, final, history
+    """(config, final summary, history rows) of an offline run, as W&B stores them. Nested values
+    are dicts in the summary; history rows name their parts with dots (`test/confusion_matrix._type`)."""
+    state = run(path)
+    history = [r["history"]["item"] for r in records(path) if r["type"] == "history"]
+    return state["config"], state["summary"], history
