@@ -33,12 +33,13 @@ import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import ProcessingSpeedColumn
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from rich.text import Text
 
 from datamodules import DATAMODULES, TensorDataModule
-from zoo import ZooError, ZooModule, insight, profile
+from zoo import ZooError, ZooModule, insight, loggers, profile
 from zoo.checkpoint import AtomicCheckpointIO, atomic_write_bytes, load_checkpoint
 from zoo.module import RESOLVED, default_precision, resolve_hparams
 from zoo.registry import convolutional
@@ -47,13 +48,15 @@ from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale
 ROOT = Path(__file__).resolve().parent
 
 # Lightning's advice that does not apply here: we pass args on purpose (`--data` shorthand), log
-# per epoch only, write config.yaml into the run directory before the first checkpoint, and don't
-# want an advert for a cloud logger in every run.
+# per epoch only, and write config.yaml into the run directory before the first checkpoint.
 for message in (".*args parameter is intended to run from within Python.*", ".*smaller than the logging interval.*",
                 ".*exists and is not empty.*", ".*LeafSpec.*is deprecated.*", ".*does not have many workers.*",
                 ".*callbacks used to create the checkpoint need to be provided.*", ".*The dirpath has changed.*"):
     warnings.filterwarnings("ignore", message=message)
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+# Lightning 2.6 advertises its cloud logger (litlogger) whenever no LitLogger is among the loggers,
+# with no option or environment variable to turn that off: drop that one message.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "pypi.org/project/litlogger" not in record.getMessage())
 CONFIGS = ROOT / "configs"
 
 
@@ -178,49 +181,25 @@ class ProgressBar(RichProgressBar):
         self.interval, self._drawn = interval, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Every epoch's first and last batch too: Rich measures it/s between two updates, and an epoch
+        # shorter than `interval` would otherwise get one (its last) and show 0.00it/s.
         now = time.monotonic()
-        if now - self._drawn >= self.interval or batch_idx + 1 >= trainer.num_training_batches:
+        if batch_idx == 0 or now - self._drawn >= self.interval or batch_idx + 1 >= trainer.num_training_batches:
             self._drawn = now
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-
-def make_wandb_logger(run_dir: Path, quiet: bool):
-    """W&B online when an API key is configured and the server answers, offline otherwise: never a
-    prompt, never a crash. The W&B id is the run directory's name, so a resumed run continues it."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    os.environ.setdefault("WANDB_SILENT", "true")
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
-    offline = not has_key or os.environ.get("WANDB_MODE") in ("offline", "disabled")
-    if not offline and not reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")):
-        print("W&B: the server cannot be reached; logging offline instead.", file=sys.stderr)
-        offline = True
-    logger = WandbLogger(offline=offline, project=os.environ.get("WANDB_PROJECT", "lightning-zoo"),
-                         name=run_dir.name, id=run_dir.name, save_dir=str(run_dir), resume="allow")
-    if offline and not quiet:
-        print(f"W&B: offline run in {run_dir / 'wandb'} (no API key, no network or WANDB_MODE=offline); "
-              f"upload it later with `wandb sync {run_dir / 'wandb'}/offline-run-*`.", file=sys.stderr)
-    return logger
+    def configure_columns(self, trainer) -> list:
+        return [*super().configure_columns(trainer)[:-1], SpeedColumn(style=self.theme.processing_speed)]
 
 
-def reachable(url: str, timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to the host of `url`? (W&B itself would wait 90 s to find out.)"""
-    import socket
-    from urllib.parse import urlparse
+class SpeedColumn(ProcessingSpeedColumn):
+    """Lightning's it/s column, but for a bar updated once (a one-batch test set) the average since
+    it started, where Rich has no estimate and Lightning shows 0.00it/s."""
 
-    u = urlparse(url)
-    try:
-        socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
+    def render(self, task) -> Text:
+        elapsed = task.finished_time or task.elapsed
+        speed = task.speed or (task.completed / elapsed if elapsed else None)
+        return Text(f"{speed:.2f}it/s" if speed else "", style=self.style)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -247,12 +226,12 @@ class ZooCLI(LightningCLI):
                             help="Use this run directory (multi-node launches: give every node the same).")
         parser.add_argument("--monitor", type=str, default="val/acc", help="Metric for the best checkpoint and early stopping.")
         parser.add_argument("--patience", type=int, default=10, help="Early stopping patience in epochs; 0 turns it off.")
-        parser.add_argument("--wandb", type=bool, default=False, help="Also log to Weights & Biases (offline without an API key).")
         parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
         parser.add_argument("--threads", type=int, default=0,
                             help="CPU threads per process (0: torch's default, one per core). 1 helps when other "
                                  "jobs share the cores: oversubscribed threads spin and can make steps 10x slower.")
         insight.add_arguments(parser)
+        loggers.add_arguments(parser)
         # Configs written before there was one optimizer interface hold `optimizer: null` and
         # `lr_scheduler: null`: still read, but only as null (see parse_arguments).
         for key in ("optimizer", "lr_scheduler"):
@@ -351,9 +330,11 @@ class ZooCLI(LightningCLI):
             callbacks.append(ProgressBar())
         kwargs.update(enable_progress_bar=not cfg.quiet, enable_model_summary=not cfg.quiet)
         if self.subcommand != "fit":
-            self.save_config_callback = None  # validate/test read a config; they write nothing
+            # validate/test read a config and a checkpoint; they write nothing (and a Trainer that may
+            # checkpoint but has no ModelCheckpoint prints an advert for Lightning's litmodels).
+            self.save_config_callback = None
             return super().instantiate_trainer(callbacks=callbacks, logger=False, plugins=[AtomicCheckpointIO()],
-                                               **kwargs)
+                                               enable_checkpointing=False, **kwargs)
         mode = "min" if "loss" in cfg.monitor else "max"
         self.checkpoint = ModelCheckpoint(dirpath=self.run_dir, filename="best", monitor=cfg.monitor, mode=mode,
                                           enable_version_counter=False)
@@ -362,19 +343,16 @@ class ZooCLI(LightningCLI):
         # after a crash would lose every epoch since the last improvement.
         last = ModelCheckpoint(dirpath=self.run_dir, filename="last", enable_version_counter=False)
         self.run_info = RunInfo(self.run_dir)
-        callbacks += [self.checkpoint, last, self.run_info, LearningRateMonitor(logging_interval="epoch")]
+        callbacks += [self.checkpoint, last, self.run_info, loggers.RunSettings(self.data_name)]
         callbacks += insight.callbacks(cfg, self.run_dir)
         if cfg.patience > 0:
             # strict=False: a metric that never comes (max_steps inside the first epoch) ends the run
             # without best.ckpt, said in the summary, instead of a crash after training.
             self.early_stopping = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience, strict=False)
             callbacks.append(self.early_stopping)
-        loggers = [TensorBoardLogger(save_dir=self.run_dir, name="", version="", default_hp_metric=False)]
-        if cfg.wandb:
-            loggers.append(make_wandb_logger(self.run_dir, cfg.quiet))
         self.save_config_kwargs = dict(overwrite=True)
-        return super().instantiate_trainer(callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()],
-                                           **kwargs)
+        return super().instantiate_trainer(callbacks=callbacks, logger=loggers.make_loggers(cfg, self.run_dir),
+                                           plugins=[AtomicCheckpointIO()], **kwargs)
 
     def check_checkpoint_fits(self) -> None:
         """The data's shape and classes must be the checkpoint's, or loading fails deep in torch."""
@@ -466,13 +444,7 @@ class ZooCLI(LightningCLI):
             "versions": {"torch": torch.__version__, "lightning": __import__("lightning").__version__},
         }
         atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-        for logger in trainer.loggers:  # final metrics beside the hyperparameters (TensorBoard's HParams tab)
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(dict(self.model.hparams), {"test/acc": test["test/acc"]})
-                logger.finalize("success")  # flushed and closed now, not by a writer thread after we return
-            elif type(logger).__name__ == "WandbLogger":
-                logger.experiment.summary.update({k: v for k, v in metrics.items() if k != "versions"})
-                logger.experiment.finish()  # flush now: in-process callers may start another run
+        loggers.log_final(trainer, metrics, model=Path(best) if self.config["fit"].wandb_log_model else None)
         print(f"\n{self.arch} on {self.data_name}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
               f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
               f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']}, {metrics['precision']} ({stopped})\n"

@@ -8,7 +8,8 @@ labelled; weight and gradient histograms every N epochs (--histograms N); the mo
 (--log_graph). After train.py tests the best checkpoint: the confusion matrix with per-class
 accuracy (confusion_matrix.png), the decision boundary on two-moons (decision_boundary.png) and a
 projector embedding of test features (--embedding). Pictures go to TensorBoard and, with
---wandb true, to W&B as media. Nothing here draws from the global RNG or changes the weights.
+--wandb true, to W&B as media, where the confusion matrix is also W&B's interactive chart and the
+per-class accuracy a table. Nothing here draws from the global RNG or changes the weights.
 
     python train.py fit --data mnist --model.arch lenet5 --overfit_batch true --histograms 1
 """
@@ -393,6 +394,22 @@ def decision_boundary_png(model: nn.Module, datamodule, path: str | Path) -> np.
     return figure_rgb(fig)
 
 
+def log_wandb_confusion(logger: WandbLogger, cm: Tensor, class_names: list[str], title: str, step: int) -> None:
+    """W&B's interactive confusion matrix (test/confusion_matrix_chart) and per-class accuracy as a
+    table (test/acc_per_class), beside the picture, from the (true, predicted) counts `cm`."""
+    import wandb  # only with --wandb true: it takes seconds to import
+
+    k = len(class_names)
+    pairs = torch.arange(k * k).repeat_interleave(cm.flatten())  # true * k + predicted, once per test example
+    chart = wandb.plot.confusion_matrix(y_true=(pairs // k).tolist(), preds=(pairs % k).tolist(),
+                                        class_names=class_names, title=title)
+    total = cm.sum(1)
+    rows = [[name, int(cm[i, i]), int(total[i]), cm[i, i].item() / max(1, total[i].item())]
+            for i, name in enumerate(class_names)]
+    table = wandb.Table(columns=["class", "correct", "examples", "accuracy"], data=rows)
+    logger.log_metrics({"test/confusion_matrix_chart": chart, "test/acc_per_class": table}, step)
+
+
 def safe_tag(name: str) -> str:
     """A class name usable as a metric name ('T-shirt/top' -> 'T-shirt_top')."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -475,17 +492,22 @@ class TestPictures(Callback):
         if self.confusion is None:
             return
         self._hook.remove()
-        cm = pl_module.all_gather(self.confusion)  # each DDP rank tested a shard
-        self.confusion = (cm.sum(0) if cm.dim() == 3 else cm).cpu()
+        # Each DDP process tested a shard: the sum over processes counts the whole test set (an
+        # all-reduce: Lightning's all_gather goes through a deprecated torch function).
+        self.confusion = trainer.strategy.reduce(self.confusion, reduce_op="sum").cpu()
         dm = trainer.datamodule
         per_class = self.confusion.diag() / self.confusion.sum(1).clamp(min=1)
         per_class = {f"test/acc_class/{safe_tag(name)}": acc for name, acc in zip(dm.class_names, per_class.tolist())}
-        pl_module.log_dict(per_class, rank_zero_only=True)  # every rank holds the gathered matrix: nothing to reduce
+        # sync_dist: the numbers are the same in every process; without it Lightning warns that they are not synced.
+        pl_module.log_dict(per_class, sync_dist=True)
         if trainer.is_global_zero:
             acc = self.confusion.diag().sum().item() / max(1, self.confusion.sum().item())
             title = f"{pl_module.hparams.get('arch', '')} on {dm.name}: test acc {acc:.4f}"
             log_picture(trainer, "test/confusion_matrix", confusion_figure(self.confusion, dm.class_names, title),
                         self.run_dir / "confusion_matrix.png")
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    log_wandb_confusion(logger, self.confusion, dm.class_names, title, trainer.global_step)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule

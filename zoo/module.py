@@ -224,6 +224,10 @@ class ZooModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        # The learning rate for the next step under one name whatever the optimizer (Lightning's
+        # LearningRateMonitor names it lr-Adam/pg1, lr-SGD/pg2, ...); both parameter groups share it.
+        # sync_dist: it is the same in every DDP process; without it Lightning warns that it is not synced.
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
