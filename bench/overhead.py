@@ -87,15 +87,8 @@ def patched(*triples):
 
 
 def ablations():
-    from lightning.pytorch import Callback
-
-    import train
     import zoo.insight
     import zoo.module
-
-    class NoCallback(Callback):
-        def __init__(self, *args, **kwargs) -> None:
-            pass
 
     module = zoo.module.ZooModule
     no_train_log = (module, "on_train_epoch_end", lambda self: None)
@@ -106,7 +99,6 @@ def ablations():
             (module, "training_step", _step_without_metrics), no_train_log),
         "training_step = forward + loss only (no check, no metrics)": (
             (module, "training_step", _step_bare), no_train_log),
-        "no LearningRateMonitor": ((train, "LearningRateMonitor", NoCallback),),
         "no insight callbacks (sanity check, pictures)": ((zoo.insight, "callbacks", lambda cfg, run_dir: []),),
         "the optimizer's for-loop step instead of the fused one (the old default)": (
             (zoo.module, "use_fused", lambda *args: None),),
