@@ -42,7 +42,6 @@ from datamodules import DATAMODULES, TensorDataModule
 from zoo import ZooError, ZooModule, insight, loggers, profile
 from zoo.checkpoint import AtomicCheckpointIO, atomic_write_bytes, load_checkpoint
 from zoo.module import RESOLVED, default_precision, resolve_hparams
-from zoo.registry import convolutional
 from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale_temp_files
 
 ROOT = Path(__file__).resolve().parent
@@ -224,8 +223,10 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--runs_root", type=str, default="checkpoints", help="Where run directories go.")
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="Use this run directory (multi-node launches: give every node the same).")
-        parser.add_argument("--monitor", type=str, default="val/acc", help="Metric for the best checkpoint and early stopping.")
-        parser.add_argument("--patience", type=int, default=10, help="Early stopping patience in epochs; 0 turns it off.")
+        parser.add_argument("--monitor", type=str, default="val/acc",
+                            help="Metric for the best checkpoint and early stopping.")
+        parser.add_argument("--patience", type=int, default=10,
+                            help="Early stopping patience in epochs; 0 turns it off.")
         parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
         parser.add_argument("--threads", type=int, default=0,
                             help="CPU threads per process (0: torch's default, one per core). 1 helps when other "
@@ -447,7 +448,8 @@ class ZooCLI(LightningCLI):
         loggers.log_final(trainer, metrics, model=Path(best) if self.config["fit"].wandb_log_model else None)
         print(f"\n{self.arch} on {self.data_name}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
               f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
-              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']}, {metrics['precision']} ({stopped})\n"
+              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']}, {metrics['precision']} "
+              f"({stopped})\n"
               f"checkpoint: {best}\nlogs:       {self.run_dir}  (tensorboard --logdir {self.run_dir.parent})")
 
 
@@ -534,7 +536,10 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
     out, recipes, named, i = [], [], False, 0
     while i < len(args):
         a = args[i]
-        name = a.split("=", 1)[1] if a.startswith("--data=") else (args[i + 1] if a == "--data" and i + 1 < len(args) else None)
+        if a.startswith("--data="):
+            name = a.split("=", 1)[1]
+        else:
+            name = args[i + 1] if a == "--data" and i + 1 < len(args) else None
         named |= a in ("--data", "--config", "-c") or a.startswith(("--data=", "--config=", "--data.class_path"))
         if name is None or "." in name or name.endswith("DataModule") or name.startswith("{"):
             out.append(a)
@@ -637,7 +642,7 @@ Train, evaluate and compare lightning-zoo models. Subcommands:
   compare   train several models and seeds, write the accuracy-versus-cost tables (results/)
   doctor    check the environment: packages, devices, data files, W&B
   predict   classify image files with a checkpoint or the shipped weights
-  export    write a checkpoint as TorchScript or ONNX, checked against the checkpoint
+  export    write a checkpoint as TorchScript, ONNX or torch.export (.pt2), checked against it
 
   python train.py fit --data mnist --model lenet5
   python evaluate.py <run>/best.ckpt       (test metrics, per-class accuracy, confusion matrix)
