@@ -26,7 +26,6 @@ from zoo import ZooError
 from zoo.checkpoint import atomic_write_bytes, check_args, check_output, load_checkpoint
 from zoo.pretrained import model_from_checkpoint, pick_device
 
-
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
 
 

@@ -26,7 +26,8 @@ def _entry(name: str) -> collections.abc.Callable[..., nn.Module]:
 
     # torch.hub.help(repo, name) shows this: the model file's first line, and how to call it
     summary = sys.modules[zoo.MODELS[name].__module__].__doc__.splitlines()[0]
-    load.__doc__ = f"{summary}\n\nThe same as zoo.create({name!r}, ...): pretrained=DATASET, or input_shape and num_classes."
+    load.__doc__ = (f"{summary}\n\nThe same as zoo.create({name!r}, ...): pretrained=DATASET, or input_shape and "
+                     "num_classes.")
     load.__name__ = name
     return load
 

@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.common import tmpdir, Section, body, callback, data_dir, load, med, run_cli, spread
+from bench.common import Section, body, callback, data_dir, load, med, run_cli, spread, tmpdir
 
 WARMUP, STEPS, BATCH = 3, 15, 128
 FP32, NCHW = ["--trainer.precision", "32-true"], ["--model.channels_last", "false"]

@@ -21,7 +21,6 @@ from datamodules import TensorLoader, create_datamodule
 from zoo.module import default_precision, recipe
 from zoo.registry import convolutional, create_model
 
-
 _DATA: dict = {}
 
 

@@ -42,6 +42,6 @@ def create_datamodule(name: str, **kwargs) -> TensorDataModule:
 
 
 __all__ = [
-    "CIFAR10DataModule", "DATAMODULES", "FashionMNISTDataModule", "ImageFolderDataModule", "MNISTDataModule", "MoonsDataModule",
-    "TensorDataModule", "TensorLoader", "create_datamodule", "get_datamodule_class", "list_datasets",
+    "CIFAR10DataModule", "DATAMODULES", "FashionMNISTDataModule", "ImageFolderDataModule", "MNISTDataModule",
+    "MoonsDataModule", "TensorDataModule", "TensorLoader", "create_datamodule", "get_datamodule_class", "list_datasets",
 ]

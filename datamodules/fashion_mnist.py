@@ -13,7 +13,8 @@ class FashionMNISTDataModule(MNISTDataModule):
     """Fashion-MNIST: 55,000 train / 5,000 val / 10,000 test, 1x28x28, 10 classes."""
 
     name = "fashion_mnist"
-    class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
     pad = 2
     flip = True
     folder = "FashionMNIST"

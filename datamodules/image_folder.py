@@ -198,7 +198,8 @@ class ImageFolderDataModule(TensorDataModule):
             mine = [f for f, y in zip(files, labels) if y == label]
             if len(mine) < 2:
                 raise ZooError(f"image_folder: class '{self.class_names[label]}' has {len(mine)} image; at least 2 "
-                               f"are needed (one to train on, one to test). Fix: add images to {self.data_dir / self.class_names[label]}.")
+                               f"are needed (one to train on, one to test). Fix: add images to "
+                               f"{self.data_dir / self.class_names[label]}.")
             order = torch.randperm(len(mine), generator=g).tolist()
             n_test = min(len(mine) - 1, max(1, round(self.test_fraction * len(mine))))
             test_f += [mine[i] for i in order[:n_test]]

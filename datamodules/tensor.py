@@ -346,8 +346,8 @@ class TensorDataModule(L.LightningDataModule):
         if self.batch_size > n_train:
             raise ZooError(
                 f"{self.name}: batch_size {self.batch_size} is larger than the training split "
-                f"({n_train} examples). Fix: lower --data.batch_size, or train on more data (--data.train_fraction up to 1; "
-                f"--data.n_samples for moons)."
+                f"({n_train} examples). Fix: lower --data.batch_size, or train on more data "
+                f"(--data.train_fraction up to 1; --data.n_samples for moons)."
             )
 
     # --- helpers ----------------------------------------------------------------------------

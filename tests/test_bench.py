@@ -14,7 +14,8 @@ sys.path.insert(0, str(REPO))  # bench/ is a folder of scripts, not an installed
 # Two halves at once: the suite's smoke is mostly process start-ups and data loading, and the
 # machine has two cores.
 HALVES = ("textbook,scaling,peak", "overhead,cifar,memory,options")
-SECTIONS = {"textbook": "1.", "overhead": "2.", "peak": "3.", "cifar": "4.", "scaling": "5.", "memory": "6.", "options": "7."}
+SECTIONS = {"textbook": "1.", "overhead": "2.", "peak": "3.", "cifar": "4.", "scaling": "5.", "memory": "6.",
+            "options": "7."}
 
 
 def tables(markdown: str) -> list[list[str]]:
@@ -54,7 +55,8 @@ def check_report(text: str, names: list[str]) -> None:
 def test_quick_suite_runs_every_benchmark_and_writes_a_well_formed_report(tmp_path):
     for dataset in ("mnist", "fashion_mnist", "cifar10"):
         require_data(dataset)
-    procs = [subprocess.Popen([sys.executable, "bench/run.py", "--quick", "--only", only, "--out", str(tmp_path / f"{i}.md")],
+    procs = [subprocess.Popen([sys.executable, "bench/run.py", "--quick", "--only", only,
+                               "--out", str(tmp_path / f"{i}.md")],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, only in enumerate(HALVES)]
     outputs = [p.communicate(timeout=900) for p in procs]

@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import require_data
-from datamodules import DATAMODULES, MoonsDataModule, TensorLoader, create_datamodule, get_datamodule_class, list_datasets
+from datamodules import (
+    DATAMODULES,
+    MoonsDataModule,
+    TensorLoader,
+    create_datamodule,
+    get_datamodule_class,
+    list_datasets,
+)
 from datamodules.tensor import TensorDataModule, random_crop
 from zoo.errors import ZooError
 

@@ -111,8 +111,10 @@ def test_onnx_matches_checkpoint(which, request, tmp_path, capsys):
 
 def test_without_onnx_packages_the_message_names_the_extra(resnet_ckpt, tmp_path, monkeypatch, capsys):
     real = importlib.util.find_spec
-    monkeypatch.setattr(zoo.export.importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
-    assert train.main(["export", "--checkpoint", str(resnet_ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    monkeypatch.setattr(zoo.export.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    assert train.main(["export", "--checkpoint", str(resnet_ckpt), "--format", "onnx",
+                       "--out", str(tmp_path / "m.onnx")]) == 2
     assert "pip install -e .[export]" in capsys.readouterr().err
 
 
@@ -120,13 +122,16 @@ def test_without_onnxruntime_the_check_is_skipped_with_a_note(moons_ckpt, tmp_pa
     if importlib.util.find_spec("onnxscript") is None:
         pytest.skip("onnxscript is not installed: ONNX export itself is unavailable")
     real = importlib.util.find_spec
-    monkeypatch.setattr(zoo.export.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    assert train.main(["export", "--checkpoint", str(moons_ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    monkeypatch.setattr(zoo.export.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert train.main(["export", "--checkpoint", str(moons_ckpt), "--format", "onnx",
+                       "--out", str(tmp_path / "m.onnx")]) == 0
     assert "check  skipped" in capsys.readouterr().out and (tmp_path / "m.onnx").is_file()
 
 
 def test_bad_format_and_path_are_clear_errors(moons_ckpt, tmp_path, capsys):
-    assert train.main(["export", "--checkpoint", str(moons_ckpt), "--format", "tflite", "--out", str(tmp_path / "m")]) == 2
+    assert train.main(["export", "--checkpoint", str(moons_ckpt), "--format", "tflite",
+                       "--out", str(tmp_path / "m")]) == 2
     assert "pt2, torchscript, onnx" in capsys.readouterr().err
     assert train.main(["export", "--checkpoint", str(moons_ckpt), "--out", str(tmp_path / "no" / "m.pt")]) == 2
     assert "existing folder" in capsys.readouterr().err

@@ -25,7 +25,8 @@ def test_conv_nets_default_to_channels_last_and_the_others_do_not():
     conv = next(m for m in lenet.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert ZooModule("mlp", num_classes=10, input_shape=[1, 28, 28]).hparams.channels_last is False
-    assert ZooModule("lenet5", num_classes=10, input_shape=[1, 28, 28], channels_last=False).hparams.channels_last is False
+    assert ZooModule("lenet5", num_classes=10, input_shape=[1, 28, 28],
+                     channels_last=False).hparams.channels_last is False
 
 
 def test_default_precision_is_bf16_only_for_conv_nets_on_native_bf16(monkeypatch):
@@ -71,7 +72,8 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def fit_lenet(shapes: Path, root: Path, *extra: str) -> Path:
-    assert train.main(["fit", "--runs_root", str(root), *FAST, "--data", "datamodules.image_folder.ImageFolderDataModule",
+    assert train.main(["fit", "--runs_root", str(root), *FAST,
+                       "--data", "datamodules.image_folder.ImageFolderDataModule",
                        "--data.init_args.data_dir", str(shapes), "--data.init_args.batch_size", "16",
                        "--model.arch", "lenet5", "--trainer.max_epochs", "2", *extra]) == 0
     (run,) = root.glob("image_folder-*/lenet5/*")  # named after the folder
@@ -124,7 +126,8 @@ def test_compile_option_trains_and_keeps_plain_checkpoint_keys(tmp_path, monkeyp
     (run,) = tmp_path.glob("moons/mlp/*")
     ckpt = torch.load(run / "best.ckpt", weights_only=True)
     assert all(k.startswith("model.") and "_orig_mod" not in k for k in ckpt["state_dict"])
-    assert evaluate.evaluate(str(run), device="cpu")["test_acc"] == json.loads((run / "metrics.json").read_text())["test_acc"]
+    assert (evaluate.evaluate(str(run), device="cpu")["test_acc"]
+            == json.loads((run / "metrics.json").read_text())["test_acc"])
 
 
 def test_threads_option_sets_torch_and_the_workers_environment(tmp_path, monkeypatch):

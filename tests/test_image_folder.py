@@ -121,7 +121,8 @@ def test_data_dir_is_required():
     dm = ImageFolderDataModule()  # checked on first use, so the CLI prints it as one paragraph (test_data_trust.py)
     with pytest.raises(ZooError, match="data_dir"):
         dm.setup()
-    assert ImageFolderDataModule.num_classes == 0 and ImageFolderDataModule.class_names == []  # unknown without a folder
+    # unknown without a folder
+    assert ImageFolderDataModule.num_classes == 0 and ImageFolderDataModule.class_names == []
 
 
 def test_cli_fit_trains_lenet5_and_evaluates(folder, tmp_path):

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import evaluate
-import wandb_log
 import train
+import wandb_log
 from conftest import REPO, require_data
 
 FAST = ["--quiet", "true", "--trainer.enable_model_summary", "false"]

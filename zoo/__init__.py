@@ -12,13 +12,14 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from zoo import linear, lenet, mlp, mobilenetv2, resnet  # noqa: F401 (registers the models)
+from zoo import lenet, linear, mlp, mobilenetv2, resnet  # noqa: F401 (registers the models)
 from zoo.errors import ZooError
 from zoo.profile import profile
 from zoo.registry import MODELS, create_model, list_models, register_model
 
 __all__ = ["MODELS", "ZooError", "create_model", "list_models", "profile", "register_model"]
 from zoo.module import ZooModule  # noqa: E402 (after the registry it uses)
+
 # zoo.pretrained is imported where it is used: it imports the datamodules, which import this
 # package, and `python -m zoo.pretrained` must find it not yet loaded.
 

@@ -110,7 +110,8 @@ def check_devices() -> list[Row]:
                     None if ok else "PyTorch cannot compute on the CPU: " + INSTALL_FIX))
     status = "ok" if threads <= usable else "warning"
     rows.append(Row("devices", "threads", status, f"torch uses {threads} threads for {usable} usable cores",
-                    None if status == "ok" else f"set OMP_NUM_THREADS={usable}: more threads than cores slow training."))
+                    None if status == "ok" else (f"set OMP_NUM_THREADS={usable}: more threads than cores "
+                                                 "slow training.")))
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

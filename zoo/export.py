@@ -147,7 +147,8 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
         except Exception as e:  # our own bytes that do not load back: an exporter bug, not the user's
             raise ZooError(f"The exported {fmt} file does not load back ({type(e).__name__}: "
                            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}). {kept} Please report this "
-                           f"with the model name ({meta['model']}) and your torch version ({torch.__version__}).") from e
+                           f"with the model name ({meta['model']}) and your torch version "
+                           f"({torch.__version__}).") from e
         diff = None if got is None else (got.float() - expected).abs().max().item()
         if diff is not None and (got.shape != expected.shape or not diff < TOLERANCE):
             raise ZooError(f"The {fmt} export of the checkpoint failed its check: max abs difference {diff:.3g} "
@@ -169,7 +170,8 @@ def main(args: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", "--ckpt_path", type=str | None, default=None,
                         help="A .ckpt or weights file, or a run directory (its best.ckpt).")
-    parser.add_argument("--pretrained", type=str | None, default=None, help="Export the shipped weights for this dataset.")
+    parser.add_argument("--pretrained", type=str | None, default=None,
+                        help="Export the shipped weights for this dataset.")
     parser.add_argument("--model", type=str | None, default=None, help="With --pretrained: which model.")
     parser.add_argument("--format", type=str | None, default=None,
                         help="pt2 (torch.export), torchscript or onnx; default: by the --out suffix "

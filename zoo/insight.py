@@ -519,7 +519,8 @@ class TestPictures(Callback):
         tb = tensorboard(trainer)
         if self.embedding and len(dm.input_shape) == 3 and tb is not None:
             x, y = dm.test_x[:EMBEDDING_SAMPLES], dm.test_y[:EMBEDDING_SAMPLES].cpu()
-            tb.experiment.add_embedding(penultimate_features(pl_module, dm, x), metadata=[dm.class_names[i] for i in y.tolist()],
+            tb.experiment.add_embedding(penultimate_features(pl_module, dm, x),
+                                        metadata=[dm.class_names[i] for i in y.tolist()],
                                         label_img=x.float().cpu() / 255, global_step=trainer.global_step,
                                         tag="test_features")
 

@@ -122,9 +122,11 @@ class ZooModule(L.LightningModule):
                                  weight_decay=weight_decay, scheduler=scheduler, channels_last=channels_last))
         hidden, dropout, width, optimizer, lr, weight_decay, scheduler, channels_last = (r[k] for k in RESOLVED)
         if optimizer not in OPTIMIZERS:
-            raise ZooError(f"Unknown optimizer {optimizer!r}. Choose one of: {', '.join(OPTIMIZERS)} (--model.optimizer).")
+            raise ZooError(f"Unknown optimizer {optimizer!r}. Choose one of: {', '.join(OPTIMIZERS)} "
+                           "(--model.optimizer).")
         if scheduler not in SCHEDULERS:
-            raise ZooError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(SCHEDULERS)} (--model.scheduler).")
+            raise ZooError(f"Unknown scheduler {scheduler!r}. Choose one of: {', '.join(SCHEDULERS)} "
+                           "(--model.scheduler).")
         if not lr > 0:
             raise ZooError(f"The learning rate must be positive, got {lr}. Pass e.g. --model.lr 0.001.")
         if not 0 <= momentum < 1:

@@ -85,7 +85,8 @@ def class_names(ckpt: dict) -> list[str]:
     from datamodules import DATAMODULES
 
     k = ckpt["hyper_parameters"]["num_classes"]
-    names = datamodule_state(ckpt).get("class_names") or getattr(DATAMODULES.get(ckpt.get("data_name")), "class_names", None)
+    names = (datamodule_state(ckpt).get("class_names")
+             or getattr(DATAMODULES.get(ckpt.get("data_name")), "class_names", None))
     return list(names) if names and len(names) == k else [str(i) for i in range(k)]
 
 
@@ -179,7 +180,8 @@ def read_manifest(manifest: str | os.PathLike | None = None) -> list[dict]:
     try:
         entries = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ZooError(f"The weights manifest {path} cannot be read ({e}). Restore it: git checkout -- {path}") from None
+        raise ZooError(f"The weights manifest {path} cannot be read ({e}). Restore it: "
+                       f"git checkout -- {path}") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ZooError(f"The weights manifest {path} is not a list of entries like {{\"model\": \"lenet5\", "
                        f"\"dataset\": \"mnist\", \"file\": ..., \"sha256\": ...}}. Fix: restore it with "
@@ -219,7 +221,8 @@ def pretrained_path(model: str | None, dataset: str, manifest: str | os.PathLike
     """The verified weights file of (model, dataset): it exists and its sha256 is the manifest's."""
     entry = find_entry(model, dataset, manifest)
     path = Path(manifest or MANIFEST).parent / entry["file"]
-    fix = f"Fix: restore it with `git checkout -- {path}` (or regenerate it: {entry.get('command', 'see the manifest')})."
+    fix = (f"Fix: restore it with `git checkout -- {path}` (or regenerate it: "
+           f"{entry.get('command', 'see the manifest')}).")
     if not path.is_file():
         raise ZooError(f"The weights file of {entry['model']} on {dataset} is missing: {path}. {fix}")
     digest = sha256(path)
