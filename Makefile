@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 SHARED  := ../shared/data
 
-.PHONY: setup demo test test-slow data bench clean
+.PHONY: setup demo test test-slow lint data bench clean
 
 .venv/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -17,10 +17,13 @@ data:
 	@if [ -d $(SHARED) ]; then $(PY) $(SHARED)/prepare.py data; else echo "no $(SHARED): using ZOO_DATA or ./data as it is"; fi
 
 demo: setup
-	$(PY) train.py fit --data moons --model.arch mlp --model.hidden [10,10]
+	$(PY) train.py fit --data moons --model mlp --model.hidden [10,10]
 
-test: setup data
+test: setup data lint
 	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
 
 test-slow: setup data
 	$(PY) -m pytest -q -m slow
