@@ -116,9 +116,10 @@ def test_lock_is_exclusive_within_and_across_processes(tmp_path):
 
 def test_resume_removes_temp_files_of_an_interrupted_save(finished_run, capsys):
     (finished_run / ".last.ckpt.k9x2.tmp").write_bytes(b"half a checkpoint")
+    (finished_run / ".my-notes.tmp").write_text("not ours")
     assert fit("--config", str(finished_run / "config.yaml"), "--ckpt_path", str(finished_run),
                "--trainer.max_epochs", "3") == 0
-    assert not list(finished_run.glob(".*.tmp"))
+    assert [p.name for p in finished_run.glob(".*.tmp")] == [".my-notes.tmp"]  # only our own temp files go
     assert "left by an interrupted save" in capsys.readouterr().err
 
 

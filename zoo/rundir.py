@@ -83,7 +83,9 @@ def claim_run_dir(run_dir: Path, resuming: bool) -> Path:
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Temporary files of atomic writes cut short by a kill -9 (`.last.ckpt.x1y2.tmp`): garbage once
     this process holds the run's lock, since nobody else writes there."""
-    stale = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    ours = ("last.ckpt", "best.ckpt", "metrics.json", "config.yaml", JOB_FILE)  # what a fit writes atomically
+    stale = [p for name in ours for p in run_dir.glob(f".{name}.*.tmp") if p.is_file()]
+    stale += [p for p in run_dir.glob(".write-test-*") if p.is_file()]  # check_writable's probe, cut short
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
