@@ -22,7 +22,7 @@ from jsonargparse import ArgumentParser
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from datamodules import get_datamodule_class
-from zoo import ZooError
+from zoo import ZooError, insight
 from zoo.checkpoint import atomic_write_bytes, check_args, check_output, load_checkpoint
 from zoo.pretrained import model_from_checkpoint, pick_device
 
@@ -135,15 +135,6 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(r: dict, path: Path) -> None:
-    """Row-normalised confusion matrix with class names, as a PNG (the figure fit logs too)."""
-    from zoo.insight import confusion_figure
-
-    fig = confusion_figure(torch.tensor(r["confusion_matrix"]), r["class_names"],
-                           f"{r['model']} on {r['data']}: test acc {r['test_acc']:.4f}")
-    fig.savefig(path, dpi=120)
-
-
 def main(args: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="Checkpoint files or run directories.")
@@ -169,7 +160,8 @@ def main(args: list[str] | None = None) -> int:
         if cfg.png:
             png = Path(r["checkpoint"]).with_name(Path(r["checkpoint"]).stem + "_confusion.png")
             try:
-                plot_confusion(r, png)
+                title = f"{r['model']} on {r['data']}: test acc {r['test_acc']:.4f}"  # as fit titles it
+                insight.confusion_figure(torch.tensor(r["confusion_matrix"]), r["class_names"], title).savefig(png)
                 print(f"confusion matrix image: {png}\n")
             except OSError as e:
                 print(f"warning: could not write {png}: {e.strerror or e}", file=sys.stderr)

@@ -154,3 +154,13 @@ def test_vote_breaks_ties_towards_the_nearer_neighbour_and_majority_counts():
     assert vote(labels, 2, 3).tolist() == [2, 0]
     m = majority(torch.tensor([0, 1, 1, 2]), torch.tensor([1, 1, 0, 2]))
     assert m["label"] == 1 and m["test_acc"] == 0.5
+
+
+def test_machine_comes_from_torchs_collect_env_like_the_doctor(monkeypatch):
+    from torch.utils import collect_env
+
+    from zoo import compare
+
+    fake = collect_env.get_env_info()._replace(torch_version="9.9.9+zoo", cpu_info="Model name: Zoo Test CPU 9000")
+    monkeypatch.setattr(compare, "get_env_info", lambda: fake)
+    assert compare.machine().startswith("Zoo Test CPU 9000, ") and ", torch 9.9.9+zoo, lightning " in compare.machine()

@@ -87,3 +87,27 @@ def test_datasets_of_ones_own_are_described_by_what_they_load(monkeypatch, tmp_p
     (tmp_path / "points.csv").write_text("0,0,0\n1,1,1\n")
     assert doctor.main(["--data_dir", str(tmp_path)]) == 0
     assert "2 train / 2 test, input (2,)" in capsys.readouterr().out
+
+
+def test_os_torch_and_cpu_come_from_torchs_collect_env(monkeypatch, tmp_path, capsys):
+    from torch.utils import collect_env
+
+    real = collect_env.get_env_info()
+    fake = real._replace(os="ZooOS 1.0", torch_version="9.9.9+zoo", cuda_compiled_version="99.9",
+                         cpu_info="Architecture: x86_64\nModel name:   Zoo Test CPU 9000\nCPU(s): 2")
+    monkeypatch.setattr(collect_env, "get_env_info", lambda: fake)
+    monkeypatch.setenv("COLUMNS", "300")  # one table row per line, not folded
+    assert doctor.main(["--data_dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = {name: next(line for line in lines if f" {name} " in line) for name in ("os", "torch build", "cpu")}
+    assert "ZooOS 1.0" in row["os"]
+    assert "9.9.9+zoo, built with CUDA 99.9" in row["torch build"]
+    assert "Zoo Test CPU 9000, " in row["cpu"] and "usable cores" in row["cpu"]
+
+
+def test_cpu_name_reads_lscpu_and_windows_and_falls_back(monkeypatch):
+    assert doctor.cpu_name("Architecture:  x86_64\nModel name:    AMD EPYC 7B13\nCPU(s): 8") == "AMD EPYC 7B13"
+    assert doctor.cpu_name("Name: Intel(R) Core(TM) i7-9700\nManufacturer: GenuineIntel") == "Intel(R) Core(TM) i7-9700"
+    monkeypatch.setattr(doctor.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(doctor.platform, "processor", lambda: "")
+    assert doctor.cpu_name("/bin/sh: 1: lscpu: not found") == doctor.platform.machine()  # no lscpu: platform's guess

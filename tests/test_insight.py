@@ -164,3 +164,40 @@ def test_decision_boundary_png_reusable(tmp_path):
     dm.setup("fit")
     image = insight.decision_boundary_png(ZooModule("linear", 2, [2]), dm, tmp_path / "boundary.png")
     assert image.shape[2] == 3 and assert_png(tmp_path / "boundary.png") == (image.shape[1], image.shape[0])
+
+
+def test_one_confusion_and_one_boundary_picture_for_every_caller(monkeypatch, tmp_path):
+    """fit's TestPictures, evaluate.py and compare draw with insight's two functions, not their own."""
+    import yaml
+
+    import evaluate
+    from zoo import compare
+
+    calls = []
+
+    def spy(name):
+        original = getattr(insight, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append((name, args, kwargs))
+            return original(*args, **kwargs)
+        monkeypatch.setattr(insight, name, wrapper)
+
+    spy("confusion_figure")
+    spy("decision_boundary_png")
+    run = fit(tmp_path / "runs", "--data", "moons", "--trainer.max_epochs", "1")
+    assert [name for name, _, _ in calls] == ["confusion_figure", "decision_boundary_png"]
+    assert_png(run / "confusion_matrix.png")
+    assert_png(run / "decision_boundary.png")
+
+    calls.clear()
+    assert evaluate.main([str(run)]) == 0
+    assert [name for name, _, _ in calls] == ["confusion_figure"]
+    assert_png(run / "best_confusion.png")
+
+    calls.clear()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    compare.plot_boundary(run / "best.ckpt", "moons", config, tmp_path / "moons_boundary_mlp.png")
+    ((name, args, _),) = calls
+    assert name == "decision_boundary_png" and args[-1] == f" (best checkpoint, seed {config['seed_everything']})"
+    assert_png(tmp_path / "moons_boundary_mlp.png")

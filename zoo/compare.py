@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -26,13 +25,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 from jsonargparse import ArgumentParser
+from torch.utils.collect_env import get_env_info
 
 from datamodules import DATAMODULES, get_datamodule_class
+from zoo import insight
 from zoo.baselines import knn_baseline, majority
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo.doctor import cpu_name
 from zoo.errors import ZooError
 from zoo.profile import format_count, profile
 from zoo.registry import MODELS, create_model
@@ -294,21 +295,14 @@ def read_meta(path: Path) -> dict:
 
 
 def machine() -> str:
-    """CPU model, cores, versions and date: where the latency and baseline numbers were measured."""
+    """CPU model, cores, versions and date: where the latency and baseline numbers were measured. CPU
+    and torch as torch's collect_env reports them, like the doctor; cores: those this process may use."""
     import lightning
 
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    env = get_env_info()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu}, {cores} cores, torch {torch.__version__}, lightning {lightning.__version__}, "
+    return (f"{cpu_name(env.cpu_info)}, {cores} cores, torch {env.torch_version}, lightning {lightning.__version__}, "
             f"{time.strftime('%Y-%m-%d')}")
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
 
 
 def data_config(data: str, config: dict | None) -> dict:
@@ -638,37 +632,15 @@ def plot_error(table: dict, axis: str, path: Path) -> None:
 
 
 def plot_boundary(ckpt_path: Path, data: str, config: dict, path: Path) -> None:
-    """Decision boundary of a 2-feature classifier: P(class 1) on a grid, training and test points."""
-    from matplotlib.figure import Figure
-
+    """Decision boundary of a run's best checkpoint on a 2-feature dataset: the picture fit draws."""
     from zoo.module import ZooModule
 
     ckpt = load_checkpoint(ckpt_path)
     module = ZooModule(**ckpt["hyper_parameters"])
     module.load_state_dict(ckpt["state_dict"])
-    module.eval()
     dm = get_datamodule_class(data)(**data_config(data, config), batch_size=1)
     dm.setup("fit")
-    points = torch.cat([dm.train_x, dm.test_x])
-    lo, hi = points.min(0).values - 0.5, points.max(0).values + 0.5
-    xs, ys = torch.linspace(lo[0], hi[0], 200), torch.linspace(lo[1], hi[1], 200)
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)  # (200*200, 2)
-    with torch.no_grad():
-        prob = module(dm.normalize(grid)).softmax(1)[:, 1].reshape(200, 200)
-        test_acc = (module(dm.normalize(dm.test_x)).argmax(1) == dm.test_y).float().mean().item()
-    fig = Figure(figsize=(5.5, 4.5))
-    ax = fig.subplots()
-    filled = ax.contourf(xs, ys, prob, levels=torch.linspace(0, 1, 21), cmap="RdBu", alpha=0.7)
-    ax.contour(xs, ys, prob, levels=[0.5], colors="k", linewidths=1)
-    fig.colorbar(filled, ax=ax, label="P(class 1)")
-    ax.scatter(dm.train_x[:, 0], dm.train_x[:, 1], c=dm.train_y, cmap="RdBu", edgecolors="k", s=18, label="train")
-    ax.scatter(dm.test_x[:, 0], dm.test_x[:, 1], c=dm.test_y, cmap="RdBu", edgecolors="k", marker="^", s=28,
-               label="test")
-    ax.set_title(f"{ckpt['hyper_parameters']['arch']} on {data} (best checkpoint, seed {config['seed_everything']}): "
-                 f"test acc {test_acc:.3f}", fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    insight.decision_boundary_png(module, dm, path, f" (best checkpoint, seed {config['seed_everything']})")
 
 
 def fmt_seconds(s: float) -> str:

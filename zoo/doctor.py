@@ -1,7 +1,8 @@
 """The environment doctor: is this machine ready to train the zoo, and if not, what fixes it.
 
-Checks the Python packages the project needs (with versions), the devices (CPU, CUDA GPUs, Apple
-MPS; names, memory, torch's thread count) with a tiny forward/backward pass on each, which
+Checks the Python packages the project needs (with versions); the OS, torch's build and the CPU's
+name as torch's own report gives them (`python -m torch.utils.collect_env`); the devices (CPU, CUDA
+GPUs, Apple MPS; names, memory, torch's thread count) with a tiny forward/backward pass on each; which
 datasets are in the data directory and whether they load (each datamodule's own loader and error
 messages), and whether W&B would log online or offline. Prints one table, then the fixes. Exit
 status 1 when something required is missing or broken (a package, a device that fails its test,
@@ -33,7 +34,7 @@ PACKAGES = [
     ("sklearn", "scikit-learn", None),
     ("matplotlib", "matplotlib", None),
     ("rich", "rich", None),
-    ("torchvision", "torchvision", "--data.download true"),
+    ("torchvision", "torchvision", None),  # make_grid draws the sample images of every image run
     ("wandb", "wandb", "--wandb true"),
 ]
 
@@ -85,17 +86,26 @@ def smoke_test(device: str) -> tuple[bool, str]:
         return False, f"forward/backward failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+def cpu_name(cpu_info: str) -> str:
+    """The CPU's model in collect_env's cpu_info: lscpu's "Model name" (Linux), "Name" (Windows) or
+    sysctl's one line (macOS); platform's guess when there is none (lscpu not installed)."""
+    for line in cpu_info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("Model name", "Name") and value.strip():
+            return value.strip()
+    if platform.system() == "Darwin" and cpu_info.strip():
+        return cpu_info.strip()
     return platform.processor() or platform.machine()
 
 
-def check_devices() -> list[Row]:
+def check_system(env) -> list[Row]:
+    """The OS and torch's build, from `env`: torch's own environment report (collect_env's SystemEnv)."""
+    cuda = f"built with CUDA {env.cuda_compiled_version}" if env.cuda_compiled_version else "CPU-only build"
+    return [Row("software", "os", "ok", env.os), Row("software", "torch build", "ok", f"{env.torch_version}, {cuda}")]
+
+
+def check_devices(env) -> list[Row]:
+    """CPU, CUDA and MPS devices, each with a smoke test; names and versions from `env` (collect_env)."""
     import torch
 
     rows = []
@@ -106,7 +116,8 @@ def check_devices() -> list[Row]:
     except (ValueError, OSError, AttributeError):
         ram = ""
     ok, test = smoke_test("cpu")
-    rows.append(Row("devices", "cpu", "ok" if ok else "FAIL", f"{cpu_name()}, {usable} usable cores{ram}; {test}",
+    rows.append(Row("devices", "cpu", "ok" if ok else "FAIL",
+                    f"{cpu_name(env.cpu_info)}, {usable} usable cores{ram}; {test}",
                     None if ok else "PyTorch cannot compute on the CPU: " + INSTALL_FIX))
     status = "ok" if threads <= usable else "warning"
     rows.append(Row("devices", "threads", status, f"torch uses {threads} threads for {usable} usable cores",
@@ -119,9 +130,11 @@ def check_devices() -> list[Row]:
             rows.append(Row("devices", f"cuda:{i}", "ok" if ok else "FAIL",
                             f"{p.name}, {memory_gib(p.total_memory)}, compute capability {p.major}.{p.minor}; {test}",
                             None if ok else f"cuda:{i} is visible but cannot train: check the driver "
-                                            f"(nvidia-smi) against torch's CUDA {torch.version.cuda}."))
+                                            f"({env.nvidia_driver_version}) against torch's CUDA "
+                                            f"{env.cuda_compiled_version}."))
     else:
-        build = f"torch built with CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only torch build"
+        build = (f"torch built with CUDA {env.cuda_compiled_version}" if env.cuda_compiled_version
+                 else "CPU-only torch build")
         rows.append(Row("devices", "cuda", "info", f"no CUDA GPU visible ({build})"))
     if torch.backends.mps.is_available():
         ok, test = smoke_test("mps")
@@ -241,7 +254,10 @@ def main(args: list[str] | None = None) -> int:
     if any(row.status == "FAIL" and row.name in ("torch", "lightning") for row in rows):
         render(rows)  # devices and data cannot be checked without them
         return 1
-    rows += check_devices() + check_data(cfg.data_dir, cfg.require_data) + check_logging()
+    from torch.utils.collect_env import get_env_info  # here: torch imports, checked above
+
+    env = get_env_info()  # what `python -m torch.utils.collect_env` reports: versions, OS, CPU, driver
+    rows += check_system(env) + check_devices(env) + check_data(cfg.data_dir, cfg.require_data) + check_logging()
     render(rows)
     return 1 if any(row.status == "FAIL" for row in rows) else 0
 

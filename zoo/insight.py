@@ -9,7 +9,9 @@ labelled; weight and gradient histograms every N epochs (--histograms N); the mo
 accuracy (confusion_matrix.png), the decision boundary on two-moons (decision_boundary.png) and a
 projector embedding of test features (--embedding). Pictures go to TensorBoard and, with
 --wandb true, to W&B as media, where the confusion matrix is also W&B's interactive chart and the
-per-class accuracy a table. Nothing here draws from the global RNG or changes the weights.
+per-class accuracy a table. evaluate.py and `train.py compare` draw their confusion matrices and
+decision boundaries with the same two functions. Nothing here draws from the global RNG or changes
+the weights.
 
     python train.py fit --data mnist --model.arch lenet5 --overfit_batch true --histograms 1
 """
@@ -299,28 +301,19 @@ def tensorboard(trainer: Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
-def image_grid(x: Tensor, cols: int, pad: int = 2) -> Tensor:
-    """uint8 images (B, C, H, W) tiled into one (rows*(H+pad)+pad, cols*(W+pad)+pad, C) image."""
-    b, c, h, w = x.shape
-    rows = -(-b // cols)
-    x = torch.cat([x, x.new_zeros(rows * cols - b, c, h, w)])
-    x = F.pad(x, (pad, 0, pad, 0))  # (rows*cols, C, H+pad, W+pad)
-    grid = x.view(rows, cols, c, h + pad, w + pad).permute(0, 3, 1, 4, 2)  # (rows, H+pad, cols, W+pad, C)
-    grid = grid.reshape(rows * (h + pad), cols * (w + pad), c)
-    return F.pad(grid.permute(2, 0, 1), (0, pad, 0, pad)).permute(1, 2, 0)
-
-
 def samples_figure(x: Tensor, y: Tensor, class_names: list[str], cols: int = 8):
     """Training images (uint8, as the model receives them before normalisation) with their labels."""
+    from torchvision.utils import make_grid  # here: a second to import, and only image runs draw samples
+
     x, y = x[: 4 * cols].cpu(), y[: 4 * cols].cpu()
     h, w = x.shape[2:]
-    grid = image_grid(x, cols).numpy()
+    grid = make_grid(x, nrow=cols, padding=2).permute(1, 2, 0).numpy()  # (H, W, 3): grey images become RGB
     width = 1.1 * cols
     height = width * grid.shape[0] / grid.shape[1]
     fig = new_figure(width, height + 0.3)  # 0.3 inch for the title
     ax = fig.add_axes((0, 0, 1, height / (height + 0.3)))
-    ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    for i, label in enumerate(y.tolist()):
+    ax.imshow(grid, interpolation="nearest")
+    for i, label in enumerate(y.tolist()):  # each label 1 pixel inside its image, past the 2-pixel padding
         r, c = divmod(i, cols)
         ax.text(c * (w + 2) + 3, r * (h + 2) + 3, class_names[label], color="yellow", fontsize=7, va="top",
                 bbox=dict(facecolor="black", alpha=0.6, pad=1, linewidth=0))
@@ -351,10 +344,12 @@ def confusion_figure(cm: Tensor, class_names: list[str], title: str):
 
 
 @torch.no_grad()
-def decision_boundary_png(model: nn.Module, datamodule, path: str | Path) -> np.ndarray:
+def decision_boundary_png(model: nn.Module, datamodule, path: str | Path, detail: str = "") -> np.ndarray:
     """Plot the classes `model` predicts over the plane of a 2-feature dataset (two-moons), with the
-    training and test points on top; save it as a PNG at `path` and return it as an RGB array.
-    `datamodule` must be set up (it gives the points, class names and normalisation)."""
+    training and test points on top and the test accuracy in the title, after "<arch> on <data>" and
+    `detail` (e.g. " (best checkpoint, seed 0)"); save it as a PNG at `path` and return it as an RGB
+    array. Fit's TestPictures and compare's per-model plots both draw this one picture. `datamodule`
+    must be set up (it gives the points, class names and normalisation)."""
     dm = datamodule
     param = next(model.parameters())
     device, dtype = param.device, param.dtype  # bf16-true / 16-true runs hold half-precision weights
@@ -376,19 +371,20 @@ def decision_boundary_png(model: nn.Module, datamodule, path: str | Path) -> np.
     ax = fig.add_subplot()
     k = probs.shape[1]
     if k == 2:  # the probability of class 1 shows how confident the boundary is
-        surface = ax.contourf(gx.numpy(), gy.numpy(), probs[:, 1].view(n, n).numpy(), levels=20, cmap="RdBu_r",
-                              vmin=0, vmax=1, alpha=0.8)
+        surface = ax.contourf(gx.numpy(), gy.numpy(), probs[:, 1].view(n, n).numpy(), levels=np.linspace(0, 1, 21),
+                              cmap="RdBu_r", alpha=0.8)  # fixed levels: the colour bar always spans 0..1
         ax.contour(gx.numpy(), gy.numpy(), probs[:, 1].view(n, n).numpy(), levels=[0.5], colors="k", linewidths=1)
-        fig.colorbar(surface, ax=ax, label=f"P({dm.class_names[1]})")
+        fig.colorbar(surface, ax=ax, label=f"P(class {dm.class_names[1]})")
     else:
         ax.contourf(gx.numpy(), gy.numpy(), probs.argmax(1).view(n, n).numpy(), levels=k, cmap="tab10", alpha=0.5)
-    for xs, ys, marker, label in ((dm.train_x, dm.train_y, "o", "train"), (dm.test_x, dm.test_y, "^", "test")):
+    for xs, ys, marker, size, label in ((dm.train_x, dm.train_y, "o", 18, "train"),
+                                        (dm.test_x, dm.test_y, "^", 28, "test")):
         xs, ys = xs.cpu(), ys.cpu()
-        ax.scatter(xs[:, 0], xs[:, 1], c=ys, cmap="RdBu_r" if k == 2 else "tab10", marker=marker, s=18,
+        ax.scatter(xs[:, 0], xs[:, 1], c=ys, cmap="RdBu_r" if k == 2 else "tab10", marker=marker, s=size,
                    edgecolors="k", linewidths=0.5, label=label, vmin=0, vmax=k - 1)
     ax.legend(loc="upper right", fontsize=8)
     arch = getattr(getattr(model, "hparams", None), "arch", type(model).__name__)
-    ax.set_title(f"{arch} on {dm.name}: decision boundary, test acc {test_acc:.3f}", fontsize=10)
+    ax.set_title(f"{arch} on {dm.name}{detail}: decision boundary, test acc {test_acc:.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     return figure_rgb(fig)
