@@ -18,7 +18,7 @@ from torch import Tensor
 
 from bench.common import data_dir
 from datamodules import TensorLoader, create_datamodule
-from zoo.module import default_precision, recipe
+from zoo.module import default_precision, resolve_recipe
 from zoo.registry import convolutional, create_model
 
 _DATA: dict = {}
@@ -50,7 +50,7 @@ class BareLoop:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile else self.model
-        r = recipe(arch)
+        r = resolve_recipe(arch, dm.name)  # what train.py uses for this model on this dataset
         decay = [p for p in self.model.parameters() if p.dim() > 1]
         no_decay = [p for p in self.model.parameters() if p.dim() <= 1]
         groups = [dict(params=decay, weight_decay=r["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]

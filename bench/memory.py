@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from bench.common import PY, Section, body, check, run_processes, tmpdir
 from bench.loops import setup_data
-from zoo.module import recipe
+from zoo.module import resolve_recipe
 from zoo.registry import create_model
 
 # The libraries a training run imports, the lazy ones included (pictures, TensorBoard, moons' sklearn).
@@ -39,7 +39,7 @@ def model_needs(arch: str, dm) -> tuple[int, int, int]:
     """(weights + gradients + optimizer state, training activations, evaluation activations) in bytes."""
     model = create_model(arch, list(dm.input_shape), dm.num_classes)
     params = sum(p.numel() for p in model.parameters()) * 4
-    states = 1 if recipe(arch)["optimizer"] == "sgd" else 2  # momentum; Adam's two moments
+    states = 1 if resolve_recipe(arch, dm.name)["optimizer"] == "sgd" else 2  # momentum; Adam's two moments
     outputs: list[int] = []
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() * 4)) for m in leaves]

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo import MODELS, ZooError, create_model, list_models, profile, register_model, registry
+from zoo import MODELS, ZooError, ZooModule, create_model, list_models, profile, register_model, registry
+from zoo.module import RESOLVED, resolve_hparams, resolve_recipe
 from zoo.profile import format_count
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (2,)]
@@ -137,10 +138,15 @@ def test_bad_shape_or_num_classes(shape, num_classes):
         create_model("lenet5", shape, num_classes)
 
 
-def test_register_model(monkeypatch):
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The registry's dicts as copies, so that what a test registers goes away with it."""
     monkeypatch.setattr(registry, "MODELS", dict(MODELS))
+    monkeypatch.setattr(registry, "RECIPES", dict(registry.RECIPES))
     monkeypatch.setattr(registry, "_FLAT_OK", set(registry._FLAT_OK))
 
+
+def test_register_model(scratch_registry):
     @register_model("tiny", flat_ok=True)
     def tiny(input_shape, num_classes, bias: bool = True):
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), num_classes, bias))
@@ -149,6 +155,77 @@ def test_register_model(monkeypatch):
     assert create_model("tiny", (2,), 3, bias=False)(torch.randn(4, 2)).shape == (4, 3)
     with pytest.raises(ZooError, match="twice"):
         register_model("tiny")(tiny)
+
+
+# --- recipes: declared where a model is registered, resolved in one place ------------------------
+
+# What every model trained with before recipes moved from a table in zoo/module.py to the model
+# files (computed from that code, then written down): the move must change nothing.
+# name: (optimizer, lr, weight_decay, scheduler, channels_last, the builder's options filled in)
+TODAY = {
+    "linear": ("adam", 1e-3, 0.0, "none", False, {}),
+    "mlp": ("adam", 1e-3, 0.0, "none", False, {"hidden": [128], "dropout": 0.0}),
+    "lenet5": ("adam", 1e-3, 0.0, "cosine", True, {}),
+    **{f"resnet{depth}": ("sgd", 0.1, 5e-4, "cosine", True, {}) for depth in (20, 32, 44, 56, 110)},
+    "mobilenetv2": ("sgd", 0.05, 4e-5, "cosine", True, {"dropout": 0.2, "width": 1.0}),
+}
+# What each configs/<dataset>.yaml adds (`train.py fit --data D --model M --print_config` agreed for
+# every pair). moons.yaml sets no batch size: MoonsDataModule's default, 32, applies.
+DATASET_YAML = {
+    "moons": dict(lr=0.01, batch_size=None, max_epochs=150),
+    "mnist": dict(batch_size=128, max_epochs=15),
+    "fashion_mnist": dict(batch_size=100, max_epochs=15),
+    "cifar10": dict(batch_size=128, max_epochs=30),
+}
+
+
+def test_the_table_names_registered_models():
+    assert set(TODAY) <= set(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(TODAY))
+def test_every_model_resolves_to_the_recipe_it_always_had(name):
+    optimizer, lr, weight_decay, scheduler, channels_last, options = TODAY[name]
+    recipe = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler)
+    assert registry.RECIPES[name] == recipe
+    assert resolve_recipe(name) == {**recipe, "batch_size": None, "max_epochs": None}
+    for data, from_yaml in DATASET_YAML.items():
+        assert resolve_recipe(name, data) == {**recipe, "batch_size": None, "max_epochs": None, **from_yaml}, data
+    assert resolve_hparams({"arch": name}) == {"arch": name, **recipe, "channels_last": channels_last, **options}
+    # What a checkpoint and config.yaml record: the same values.
+    hp = ZooModule(name, num_classes=10, input_shape=[3, 32, 32]).hparams
+    assert {k: hp[k] for k in RESOLVED} == {"hidden": None, "dropout": None, "width": None, **recipe,
+                                           "channels_last": channels_last, **options}
+
+
+def test_a_model_registered_without_a_recipe_gets_the_default(scratch_registry):
+    register_model("tiny")(lambda input_shape, num_classes: torch.nn.Flatten())
+    register_model("tiny_sgd", recipe=dict(optimizer="sgd", lr=0.1))(lambda input_shape, num_classes: None)
+    assert registry.DEFAULT_RECIPE == dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none")
+    assert registry.RECIPES["tiny"] == registry.DEFAULT_RECIPE
+    assert registry.RECIPES["tiny_sgd"] == dict(optimizer="sgd", lr=0.1, weight_decay=0.0, scheduler="none")
+
+
+@pytest.mark.parametrize("recipe,match", [
+    (dict(lr=0.1, sheduler="cosine"), "unknown recipe key.*'sheduler'"),
+    (dict(optimiser="sgd"), "unknown recipe key.*'optimiser'.*optimizer, lr, weight_decay, scheduler"),
+    (dict(optimizer="lion"), "optimizer one of sgd, adam, adamw"),
+    (dict(scheduler="cosin"), "scheduler one of none, cosine"),
+    (dict(lr=0), "lr > 0"), (dict(lr="0.1"), "lr > 0"), (dict(weight_decay=-1e-4), "weight_decay >= 0"),
+])
+def test_a_bad_recipe_fails_at_registration(scratch_registry, recipe, match):
+    with pytest.raises(ZooError, match=match):
+        register_model("typo", recipe=recipe)  # before any builder: what a model file does at import
+    assert "typo" not in registry.MODELS and "typo" not in registry.RECIPES
+
+
+def test_resolve_recipe_order_given_then_dataset_then_model():
+    assert resolve_recipe("resnet20", "moons", lr=0.5, batch_size=None)["lr"] == 0.5  # given beats moons.yaml
+    assert resolve_recipe("resnet20", "moons", lr=None)["lr"] == 0.01  # None: not given
+    assert resolve_recipe("resnet20", "cifar10", max_epochs=3)["max_epochs"] == 3
+    assert resolve_recipe("mlp", "docs.examples.digits.DigitsDataModule") == resolve_recipe("mlp")  # no YAML
+    with pytest.raises(ZooError, match="no recipe key momentum"):
+        resolve_recipe("mlp", momentum=0.9)
 
 
 def test_profile_counts_and_leaves_the_model_alone():

@@ -35,6 +35,7 @@ from zoo.baselines import knn_baseline, majority
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.doctor import cpu_name
 from zoo.errors import ZooError
+from zoo.module import RECIPE_KEYS, resolve_recipe
 from zoo.profile import format_count, profile
 from zoo.registry import MODELS, create_model
 
@@ -454,16 +455,13 @@ def inputs(data: str) -> str:
 
 
 def recipe_text(data: str, config: dict) -> str:
-    """How a model was trained, from its resolved config.yaml (recipe defaults filled in as ZooModule does)."""
-    from zoo.module import recipe
-
+    """How a model was trained, from its config.yaml; what it leaves None (files written before the
+    recipe was resolved into them) comes from resolve_recipe."""
     m, d = config["model"], config["data"].get("init_args") or {}
-    r = recipe(m["arch"])
-    opt, sched = m.get("optimizer") or r["optimizer"], m.get("scheduler") or r["scheduler"]
-    lr = r["lr"] if m.get("lr") is None else m["lr"]
-    wd = r["weight_decay"] if m.get("weight_decay") is None else m["weight_decay"]
-    parts = [f"{opt} lr {lr:g}"] + ([f"wd {wd:g}"] if wd else []) + ([sched] if sched != "none" else [])
-    parts.append(f"batch {d.get('batch_size')}")
+    r = resolve_recipe(m["arch"], data, batch_size=d.get("batch_size"), **{k: m.get(k) for k in RECIPE_KEYS})
+    wd, sched = r["weight_decay"], r["scheduler"]
+    parts = [f"{r['optimizer']} lr {r['lr']:g}"] + ([f"wd {wd:g}"] if wd else []) + ([sched] if sched != "none" else [])
+    parts.append(f"batch {r['batch_size']}")
     if m.get("hidden"):
         parts.append(f"hidden {m['hidden']}")
     augment = d.get("augment")

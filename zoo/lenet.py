@@ -42,6 +42,6 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("lenet5")
+@register_model("lenet5", recipe=dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="cosine"))
 def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return LeNet5(input_shape, num_classes)

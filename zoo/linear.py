@@ -1,7 +1,8 @@
 """Linear classifier: one nn.Linear on the flattened input, the baseline every other model must beat.
 
 Multinomial logistic regression (softmax regression), the lecture's linear-classifier baseline:
-784*10 + 10 = 7,850 parameters on MNIST. Registers `linear` (takes flat features too).
+784*10 + 10 = 7,850 parameters on MNIST. Registers `linear` (takes flat features too), with the
+default recipe (Adam at 1e-3, no schedule: zoo.registry.DEFAULT_RECIPE).
 
     model = create_model("linear", input_shape=(1, 28, 28), num_classes=10)
 """

@@ -1,7 +1,8 @@
 """Multi-layer perceptron: Linear-ReLU(-Dropout) blocks on the flattened input, then a linear head.
 
 The fully connected network of the lectures (Rumelhart, Hinton & Williams 1986 for backprop through
-it). Registers `mlp` (takes flat features too). The default, one hidden layer of 128, is
+it). Registers `mlp` (takes flat features too), with the default recipe (Adam at 1e-3, no schedule:
+zoo.registry.DEFAULT_RECIPE). The default, one hidden layer of 128, is
 784-128-10 = 101,770 parameters on MNIST; hidden=[10, 10] on two-moons is the lecture's MLP(10, 10).
 
     model = create_model("mlp", input_shape=(2,), num_classes=2, hidden=[10, 10])

@@ -93,7 +93,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-@register_model("mobilenetv2")
+@register_model("mobilenetv2", recipe=dict(optimizer="sgd", lr=0.05, weight_decay=4e-5, scheduler="cosine"))
 def mobilenetv2(input_shape: tuple[int, ...], num_classes: int, width: float = 1.0,
                 dropout: float = 0.2) -> nn.Module:
     """Args:

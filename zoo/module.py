@@ -15,31 +15,42 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+import yaml
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.errors import ZooError
-from zoo.registry import MODELS, convolutional, create_model
+from zoo.registry import DEFAULT_RECIPE, MODELS, OPTIMIZERS, RECIPES, SCHEDULERS, convolutional, create_model
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "onecycle", "step")
-
-# Training recipes by model family: what each needs to train well when the user says nothing.
-# Small nets are happy with Adam at 1e-3 (the lecture's setting); the deep conv nets want SGD with
-# Nesterov momentum, weight decay and a cosine schedule, as in their papers' CIFAR recipes.
-RECIPES = {
-    "linear": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none"),
-    "mlp": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none"),
-    "lenet5": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="cosine"),
-    "resnet": dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, scheduler="cosine"),
-    "mobilenetv2": dict(optimizer="sgd", lr=0.05, weight_decay=4e-5, scheduler="cosine"),
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # one YAML per dataset: batch size, epochs
+RECIPE_KEYS = tuple(DEFAULT_RECIPE)  # optimizer, lr, weight_decay, scheduler: the model's part
 
 
-def recipe(arch: str) -> dict:
-    """The default optimizer, lr, weight decay and schedule for a model name."""
-    family = "resnet" if arch.startswith("resnet") else arch
-    return dict(RECIPES.get(family, RECIPES["mlp"]))
+def resolve_recipe(arch: str, data: str | None = None, **given) -> dict:
+    """How model `arch` trains on dataset `data`, the one place that puts a recipe together (for
+    ZooModule, compare's tables and the bench): optimizer, lr, weight_decay, scheduler, batch_size and
+    max_epochs, each from the first of these that sets it (not None):
+      1. `given`: the command line's values, or those a run's config.yaml records;
+      2. the dataset's configs/<data>.yaml: batch size and epochs, and any of the model's keys a
+         dataset wants its own (two-moons' lr 0.01);
+      3. the model's recipe, declared where it is registered (zoo/registry.py; DEFAULT_RECIPE,
+         Adam at 1e-3 and no schedule, for a model registered without one).
+    batch_size and max_epochs stay None when neither 1 nor 2 sets them (a dataset given by class
+    path has no YAML): the datamodule's and the Trainer's defaults apply."""
+    unknown = set(given) - {*RECIPE_KEYS, "batch_size", "max_epochs"}
+    if unknown:
+        raise ZooError(f"resolve_recipe: no recipe key {', '.join(sorted(unknown))}; the keys are "
+                       f"{', '.join(RECIPE_KEYS)}, batch_size, max_epochs.")
+    path = CONFIGS / f"{data}.yaml" if data else None
+    config = (yaml.safe_load(path.read_text()) or {}) if path and path.is_file() else {}
+    model = config.get("model") or {}
+    dataset = dict(batch_size=((config.get("data") or {}).get("init_args") or {}).get("batch_size"),
+                   max_epochs=(config.get("trainer") or {}).get("max_epochs"),
+                   **{k: model.get(k) for k in RECIPE_KEYS})
+    out = {**RECIPES.get(arch, DEFAULT_RECIPE), "batch_size": None, "max_epochs": None}
+    for layer in (dataset, given):
+        out.update({k: v for k, v in layer.items() if v is not None})
+    return out
 
 
 RESOLVED = ("hidden", "dropout", "width", "optimizer", "lr", "weight_decay", "scheduler", "channels_last")
@@ -52,9 +63,8 @@ def resolve_hparams(hp: dict) -> dict:
     config.yaml record these values, and a resume compares them."""
     arch = hp["arch"]
     out = dict(hp)
-    for key, value in recipe(arch).items():
-        if out.get(key) is None:
-            out[key] = value
+    recipe = resolve_recipe(arch, **{k: hp.get(k) for k in RECIPE_KEYS})  # no dataset: the CLI put its YAML in hp
+    out.update({k: recipe[k] for k in RECIPE_KEYS})
     builder = MODELS.get(arch)
     params = inspect.signature(builder).parameters if builder else {}
     for key in ("hidden", "dropout", "width"):

@@ -3,6 +3,12 @@
 A builder is `builder(input_shape, num_classes, **its_own_options) -> nn.Module`; the module maps
 float input of shape (B, *input_shape) to logits (B, num_classes). `flat_ok=True` marks builders that
 also take flat feature vectors such as two-moons' input_shape=(2,); the others need (C, H, W).
+`recipe=dict(...)` is the model's default training recipe (optimizer, lr, weight_decay, scheduler);
+keys left out, or no recipe at all, take DEFAULT_RECIPE (Adam at 1e-3, no schedule). The batch size
+and epochs are the dataset's, in configs/<dataset>.yaml; zoo.module.resolve_recipe puts both together.
+
+    @register_model("resnet20", recipe=dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, scheduler="cosine"))
+    def resnet20(input_shape, num_classes): ...
 
     model = create_model("resnet20", input_shape=(3, 32, 32), num_classes=10)
 """
@@ -14,22 +20,47 @@ from torch import nn
 
 from zoo.errors import ZooError
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "onecycle", "step")
+# What a model trains with when its registration names no recipe: the small nets are happy with
+# Adam at 1e-3 and no schedule (the lecture's setting).
+DEFAULT_RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none")
+
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+RECIPES: dict[str, dict] = {}  # name -> its full default recipe (DEFAULT_RECIPE's keys)
 _FLAT_OK: set[str] = set()
 
 
-def register_model(name: str, flat_ok: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator that files a builder under `name` (the name used on the command line and in tables)."""
+def register_model(name: str, flat_ok: bool = False, recipe: dict | None = None) -> Callable[[Callable], Callable]:
+    """Decorator that files a builder under `name` (the name used on the command line and in tables),
+    with its default training recipe (keys left out take DEFAULT_RECIPE's)."""
+    recipe = full_recipe(name, recipe or {})  # checked here, at import: a misspelt key fails at once
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:
             raise ZooError(f"model name '{name}' is registered twice; give the second builder another name.")
         MODELS[name] = builder
+        RECIPES[name] = recipe
         if flat_ok:
             _FLAT_OK.add(name)
         return builder
 
     return decorator
+
+
+def full_recipe(name: str, recipe: dict) -> dict:
+    """`recipe` over DEFAULT_RECIPE, if every key is a recipe's and every value one training accepts."""
+    unknown = [key for key in recipe if key not in DEFAULT_RECIPE]
+    if unknown:
+        raise ZooError(f"model '{name}': unknown recipe key(s) {', '.join(map(repr, unknown))}; a recipe takes "
+                       f"{', '.join(DEFAULT_RECIPE)}.")
+    r = {**DEFAULT_RECIPE, **recipe}
+    numbers = all(isinstance(r[k], (int, float)) and not isinstance(r[k], bool) for k in ("lr", "weight_decay"))
+    if not (r["optimizer"] in OPTIMIZERS and r["scheduler"] in SCHEDULERS and numbers and r["lr"] > 0
+            and r["weight_decay"] >= 0):
+        raise ZooError(f"model '{name}': recipe {recipe} is not one training accepts: optimizer one of "
+                       f"{', '.join(OPTIMIZERS)}, scheduler one of {', '.join(SCHEDULERS)}, lr > 0, weight_decay >= 0.")
+    return r
 
 
 def convolutional(name: str) -> bool:

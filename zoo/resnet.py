@@ -15,6 +15,10 @@ from torch import Tensor, nn
 
 from zoo.registry import register_model
 
+# How every depth trains unless told otherwise: SGD with Nesterov momentum at lr 0.1, weight decay
+# 5e-4 and a cosine schedule, the usual ResNet-on-CIFAR recipe.
+RECIPE = dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, scheduler="cosine")
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus an identity (option A) shortcut."""
@@ -75,26 +79,26 @@ class ResNet(nn.Module):
         return self.classifier(x)
 
 
-@register_model("resnet20")
+@register_model("resnet20", recipe=RECIPE)
 def resnet20(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return ResNet(20, input_shape[0], num_classes)
 
 
-@register_model("resnet32")
+@register_model("resnet32", recipe=RECIPE)
 def resnet32(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return ResNet(32, input_shape[0], num_classes)
 
 
-@register_model("resnet44")
+@register_model("resnet44", recipe=RECIPE)
 def resnet44(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return ResNet(44, input_shape[0], num_classes)
 
 
-@register_model("resnet56")
+@register_model("resnet56", recipe=RECIPE)
 def resnet56(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return ResNet(56, input_shape[0], num_classes)
 
 
-@register_model("resnet110")
+@register_model("resnet110", recipe=RECIPE)
 def resnet110(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return ResNet(110, input_shape[0], num_classes)
