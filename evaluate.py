@@ -24,7 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from datamodules import get_datamodule_class
 from zoo import ZooError, insight
 from zoo.checkpoint import atomic_write_bytes, check_args, check_output, load_checkpoint
-from zoo.pretrained import model_from_checkpoint, pick_device
+from zoo.commands.pretrained import model_from_checkpoint, pick_device
 
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
 

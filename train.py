@@ -626,10 +626,10 @@ def cli_main(args: list[str] | None = None) -> ZooCLI:
 
 # Subcommands that are not Trainer methods: each lives in its own module with a main(args) -> int.
 EXTRA_COMMANDS = {
-    "compare": "zoo.compare",
-    "doctor": "zoo.doctor",
-    "predict": "zoo.predict",
-    "export": "zoo.export",
+    "compare": "zoo.commands.compare",
+    "doctor": "zoo.commands.doctor",
+    "predict": "zoo.commands.predict",
+    "export": "zoo.commands.export",
 }
 
 

@@ -45,7 +45,7 @@ def textbook(dataset, workers: int, warmup: int, steps: int, batch: int) -> floa
     """Images/s of the textbook loop over `steps` steps after `warmup`."""
     from torch.utils.data import DataLoader
 
-    from zoo.registry import create_model
+    from zoo.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("resnet20", (3, 32, 32), 10).train()

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from bench.common import data_dir
 from datamodules import TensorLoader, create_datamodule
+from zoo.models.registry import convolutional, create_model
 from zoo.module import default_precision, resolve_recipe
-from zoo.registry import convolutional, create_model
 
 _DATA: dict = {}
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from bench.common import PY, Section, body, check, run_processes, tmpdir
 from bench.loops import setup_data
+from zoo.models.registry import create_model
 from zoo.module import resolve_recipe
-from zoo.registry import create_model
 
 # The libraries a training run imports, the lazy ones included (pictures, TensorBoard, moons' sklearn).
 BASELINE = "import train, matplotlib.pyplot, torch.utils.tensorboard, sklearn.datasets, sklearn.model_selection"

@@ -2,7 +2,7 @@
 
 The CPU's fp32 matmul throughput (torch.mm of two
 2048x2048 matrices, median of repeats; bf16 too, for the AMX/AVX-512 units) against the FLOP/s
-that training achieves: zoo.profile's forward FLOPs per sample x 3 (forward + backward) x samples
+that training achieves: zoo.models.profile's forward FLOPs per sample x 3 (forward + backward) x samples
 per second. Training steps as in the bare loop (the recipe's optimizer, cross-entropy; in fp32 here,
 also for the conv nets that train.py runs in bf16 on such a CPU), on one resident batch ("step") and \
 through the data path (TensorLoader + normalisation, "with loader").
@@ -15,7 +15,7 @@ import torch
 
 from bench.common import Section, body, load, med, num_threads, spread, timeit
 from bench.loops import BareLoop, setup_data
-from zoo.profile import profile
+from zoo.models.profile import profile
 
 # model, dataset, batch, fused optimizer step (torch.optim.Adam/SGD(..., fused=True), train.py's default)
 # or the for-loop one

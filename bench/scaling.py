@@ -27,7 +27,7 @@ from bench.common import (
     tmpdir,
 )
 from bench.loops import BareLoop, setup_data
-from zoo.profile import profile
+from zoo.models.profile import profile
 
 QUICK_LIMITS = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
                 "--trainer.limit_test_batches", "1"]

@@ -19,8 +19,8 @@ import torch
 
 import evaluate
 import train
-import zoo.export
-import zoo.pretrained
+import zoo.commands.export
+import zoo.commands.pretrained
 from conftest import require_data
 from datamodules.mnist import MNISTDataModule
 from zoo import ZooModule
@@ -131,7 +131,7 @@ def test_export_on_a_full_disk_leaves_out_untouched(ckpt, previous, fmt, where, 
 def test_export_that_fails_its_check_leaves_out_untouched(ckpt, previous, fmt, monkeypatch, capsys):
     before = sha256(previous)
     wrong = lambda path, x: torch.full((len(x), 2), 1e3)  # noqa: E731 (a file that computes something else)
-    monkeypatch.setattr(zoo.export, f"run_{fmt}", wrong)
+    monkeypatch.setattr(zoo.commands.export, f"run_{fmt}", wrong)
     rc = train.main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--out", str(previous)])
     assert sha256(previous) == before
     assert list(previous.parent.iterdir()) == [previous]
@@ -260,7 +260,7 @@ BAD_MANIFESTS = {
 def test_broken_manifest_is_one_paragraph(manifest, command, tmp_path, points, monkeypatch, capsys):
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(BAD_MANIFESTS[manifest]))
-    monkeypatch.setattr(zoo.pretrained, "MANIFEST", path)
+    monkeypatch.setattr(zoo.commands.pretrained, "MANIFEST", path)
     args = ["--inputs", str(points)] if command == "predict" else ["--out", str(tmp_path / "m.pt")]
     assert train.main([command, "--pretrained", "moons", *args]) == 2
     err = one_paragraph(capsys.readouterr().err)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from zoo.baselines import knn, majority, vote
+from zoo.commands.baselines import knn, majority, vote
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -159,7 +159,7 @@ def test_vote_breaks_ties_towards_the_nearer_neighbour_and_majority_counts():
 def test_machine_comes_from_torchs_collect_env_like_the_doctor(monkeypatch):
     from torch.utils import collect_env
 
-    from zoo import compare
+    from zoo.commands import compare
 
     fake = collect_env.get_env_info()._replace(torch_version="9.9.9+zoo", cpu_info="Model name: Zoo Test CPU 9000")
     monkeypatch.setattr(compare, "get_env_info", lambda: fake)

@@ -1,4 +1,4 @@
-"""zoo/doctor.py: the environment report on this machine, and what it says when things are missing."""
+"""zoo/commands/doctor.py: the environment report on this machine, and what it says when things are missing."""
 
 import struct
 
@@ -8,7 +8,7 @@ import torch
 import train
 from conftest import REPO, require_data
 from datamodules import DATAMODULES, TensorDataModule
-from zoo import doctor
+from zoo.commands import doctor
 
 
 def test_report_on_this_machine(capsys):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import train
-import zoo.export
+import zoo.commands.export
 from zoo import ZooModule
-from zoo.export import export
-from zoo.pretrained import pretrained_cfg
+from zoo.commands.export import export
+from zoo.commands.pretrained import pretrained_cfg
 
 STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 
@@ -111,7 +111,7 @@ def test_onnx_matches_checkpoint(which, request, tmp_path, capsys):
 
 def test_without_onnx_packages_the_message_names_the_extra(resnet_ckpt, tmp_path, monkeypatch, capsys):
     real = importlib.util.find_spec
-    monkeypatch.setattr(zoo.export.importlib.util, "find_spec",
+    monkeypatch.setattr(zoo.commands.export.importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxscript" else real(name, *a))
     assert train.main(["export", "--checkpoint", str(resnet_ckpt), "--format", "onnx",
                        "--out", str(tmp_path / "m.onnx")]) == 2
@@ -122,7 +122,7 @@ def test_without_onnxruntime_the_check_is_skipped_with_a_note(moons_ckpt, tmp_pa
     if importlib.util.find_spec("onnxscript") is None:
         pytest.skip("onnxscript is not installed: ONNX export itself is unavailable")
     real = importlib.util.find_spec
-    monkeypatch.setattr(zoo.export.importlib.util, "find_spec",
+    monkeypatch.setattr(zoo.commands.export.importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     assert train.main(["export", "--checkpoint", str(moons_ckpt), "--format", "onnx",
                        "--out", str(tmp_path / "m.onnx")]) == 0

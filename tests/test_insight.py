@@ -171,7 +171,7 @@ def test_one_confusion_and_one_boundary_picture_for_every_caller(monkeypatch, tm
     import yaml
 
     import evaluate
-    from zoo import compare
+    from zoo.commands import compare
 
     calls = []
 

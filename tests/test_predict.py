@@ -1,4 +1,4 @@
-"""`train.py predict` and the pretrained-weights loading side (zoo/pretrained.py).
+"""`train.py predict` and the pretrained-weights loading side (zoo/commands/pretrained.py).
 
 Images go through the same conversion and normalisation as training (checked against a manual
 pipeline and against the image-folder datamodule's loader); predict is the model applied to
@@ -20,9 +20,9 @@ import train
 import zoo
 from datamodules.image_folder import load_image
 from zoo import ZooModule
+from zoo.commands.predict import predict
+from zoo.commands.pretrained import image_to_uint8, load_pretrained, load_trained, save_pretrained
 from zoo.errors import ZooError
-from zoo.predict import predict
-from zoo.pretrained import image_to_uint8, load_pretrained, load_trained, save_pretrained
 
 MNIST_STATS = {"mean": [0.1307], "std": [0.3081]}
 

@@ -1,6 +1,6 @@
 """The shipped weights (results/weights/): each manifest entry's test accuracy is reproduced
 exactly from the file, by evaluate.py and by the CLI's --model.pretrained; each entry's
-pretrained_cfg is what its file holds (and `python -m zoo.pretrained cfg` writes the manifest
+pretrained_cfg is what its file holds (and `python -m zoo.commands.pretrained cfg` writes the manifest
 byte for byte); zoo.create loads them by name with that cfg, and zoo.list_pretrained lists them."""
 
 import json
@@ -13,14 +13,14 @@ import train
 import zoo
 from conftest import require_data
 from zoo.checkpoint import load_checkpoint
-from zoo.pretrained import MANIFEST, pretrained_cfg, pretrained_path, read_manifest, write_cfgs
+from zoo.commands.pretrained import MANIFEST, pretrained_cfg, pretrained_path, read_manifest, write_cfgs
 
 ENTRIES = read_manifest(MANIFEST) if MANIFEST.is_file() else []
 CHEAP = [e for e in ENTRIES if e["model"] in ("linear", "mlp", "lenet5")]
 
 
 def test_weights_are_shipped_within_budget():
-    assert ENTRIES, "results/weights/manifest.json is missing: run `python -m zoo.pretrained`"
+    assert ENTRIES, "results/weights/manifest.json is missing: run `python -m zoo.commands.pretrained`"
     assert sum((MANIFEST.parent / e["file"]).stat().st_size for e in ENTRIES) <= 30_000_000
     for e in ENTRIES:
         assert {"model", "dataset", "test_acc", "sha256", "command", "dtype"} <= set(e)
@@ -70,7 +70,7 @@ def test_cfg_command_writes_the_committed_manifest(tmp_path):
         (tmp_path / e["file"]).symlink_to(MANIFEST.parent / e["file"])
     bare = [{k: v for k, v in e.items() if k != "pretrained_cfg"} for e in ENTRIES]
     (tmp_path / "manifest.json").write_text(json.dumps(bare, indent=2) + "\n")
-    write_cfgs(tmp_path / "manifest.json")  # python -m zoo.pretrained cfg MANIFEST
+    write_cfgs(tmp_path / "manifest.json")  # python -m zoo.commands.pretrained cfg MANIFEST
     assert (tmp_path / "manifest.json").read_bytes() == MANIFEST.read_bytes()
 
 
@@ -91,7 +91,7 @@ def test_create_pretrained_refuses_what_the_weights_do_not_fit():
 
 
 def test_tampered_weights_are_refused(tmp_path, monkeypatch):
-    import zoo.pretrained as pretrained
+    import zoo.commands.pretrained as pretrained
 
     e = CHEAP[0]
     bad = tmp_path / e["file"]

@@ -10,15 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo import MODELS, ZooError, ZooModule, create_model, list_models, profile, register_model, registry
+from zoo import MODELS, ZooError, ZooModule, create_model, list_models, profile, register_model
+from zoo.models import registry
+from zoo.models.profile import format_count
 from zoo.module import RESOLVED, resolve_hparams, resolve_recipe
-from zoo.profile import format_count
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (2,)]
 FLAT_MODELS = sorted(registry._FLAT_OK)
-# The deep ResNets share resnet20/32's code (only the depth differs): overfitting them adds
+# The deeper ResNets share resnet20's code (only the depth differs): overfitting them adds
 # 25-40 s to the default suite without testing anything new, so they run with -m slow.
-SLOW_TO_OVERFIT = {"resnet44", "resnet56", "resnet110", "mobilenetv2"}
+SLOW_TO_OVERFIT = {"resnet32", "resnet44", "resnet56", "resnet110", "mobilenetv2"}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,16 +12,24 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from zoo import lenet, linear, mlp, mobilenetv2, resnet  # noqa: F401 (registers the models)
 from zoo.errors import ZooError
-from zoo.profile import profile
-from zoo.registry import MODELS, create_model, list_models, register_model
+from zoo.models import MODELS, create_model, list_models, profile, register_model
 
 __all__ = ["MODELS", "ZooError", "create_model", "list_models", "profile", "register_model"]
-from zoo.module import ZooModule  # noqa: E402 (after the registry it uses)
 
-# zoo.pretrained is imported where it is used: it imports the datamodules, which import this
-# package, and `python -m zoo.pretrained` must find it not yet loaded.
+
+def __getattr__(name: str):
+    # ZooModule needs Lightning: imported when first asked for, so that the networks and the
+    # shipped weights (zoo.models, zoo.create) load with torch alone.
+    if name == "ZooModule":
+        from zoo.module import ZooModule
+
+        return ZooModule
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+
+
+# zoo.commands.pretrained is imported where it is used: it imports the datamodules, which import this
+# package, and `python -m zoo.commands.pretrained` must find it not yet loaded.
 
 
 def create(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
@@ -30,7 +38,7 @@ def create(name: str, input_shape: Sequence[int] | None = None, num_classes: int
     with pretrained=DATASET, the shipped network trained on that dataset (`create("lenet5",
     pretrained="mnist")`; weights checked by sha256 and loaded with weights_only=True), in eval
     mode, its preprocessing in `model.pretrained_cfg` (timm's name) for `transforms(model)`."""
-    from zoo.pretrained import load_pretrained_checkpoint, model_from_checkpoint, pretrained_cfg
+    from zoo.commands.pretrained import load_pretrained_checkpoint, model_from_checkpoint, pretrained_cfg
 
     if not pretrained:
         if input_shape is None or num_classes is None:
@@ -55,20 +63,20 @@ def transforms(model: nn.Module | dict, invert: bool = False) -> Callable[..., T
     create_transform(**resolve_data_config(model=model)): a callable that turns a PIL image or a
     uint8 (C, H, W) tensor into the model's float32 (C, H, W) input, with the very code of
     `train.py predict`. invert=True: black-on-white drawings for MNIST's white-on-black digits."""
-    from zoo.pretrained import Transform
+    from zoo.commands.pretrained import Transform
 
     cfg = model if isinstance(model, dict) else getattr(model, "pretrained_cfg", None)
     if cfg is None:
         raise ZooError("This model has no pretrained_cfg, so its preprocessing is unknown. Fix: create it with "
                        "zoo.create(name, pretrained=DATASET), or pass the cfg of its checkpoint: "
-                       "zoo.transforms(zoo.pretrained.pretrained_cfg(ckpt)).")
+                       "zoo.transforms(zoo.commands.pretrained.pretrained_cfg(ckpt)).")
     return Transform(cfg, invert)
 
 
 def list_pretrained() -> list[tuple[str, str]]:
     """The shipped weights as (model, dataset) pairs, each one zoo.create(model, pretrained=dataset),
     e.g. ("lenet5", "mnist"); read from results/weights/manifest.json."""
-    from zoo.pretrained import read_manifest
+    from zoo.commands.pretrained import read_manifest
 
     return sorted((e["model"], e["dataset"]) for e in read_manifest())
 

@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.errors import ZooError
-from zoo.registry import DEFAULT_RECIPE, MODELS, OPTIMIZERS, RECIPES, SCHEDULERS, convolutional, create_model
+from zoo.models.registry import DEFAULT_RECIPE, MODELS, OPTIMIZERS, RECIPES, SCHEDULERS, convolutional, create_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # one YAML per dataset: batch size, epochs
 RECIPE_KEYS = tuple(DEFAULT_RECIPE)  # optimizer, lr, weight_decay, scheduler: the model's part
@@ -33,7 +33,7 @@ def resolve_recipe(arch: str, data: str | None = None, **given) -> dict:
       1. `given`: the command line's values, or those a run's config.yaml records;
       2. the dataset's configs/<data>.yaml: batch size and epochs, and any of the model's keys a
          dataset wants its own (two-moons' lr 0.01);
-      3. the model's recipe, declared where it is registered (zoo/registry.py; DEFAULT_RECIPE,
+      3. the model's recipe, declared where it is registered (zoo/models/registry.py; DEFAULT_RECIPE,
          Adam at 1e-3 and no schedule, for a model registered without one).
     batch_size and max_epochs stay None when neither 1 nor 2 sets them (a dataset given by class
     path has no YAML): the datamodule's and the Trainer's defaults apply."""
@@ -164,7 +164,7 @@ class ZooModule(L.LightningModule):
             setattr(self, f"{stage}_top5", MulticlassAccuracy(top_k=5, **acc) if top5 and stage != "train" else None)
 
     def _load_pretrained(self, dataset: str) -> None:
-        from zoo.pretrained import load_pretrained_checkpoint  # (it imports this module)
+        from zoo.commands.pretrained import load_pretrained_checkpoint  # (it imports this module)
 
         ckpt = load_pretrained_checkpoint(self.hparams.arch, dataset)  # sha256-checked, weights_only
         hp = ckpt["hyper_parameters"]

@@ -2,7 +2,7 @@
 
 Multinomial logistic regression (softmax regression), the lecture's linear-classifier baseline:
 784*10 + 10 = 7,850 parameters on MNIST. Registers `linear` (takes flat features too), with the
-default recipe (Adam at 1e-3, no schedule: zoo.registry.DEFAULT_RECIPE).
+default recipe (Adam at 1e-3, no schedule: zoo.models.registry.DEFAULT_RECIPE).
 
     model = create_model("linear", input_shape=(1, 28, 28), num_classes=10)
 """
@@ -11,7 +11,7 @@ import math
 
 from torch import nn
 
-from zoo.registry import register_model
+from zoo.models.registry import register_model
 
 
 @register_model("linear", flat_ok=True)

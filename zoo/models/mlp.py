@@ -2,7 +2,7 @@
 
 The fully connected network of the lectures (Rumelhart, Hinton & Williams 1986 for backprop through
 it). Registers `mlp` (takes flat features too), with the default recipe (Adam at 1e-3, no schedule:
-zoo.registry.DEFAULT_RECIPE). The default, one hidden layer of 128, is
+zoo.models.registry.DEFAULT_RECIPE). The default, one hidden layer of 128, is
 784-128-10 = 101,770 parameters on MNIST; hidden=[10, 10] on two-moons is the lecture's MLP(10, 10).
 
     model = create_model("mlp", input_shape=(2,), num_classes=2, hidden=[10, 10])
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from zoo.errors import ZooError
-from zoo.registry import register_model
+from zoo.models.registry import register_model
 
 
 @register_model("mlp", flat_ok=True)

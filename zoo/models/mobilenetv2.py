@@ -13,7 +13,7 @@ torchvision: 2,236,682 parameters at width 1.0 for 10 classes on RGB input, as t
 from torch import Tensor, nn
 
 from zoo.errors import ZooError
-from zoo.registry import register_model
+from zoo.models.registry import register_model
 
 # t: expansion factor, c: output channels, n: blocks, s: stride of the first block.
 # Strides 1, 1, 2, 2, 1, 2, 1 (the paper has 1, 2, 2, 2, 1, 2, 1 and a stride-2 stem).

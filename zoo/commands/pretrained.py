@@ -4,7 +4,7 @@ A weights file is a checkpoint cut down to what inference needs: the model's hyp
 its state_dict (float16 where that keeps the accuracy), the dataset's name, options and
 normalisation (mean/std, class names). It keeps the checkpoint's keys, so evaluate.py, `predict`
 and `export` take it like any best.ckpt. results/weights/manifest.json lists the shipped files,
-each with its preprocessing (`pretrained_cfg`, read from the file by `python -m zoo.pretrained cfg`):
+each with its preprocessing (`pretrained_cfg`, read from the file by `python -m zoo.commands.pretrained cfg`):
 
     [{"model": "lenet5", "dataset": "mnist", "file": "lenet5_mnist.pt", "test_acc": 0.9912,
       "sha256": "...", "dtype": "float16", "bytes": 124000, "command": "python train.py fit ...",
@@ -30,7 +30,7 @@ from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.errors import ZooError
 from zoo.module import ZooModule
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "results" / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "results" / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"
 
 
@@ -185,13 +185,13 @@ def read_manifest(manifest: str | os.PathLike | None = None) -> list[dict]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ZooError(f"The weights manifest {path} is not a list of entries like {{\"model\": \"lenet5\", "
                        f"\"dataset\": \"mnist\", \"file\": ..., \"sha256\": ...}}. Fix: restore it with "
-                       f"git checkout -- {path} (or regenerate it: python -m zoo.pretrained).")
+                       f"git checkout -- {path} (or regenerate it: python -m zoo.commands.pretrained).")
     for n, entry in enumerate(entries, start=1):
         missing = [k for k in ENTRY_KEYS if not isinstance(entry.get(k), str)]
         if missing:
             raise ZooError(f"Entry {n} of the weights manifest {path} lacks {', '.join(missing)} (each entry needs "
                            f"the text fields {', '.join(ENTRY_KEYS)}). Fix: restore it with git checkout -- {path} "
-                           f"(or regenerate it: python -m zoo.pretrained).")
+                           f"(or regenerate it: python -m zoo.commands.pretrained).")
     return entries
 
 
@@ -363,7 +363,8 @@ def write_cfgs(manifest: str | os.PathLike | None = None) -> list[dict]:
     return entries
 
 
-if __name__ == "__main__":  # python -m zoo.pretrained [RESULTS_DIR [OUT_DIR]] | python -m zoo.pretrained cfg [MANIFEST]
+# python -m zoo.commands.pretrained [RESULTS_DIR [OUT_DIR]]   or   python -m zoo.commands.pretrained cfg [MANIFEST]
+if __name__ == "__main__":
     import sys
 
     if sys.argv[1:2] == ["cfg"]:

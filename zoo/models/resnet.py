@@ -13,7 +13,7 @@ and any image size (AdaptiveAvgPool2d), so the same network runs on MNIST and CI
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.registry import register_model
+from zoo.models.registry import register_model
 
 # How every depth trains unless told otherwise: SGD with Nesterov momentum at lr 0.1, weight decay
 # 5e-4 and a cosine schedule, the usual ResNet-on-CIFAR recipe.

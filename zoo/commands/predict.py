@@ -5,7 +5,7 @@
     python train.py predict --ckpt_path <run> --inputs points.csv            (a two-moons model)
 
 --ckpt_path (Lightning's name) and --checkpoint are the same option. Images (PNG, JPEG, ...)
-become exactly what the model was trained on, by its pretrained_cfg (zoo.pretrained.Transform,
+become exactly what the model was trained on, by its pretrained_cfg (zoo.commands.pretrained.Transform,
 which zoo.transforms(model) returns too): grayscale or RGB, resized to its H x W, uint8, then
 normalised with the checkpoint's own mean/std (TensorDataModule.normalize). MNIST digits are
 white on black: pass --invert true for black-on-white drawings. Models of flat features (two-moons)
@@ -26,8 +26,8 @@ from PIL import Image
 
 from datamodules.image_folder import IMAGE_EXTENSIONS, list_images
 from zoo.checkpoint import atomic_write_bytes, check_output
+from zoo.commands.pretrained import Transform, load_trained, model_from_checkpoint, pick_device, pretrained_cfg
 from zoo.errors import ZooError
-from zoo.pretrained import Transform, load_trained, model_from_checkpoint, pick_device, pretrained_cfg
 
 
 def expand_inputs(specs: list[str], extensions: tuple[str, ...]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -212,7 +212,7 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m zoo.predict ...: the same as python train.py predict ...
+if __name__ == "__main__":  # python -m zoo.commands.predict ...: the same as python train.py predict ...
     import train
 
     sys.exit(train.main(["predict", *sys.argv[1:]]))

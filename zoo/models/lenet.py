@@ -15,7 +15,7 @@ layer in place of the paper's RBF units.
 
 from torch import Tensor, nn
 
-from zoo.registry import register_model
+from zoo.models.registry import register_model
 
 
 class LeNet5(nn.Module):

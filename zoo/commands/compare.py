@@ -31,16 +31,16 @@ from torch.utils.collect_env import get_env_info
 
 from datamodules import DATAMODULES, get_datamodule_class
 from zoo import insight
-from zoo.baselines import knn_baseline, majority
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
-from zoo.doctor import cpu_name
+from zoo.commands.baselines import knn_baseline, majority
+from zoo.commands.doctor import cpu_name
 from zoo.errors import ZooError
+from zoo.models.profile import format_count, profile
+from zoo.models.registry import MODELS, create_model
 from zoo.module import RECIPE_KEYS, resolve_recipe
-from zoo.profile import format_count, profile
-from zoo.registry import MODELS, create_model
 
 BASELINES = ("majority", "knn")
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # Published test accuracies (%) to hold our rows against: (accuracy, short source).
 # The only numbers in the tables that do not come from a run or a measurement.

@@ -31,8 +31,8 @@ from jsonargparse import ArgumentParser
 
 from datamodules.tensor import TensorDataModule
 from zoo.checkpoint import atomic_write_bytes, check_output
+from zoo.commands.pretrained import datamodule_state, load_trained, model_from_checkpoint, pretrained_cfg
 from zoo.errors import ZooError
-from zoo.pretrained import datamodule_state, load_trained, model_from_checkpoint, pretrained_cfg
 
 FORMATS = ("pt2", "torchscript", "onnx")
 SUFFIXES = {".pt2": "pt2", ".onnx": "onnx"}  # --format from --out when not given; anything else: torchscript
@@ -200,7 +200,7 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m zoo.export ...: the same as python train.py export ...
+if __name__ == "__main__":  # python -m zoo.commands.export ...: the same as python train.py export ...
     import train
 
     sys.exit(train.main(["export", *sys.argv[1:]]))

@@ -8,7 +8,7 @@ messages), and whether W&B would log online or offline. Prints one table, then t
 status 1 when something required is missing or broken (a package, a device that fails its test,
 a corrupted dataset; a missing dataset too with --require_data true), else 0.
 
-    python train.py doctor                        # or: python -m zoo.doctor
+    python train.py doctor                        # or: python -m zoo.commands.doctor
     python train.py doctor --data_dir /data/zoo --require_data true
 """
 
