@@ -51,6 +51,16 @@ def test_run_dir_of_another_run_is_refused_and_untouched(finished_run, capsys):
     assert checksums(finished_run) == before
 
 
+def test_run_dir_holding_other_files_is_refused_and_untouched(tmp_path, capsys):
+    folder = tmp_path / "my-project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    before = checksums(folder)
+    assert fit("--data", "moons", "--trainer.max_epochs", "1", "--run_dir", str(folder)) == 2
+    assert "new or empty directory" in capsys.readouterr().err
+    assert checksums(folder) == before
+
+
 def test_new_or_empty_run_dir_is_used(tmp_path):
     empty = tmp_path / "mine"
     empty.mkdir()

@@ -44,13 +44,15 @@ def global_rank() -> int:
     return 0
 
 
-RUN_FILES = ("config.yaml", "metrics.json", "hparams.yaml", "*.ckpt", "events.out.tfevents.*", "wandb")
+NOTES = ("compare-args.json",)  # what `train.py compare` writes into a run directory before its fit
 
 
 def _holds_a_run(run_dir: Path) -> list[str]:
-    """The files a fit writes that are already in `run_dir` (others, such as compare's notes, are
-    not ours to overwrite and do not make it a run)."""
-    return sorted({p.name for pattern in RUN_FILES for p in run_dir.glob(pattern)})
+    """What is already in `run_dir` besides our own markers and compare's notes. A fit writes a dozen
+    files (checkpoints, config.yaml, logs, pictures), so it only takes a new or empty directory: a
+    folder of other things (a project's results/, a home directory) is never mixed with a run."""
+    return sorted(p.name for p in run_dir.iterdir()
+                  if p.name not in (JOB_FILE, LOCK_FILE, *NOTES) and not p.name.startswith(".write-test-"))
 
 
 def claim_run_dir(run_dir: Path, resuming: bool) -> Path:
@@ -64,10 +66,11 @@ def claim_run_dir(run_dir: Path, resuming: bool) -> Path:
         same_job = job is not None and theirs == job
         finished = any(f.endswith(".ckpt") or f == "metrics.json" for f in files)
         if files and not (same_job and not finished):
-            raise ZooError(
-                f"--run_dir {run_dir} already holds a run ({', '.join(files[:4])}{', ...' if len(files) > 4 else ''}); "
-                f"refusing to overwrite it. Start a new run without --run_dir (or with a new directory), or "
-                f"continue that one with --config {run_dir / 'config.yaml'} --ckpt_path {run_dir}.")
+            listed = f"{', '.join(files[:4])}{', ...' if len(files) > 4 else ''}"
+            resume = (f"continue that run with --config {run_dir / 'config.yaml'} --ckpt_path {run_dir}"
+                      if any(f.endswith(".ckpt") for f in files) else "pass a new or empty directory")
+            raise ZooError(f"--run_dir {run_dir} already holds a run or other files ({listed}); refusing to write a "
+                           f"run into it. Start a new run without --run_dir (or with a new directory), or {resume}.")
     elif run_dir.exists() and not run_dir.is_dir():
         raise ZooError(f"--run_dir {run_dir} is a file, not a directory. Pass a directory path.")
     try:
