@@ -36,15 +36,21 @@ def load_image(path: str | os.PathLike, channels: int, size: tuple[int, int]) ->
     """One image file as uint8 (C, H, W): grayscale (C=1) or RGB (C=3), resized to size=(H, W).
     Raises OSError (or a PIL error, a subclass of it or ValueError) for a file PIL cannot read."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)  # phone photos: apply the stored rotation
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)  # transparent means white, as a viewer shows it
-        im = im.convert("L" if channels == 1 else "RGB")
-        # (W, H) for PIL; bilinear with antialiasing, like torchvision's Resize
-        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        array = np.asarray(im, dtype=np.uint8).reshape(size[0], size[1], channels)
+        return image_to_uint8(im, channels, size)
+
+
+def image_to_uint8(im: Image.Image, channels: int, size: tuple[int, int], interpolation: str = "bilinear") -> Tensor:
+    """A PIL image as uint8 (C, H, W) by the rules images are trained with, for training (load_image)
+    and for `predict` alike: the stored rotation applied, transparent pixels white, grayscale (C=1)
+    or RGB (C=3), resized to size=(H, W) (bilinear with antialiasing, like torchvision's Resize)."""
+    im = ImageOps.exif_transpose(im)  # phone photos: apply the stored rotation
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)  # transparent means white, as a viewer shows it
+    im = im.convert("L" if channels == 1 else "RGB")
+    im = im.resize((size[1], size[0]), Image.Resampling[interpolation.upper()])  # (W, H) for PIL
+    array = np.asarray(im, dtype=np.uint8).reshape(size[0], size[1], channels)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
 
 

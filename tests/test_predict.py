@@ -21,7 +21,7 @@ import zoo
 from datamodules.image_folder import load_image
 from zoo import ZooModule
 from zoo.commands.predict import predict
-from zoo.commands.pretrained import image_to_uint8, load_pretrained, load_trained, save_pretrained
+from zoo.commands.pretrained import Transform, load_pretrained, load_trained, save_pretrained
 from zoo.errors import ZooError
 
 MNIST_STATS = {"mean": [0.1307], "std": [0.3081]}
@@ -116,8 +116,9 @@ def test_transforms_take_uint8_tensors_as_they_take_pil_images(images):
 
 
 def test_images_convert_as_the_image_folder_datamodule_loads_them(images, tmp_path):
-    """Transform's conversion and datamodules.image_folder.load_image (training on your own images)
-    give the same pixels, also for a rotated phone photo and a palette image with transparency."""
+    """Transform (what predict feeds the model) and datamodules.image_folder.load_image (training on
+    your own images) give the same pixels, also for a rotated phone photo and a palette image with
+    transparency. (mean 0, std 1: Transform's normalisation is then only the scaling to 0..1.)"""
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees
     photo = Image.new("RGB", (40, 20), (200, 30, 30))
@@ -130,8 +131,10 @@ def test_images_convert_as_the_image_folder_datamodule_loads_them(images, tmp_pa
              tmp_path / "palette.png"]
     for path in files:
         for channels, color in ((1, "grayscale"), (3, "rgb")):
+            cfg = {"input_shape": [channels, 28, 24], "color": color, "interpolation": "bilinear",
+                   "mean": [0.0] * channels, "std": [1.0] * channels}
             with Image.open(path) as im:
-                assert torch.equal(image_to_uint8(im, color, (28, 24)), load_image(path, channels, (28, 24))), path
+                assert torch.equal(Transform(cfg)(im), load_image(path, channels, (28, 24)).float() / 255), path
 
 
 def test_cli_table_csv_json_and_globs(digits_ckpt, images, tmp_path, capsys):

@@ -22,10 +22,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from datamodules.image_folder import image_to_uint8
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.errors import ZooError
 from zoo.module import ZooModule
@@ -108,19 +108,6 @@ def pretrained_cfg(ckpt: dict) -> dict:
     }
 
 
-def image_to_uint8(im: Image.Image, color: str, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
-    """A PIL image as uint8 (C, H, W) by the rules images are trained with (the same steps as
-    datamodules.image_folder.load_image; tests/test_predict.py checks they agree): the stored
-    rotation applied, transparent pixels white, converted to grayscale or RGB, resized to size=(H, W)."""
-    im = ImageOps.exif_transpose(im)  # phone photos: apply the stored rotation
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-    im = im.convert({"grayscale": "L", "rgb": "RGB"}[color])
-    im = im.resize((size[1], size[0]), Image.Resampling[interpolation.upper()])  # PIL sizes are (W, H)
-    array = np.asarray(im, dtype=np.uint8).reshape(size[0], size[1], len(im.getbands()))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
-
-
 class Transform:
     """A model's input made from one image, by its pretrained_cfg: a PIL image, or a uint8 (C, H, W)
     tensor of any size (C = 1, 3 or 4, e.g. torchvision.io.decode_image's), becomes float32 (C, H, W),
@@ -154,7 +141,8 @@ class Transform:
                                f"{tuple(image.shape)}. Fix: pass pixels 0..255, e.g. torchvision.io.decode_image's.")
             array = image.cpu().permute(1, 2, 0).numpy()  # (H, W, C)
             image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
-        x = image_to_uint8(image, cfg["color"], cfg["input_shape"][1:], cfg["interpolation"])
+        channels = {"grayscale": 1, "rgb": 3}[cfg["color"]]
+        x = image_to_uint8(image, channels, cfg["input_shape"][1:], cfg["interpolation"])
         if self.invert:
             x = 255 - x
         return self.normalizer.normalize(x[None])[0]  # (1, C, H, W) -> (C, H, W)
