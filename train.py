@@ -254,9 +254,7 @@ class ZooCLI(LightningCLI):
             raise ZooError(f"--seed_everything {seed}: a seed must be an integer from 0 to {2**32 - 1} (numpy's "
                            f"range), or true for a random one.")
         if printing:
-            resolved = resolve_hparams({k: cfg.model.get(k) for k in ("arch", *RESOLVED)})
-            for key in RESOLVED:
-                cfg.model[key] = resolved[key]
+            fill_in_recipe(cfg.model)
             subparser = parser._subcommands_action._name_parser_map[sub] if sub else parser
             sys.stdout.write(subparser.dump(cfg, skip_check=True))
             raise SystemExit(0)
@@ -293,10 +291,7 @@ class ZooCLI(LightningCLI):
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
             os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # DDP workers started from here inherit it
-        # The recipe's defaults filled in here, so config.yaml records what really trains.
-        resolved = resolve_hparams({k: cfg.model.get(k) for k in ("arch", *RESOLVED)})
-        for key in RESOLVED:
-            cfg.model[key] = resolved[key]
+        fill_in_recipe(cfg.model)  # so config.yaml records what really trains
         if cfg.trainer.precision is None:  # not given: as the weights were trained, else the fast path
             if self.ckpt_precision:
                 cfg.trainer.precision = self.ckpt_precision
@@ -451,6 +446,14 @@ class ZooCLI(LightningCLI):
               f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']}, {metrics['precision']} "
               f"({stopped})\n"
               f"checkpoint: {best}\nlogs:       {self.run_dir}  (tensorboard --logdir {self.run_dir.parent})")
+
+
+def fill_in_recipe(model_cfg) -> None:
+    """The model options left None set as ZooModule will resolve them (the recipe, the builder's
+    defaults), so config.yaml and --print_config show what trains."""
+    resolved = resolve_hparams({k: model_cfg.get(k) for k in ("arch", *RESOLVED)})
+    for key in RESOLVED:
+        model_cfg[key] = resolved[key]
 
 
 def _norm(value):
@@ -662,13 +665,11 @@ def main(args: list[str] | None = None) -> int:
             return importlib.import_module(EXTRA_COMMANDS[args[0]]).main(args[1:]) or 0
         cli_main(args)
     except (ZooError, MisconfigurationException) as e:
-        remove_failed_runs()
         if debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full or read-only disk while saving: say so, don't dump a traceback
-        remove_failed_runs()
         if debug:
             traceback.print_exc()
         name = os.fsdecode(e.filename) if e.filename is not None else "a file"  # torch passes bytes
@@ -677,18 +678,15 @@ def main(args: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except ArgumentError as e:  # a mistyped option or a broken config file
-        remove_failed_runs()
         if debug:
             traceback.print_exc()
         sub = next((a for a in args if a in ("fit", "validate", "test")), "fit")
         print(f"error: {e}\n(see `python train.py {sub} --help` for the options)", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help, or jsonargparse has printed its message already
-        remove_failed_runs()
         return e.code if isinstance(e.code, int) else 1
-    except BaseException:  # a bug or Ctrl-C before the first checkpoint: no half-made run left behind
+    finally:  # whatever ended the command (a mistake, a bug, Ctrl-C): no half-made run left behind
         remove_failed_runs()
-        raise
     return 0
 
 
