@@ -31,7 +31,13 @@ from jsonargparse import ArgumentParser
 
 from datamodules.tensor import TensorDataModule
 from zoo.checkpoint import atomic_write_bytes, check_output
-from zoo.commands.pretrained import datamodule_state, load_trained, model_from_checkpoint, pretrained_cfg
+from zoo.commands.pretrained import (
+    add_source_arguments,
+    datamodule_state,
+    load_trained,
+    model_from_checkpoint,
+    pretrained_cfg,
+)
 from zoo.errors import ZooError
 
 FORMATS = ("pt2", "torchscript", "onnx")
@@ -168,18 +174,12 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
 
 def main(args: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", "--ckpt_path", type=str | None, default=None,
-                        help="A .ckpt or weights file, or a run directory (its best.ckpt).")
-    parser.add_argument("--pretrained", type=str | None, default=None,
-                        help="Export the shipped weights for this dataset.")
-    parser.add_argument("--model", type=str | None, default=None, help="With --pretrained: which model.")
+    add_source_arguments(parser, "Export")
     parser.add_argument("--format", type=str | None, default=None,
                         help="pt2 (torch.export), torchscript or onnx; default: by the --out suffix "
                              "(.pt2, .onnx, else torchscript).")
     parser.add_argument("--out", type=str, required=True,
                         help="The file to write (e.g. model.pt2, model.pt, model.onnx).")
-    parser.add_argument("--manifest", type=str | None, default=None,
-                        help="The pretrained weights' manifest (default: results/weights/manifest.json).")
     cfg = parser.parse_args(args)
     # A ZooError goes up to train.main: one paragraph, exit status 2, the traceback with --debug.
     ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)

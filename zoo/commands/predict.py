@@ -26,7 +26,14 @@ from PIL import Image
 
 from datamodules.image_folder import IMAGE_EXTENSIONS, list_images
 from zoo.checkpoint import atomic_write_bytes, check_output
-from zoo.commands.pretrained import Transform, load_trained, model_from_checkpoint, pick_device, pretrained_cfg
+from zoo.commands.pretrained import (
+    Transform,
+    add_source_arguments,
+    load_trained,
+    model_from_checkpoint,
+    pick_device,
+    pretrained_cfg,
+)
 from zoo.errors import ZooError
 
 
@@ -173,11 +180,7 @@ def to_csv(r: dict) -> str:
 
 def main(args: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="train.py predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", "--ckpt_path", type=str | None, default=None,
-                        help="A .ckpt or weights file, or a run directory (its best.ckpt).")
-    parser.add_argument("--pretrained", type=str | None, default=None,
-                        help="Use the shipped weights for this dataset (mnist, fashion_mnist, cifar10, moons).")
-    parser.add_argument("--model", type=str | None, default=None, help="With --pretrained: which model (e.g. lenet5).")
+    add_source_arguments(parser, "Use")
     parser.add_argument("--inputs", nargs="+", required=True,
                         help="Image files, folders or quoted globs ('imgs/*.png'); CSV files of points for two-moons.")
     parser.add_argument("--top_k", type=int, default=3, help="How many classes to show per input.")
@@ -187,8 +190,6 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--json", type=str | None, default=None, help="Also write the predictions to this JSON file.")
     parser.add_argument("--batch_size", type=int, default=256, help="Inputs per forward pass.")
     parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda (cuda:N), mps or auto.")
-    parser.add_argument("--manifest", type=str | None, default=None,
-                        help="The pretrained weights' manifest (default: results/weights/manifest.json).")
     cfg = parser.parse_args(args)
     # A ZooError goes up to train.main: one paragraph, exit status 2, the traceback with --debug.
     if cfg.top_k < 1 or cfg.batch_size < 1:

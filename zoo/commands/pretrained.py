@@ -233,6 +233,17 @@ def load_pretrained(model: str, dataset: str, manifest: str | os.PathLike | None
     return model_from_checkpoint(load_pretrained_checkpoint(model, dataset, manifest))
 
 
+def add_source_arguments(parser, verb: str) -> None:
+    """The options that say which weights a command takes, as load_trained reads them (predict, export)."""
+    parser.add_argument("--checkpoint", "--ckpt_path", type=str | None, default=None,
+                        help="A .ckpt or weights file, or a run directory (its best.ckpt).")
+    parser.add_argument("--pretrained", type=str | None, default=None,
+                        help=f"{verb} the shipped weights for this dataset (mnist, fashion_mnist, cifar10, moons).")
+    parser.add_argument("--model", type=str | None, default=None, help="With --pretrained: which model (e.g. lenet5).")
+    parser.add_argument("--manifest", type=str | None, default=None,
+                        help="The pretrained weights' manifest (default: results/weights/manifest.json).")
+
+
 def load_trained(checkpoint: str | None, pretrained: str | None, model: str | None = None,
                  manifest: str | os.PathLike | None = None) -> tuple[dict, str]:
     """The checkpoint a command was pointed at (--checkpoint PATH or run dir, or --pretrained
