@@ -5,38 +5,57 @@ one subfolder per class).
 
     from datamodules import create_datamodule
     dm = create_datamodule("cifar10", batch_size=256)
+
+The datamodules are LightningDataModules, so they import Lightning (seconds). They are loaded when
+first asked for, not when this package is: `datamodules.images`, what inference needs (decoding,
+resizing, normalisation), then works with torch alone.
 """
-from datamodules.cifar10 import CIFAR10DataModule
-from datamodules.fashion_mnist import FashionMNISTDataModule
-from datamodules.image_folder import ImageFolderDataModule
-from datamodules.mnist import MNISTDataModule
-from datamodules.moons import MoonsDataModule
-from datamodules.tensor import TensorDataModule, TensorLoader
+import importlib
+
 from zoo.errors import ZooError
 
-DATAMODULES: dict[str, type[TensorDataModule]] = {
-    "moons": MoonsDataModule,
-    "mnist": MNISTDataModule,
-    "fashion_mnist": FashionMNISTDataModule,
-    "cifar10": CIFAR10DataModule,
-    "image_folder": ImageFolderDataModule,
+# name -> (module, class): a new dataset is one file and one line here. DATAMODULES, built from
+# this on first use, is the registry the code reads (a class added to it at run time counts too).
+REGISTRY = {
+    "moons": ("datamodules.moons", "MoonsDataModule"),
+    "mnist": ("datamodules.mnist", "MNISTDataModule"),
+    "fashion_mnist": ("datamodules.fashion_mnist", "FashionMNISTDataModule"),
+    "cifar10": ("datamodules.cifar10", "CIFAR10DataModule"),
+    "image_folder": ("datamodules.image_folder", "ImageFolderDataModule"),
 }
+CLASSES = {cls: module for module, cls in REGISTRY.values()} | {
+    "TensorDataModule": "datamodules.tensor", "TensorLoader": "datamodules.tensor"}
+
+
+def __getattr__(name: str):
+    # Lazy for start-up time (see above): `from datamodules import DATAMODULES` imports them all.
+    if name in globals():  # already loaded (called from the functions below)
+        return globals()[name]
+    if name == "DATAMODULES":
+        value = {key: getattr(importlib.import_module(module), cls) for key, (module, cls) in REGISTRY.items()}
+    elif name in CLASSES:
+        value = getattr(importlib.import_module(CLASSES[name]), name)
+    else:
+        raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def list_datasets() -> list[str]:
     """The registered dataset names."""
-    return list(DATAMODULES)
+    return list(__getattr__("DATAMODULES"))
 
 
-def get_datamodule_class(name: str) -> type[TensorDataModule]:
+def get_datamodule_class(name: str):
     """The datamodule class registered as `name`; an unknown name raises a ZooError listing them."""
-    if name not in DATAMODULES:
-        raise ZooError(f"Unknown dataset {name!r}. Available datasets: {', '.join(DATAMODULES)}. "
+    registered = __getattr__("DATAMODULES")  # the dict itself, so classes added to it at run time count
+    if name not in registered:
+        raise ZooError(f"Unknown dataset {name!r}. Available datasets: {', '.join(registered)}. "
                        f"Fix: pass one of these names.")
-    return DATAMODULES[name]
+    return registered[name]
 
 
-def create_datamodule(name: str, **kwargs) -> TensorDataModule:
+def create_datamodule(name: str, **kwargs):
     """Build the datamodule registered as `name` with its keyword options (batch_size=..., ...)."""
     return get_datamodule_class(name)(**kwargs)
 

@@ -7,8 +7,8 @@ built-in ones, so every zoo model trains on it unchanged. Registered as 'image_f
 Each image is decoded once with PIL, converted to grayscale or RGB (`channels`), resized to
 `image_size` x `image_size` and kept as uint8 (N, C, H, W); transparent pixels become white.
 Classes are the sorted subfolder names. Validation is carved from the training part (seeded, as
-for the built-in datasets) and mean/std come from the training split. `load_image` is the one
-conversion used both here and by `train.py predict`, so predictions see what training saw.
+for the built-in datasets) and mean/std come from the training split. `load_image` (datamodules/images.py) is
+the one conversion used both here and by `train.py predict`, so predictions see what training saw.
 Runs are named after the folder (checkpoints/image_folder-my_images/<model>/), so unrelated
 folders never share a run directory or a `--ckpt_path last`.
 
@@ -20,44 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
+from datamodules.images import IMAGE_EXTENSIONS, list_images, load_image
 from datamodules.tensor import TensorDataModule
 from zoo.errors import ZooError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 TEST_SPLIT_SEED = 0  # the carved test split never changes with --seed_everything: results stay comparable
-
-
-def load_image(path: str | os.PathLike, channels: int, size: tuple[int, int]) -> Tensor:
-    """One image file as uint8 (C, H, W): grayscale (C=1) or RGB (C=3), resized to size=(H, W).
-    Raises OSError (or a PIL error, a subclass of it or ValueError) for a file PIL cannot read."""
-    with Image.open(path) as im:
-        return image_to_uint8(im, channels, size)
-
-
-def image_to_uint8(im: Image.Image, channels: int, size: tuple[int, int], interpolation: str = "bilinear") -> Tensor:
-    """A PIL image as uint8 (C, H, W) by the rules images are trained with, for training (load_image)
-    and for `predict` alike: the stored rotation applied, transparent pixels white, grayscale (C=1)
-    or RGB (C=3), resized to size=(H, W) (bilinear with antialiasing, like torchvision's Resize)."""
-    im = ImageOps.exif_transpose(im)  # phone photos: apply the stored rotation
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, im)  # transparent means white, as a viewer shows it
-    im = im.convert("L" if channels == 1 else "RGB")
-    im = im.resize((size[1], size[0]), Image.Resampling[interpolation.upper()])  # (W, H) for PIL
-    array = np.asarray(im, dtype=np.uint8).reshape(size[0], size[1], channels)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
-
-
-def list_images(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Files with these extensions under `folder` (recursively, hidden ones left out), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -170,11 +141,6 @@ class ImageFolderDataModule(TensorDataModule):
         x_train, y_train = self._read(train_files, train_y)
         x_test, y_test = self._read(test_files, test_y)
         return x_train, y_train, x_test, y_test
-
-    def state_dict(self) -> dict:
-        # Class names travel in the checkpoint: `predict` names classes without the folder.
-        state = super().state_dict()
-        return {**state, "class_names": list(self.class_names)} if state else state
 
     def load_state_dict(self, state_dict: dict) -> None:
         names = state_dict.get("class_names")

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from datamodules.images import normalize
 from zoo.errors import ZooError
 
 
@@ -304,11 +305,11 @@ class TensorDataModule(L.LightningDataModule):
         x, *rest = batch
         return (self.normalize(x), *rest)
 
-    def state_dict(self) -> dict[str, list[float]]:
-        # Lightning stores this in checkpoints, so evaluate/predict normalise exactly like training.
-        if self.mean is None:
-            return {}
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+    def state_dict(self) -> dict[str, list]:
+        # Lightning stores this in checkpoints, so evaluate/predict normalise exactly like training,
+        # and name the classes without this class or the data (predict needs neither Lightning nor files).
+        stats = {} if self.mean is None else {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {**stats, "class_names": list(self.class_names)} if self.class_names else stats
 
     def load_state_dict(self, state_dict: dict[str, list[float]]) -> None:
         if "mean" in state_dict:
@@ -362,7 +363,7 @@ class TensorDataModule(L.LightningDataModule):
             return x
         if self.mean.device != x.device:  # move once, not every batch
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return x.float().div_(255).sub_(self.mean.view(-1, 1, 1)).div_(self.std.view(-1, 1, 1))
+        return normalize(x, self.mean, self.std)  # the one copy, shared with inference
 
     def _loader(self, split: str, shuffle: bool) -> TensorLoader:
         self.setup()

@@ -20,7 +20,7 @@ import torch
 import evaluate
 import train
 import zoo.commands.export
-import zoo.commands.pretrained
+import zoo.weights
 from conftest import require_data
 from datamodules.mnist import MNISTDataModule
 from zoo import ZooModule
@@ -213,7 +213,8 @@ BAD_CHECKPOINTS = {  # name: (change, what the message must name, the commands i
                     ["evaluate", "predict", "export"]),
     "wrong type": (set_hp(input_shape="2"), "'input_shape' is '2' (str), but must be list[int]",
                    ["evaluate", "predict", "export"]),
-    "impossible value": (set_hp(dropout=5.0), "dropout=5.0", ["evaluate", "predict", "export"]),
+    "impossible value": (set_hp(dropout=5.0), "'dropout' is 5.0 (float), but must be float with v>=0 and v<1",
+                         ["evaluate", "predict", "export"]),
     "weights of another arch": (  # a linear model's state_dict under hyperparameters that say mlp
         lambda c: c.update(state_dict=ZooModule("linear", num_classes=2, input_shape=[2]).state_dict()),
         "do not fit its model (mlp", ["evaluate", "predict", "export"]),
@@ -260,7 +261,7 @@ BAD_MANIFESTS = {
 def test_broken_manifest_is_one_paragraph(manifest, command, tmp_path, points, monkeypatch, capsys):
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(BAD_MANIFESTS[manifest]))
-    monkeypatch.setattr(zoo.commands.pretrained, "MANIFEST", path)
+    monkeypatch.setattr(zoo.weights, "MANIFEST", path)
     args = ["--inputs", str(points)] if command == "predict" else ["--out", str(tmp_path / "m.pt")]
     assert train.main([command, "--pretrained", "moons", *args]) == 2
     err = one_paragraph(capsys.readouterr().err)

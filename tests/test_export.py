@@ -15,7 +15,7 @@ import train
 import zoo.commands.export
 from zoo import ZooModule
 from zoo.commands.export import export
-from zoo.commands.pretrained import pretrained_cfg
+from zoo.weights import pretrained_cfg
 
 STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 

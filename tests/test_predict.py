@@ -1,4 +1,4 @@
-"""`train.py predict` and the pretrained-weights loading side (zoo/commands/pretrained.py).
+"""`train.py predict` and the pretrained-weights loading side (zoo/weights.py).
 
 Images go through the same conversion and normalisation as training (checked against a manual
 pipeline and against the image-folder datamodule's loader); predict is the model applied to
@@ -21,8 +21,9 @@ import zoo
 from datamodules.image_folder import load_image
 from zoo import ZooModule
 from zoo.commands.predict import predict
-from zoo.commands.pretrained import Transform, load_pretrained, load_trained, save_pretrained
+from zoo.commands.pretrained import save_pretrained
 from zoo.errors import ZooError
+from zoo.weights import Transform, load_pretrained, load_trained
 
 MNIST_STATS = {"mean": [0.1307], "std": [0.3081]}
 

@@ -13,7 +13,8 @@ import train
 import zoo
 from conftest import require_data
 from zoo.checkpoint import load_checkpoint
-from zoo.commands.pretrained import MANIFEST, pretrained_cfg, pretrained_path, read_manifest, write_cfgs
+from zoo.commands.pretrained import write_cfgs
+from zoo.weights import MANIFEST, pretrained_cfg, pretrained_path, read_manifest
 
 ENTRIES = read_manifest(MANIFEST) if MANIFEST.is_file() else []
 CHEAP = [e for e in ENTRIES if e["model"] in ("linear", "mlp", "lenet5")]
@@ -91,11 +92,9 @@ def test_create_pretrained_refuses_what_the_weights_do_not_fit():
 
 
 def test_tampered_weights_are_refused(tmp_path, monkeypatch):
-    import zoo.commands.pretrained as pretrained
-
     e = CHEAP[0]
     bad = tmp_path / e["file"]
     bad.write_bytes((MANIFEST.parent / e["file"]).read_bytes()[:-10] + b"0123456789")
     (tmp_path / "manifest.json").write_text(json.dumps([e]))
     with pytest.raises(zoo.ZooError, match="sha256"):
-        pretrained.load_pretrained(e["model"], e["dataset"], manifest=tmp_path / "manifest.json")
+        zoo.weights.load_pretrained(e["model"], e["dataset"], manifest=tmp_path / "manifest.json")

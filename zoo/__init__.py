@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from zoo import weights
+from zoo.checkpoint import network_from_checkpoint
 from zoo.errors import ZooError
 from zoo.models import MODELS, create_model, list_models, profile, register_model
 
@@ -28,23 +30,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 
-# zoo.commands.pretrained is imported where it is used: it imports the datamodules, which import this
-# package, and `python -m zoo.commands.pretrained` must find it not yet loaded.
-
-
 def create(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
            pretrained: str | None = None, **options) -> nn.Module:
     """The one door into the zoo: a new `name` network for this input shape and class count, or,
     with pretrained=DATASET, the shipped network trained on that dataset (`create("lenet5",
     pretrained="mnist")`; weights checked by sha256 and loaded with weights_only=True), in eval
     mode, its preprocessing in `model.pretrained_cfg` (timm's name) for `transforms(model)`."""
-    from zoo.commands.pretrained import load_pretrained_checkpoint, model_from_checkpoint, pretrained_cfg
-
     if not pretrained:
         if input_shape is None or num_classes is None:
             raise ZooError("create(name) needs input_shape and num_classes for a new model (or pretrained=DATASET).")
         return create_model(name, input_shape, num_classes, **options)
-    ckpt = load_pretrained_checkpoint(name, pretrained)
+    ckpt = weights.load_pretrained_checkpoint(name, pretrained)
     hp = ckpt["hyper_parameters"]
     asked = {"input_shape": None if input_shape is None else list(input_shape), "num_classes": num_classes,
              **options}
@@ -53,8 +49,8 @@ def create(name: str, input_shape: Sequence[int] | None = None, num_classes: int
         raise ZooError(f"The pretrained {name} for {pretrained} is {', '.join(f'{k}={hp.get(k)}' for k in other)}, "
                        f"not {', '.join(f'{k}={v}' for k, v in other.items())}. Fix: drop these arguments, or "
                        f"build a new model without pretrained= and train it.")
-    model = model_from_checkpoint(ckpt).model.eval()
-    model.pretrained_cfg = pretrained_cfg(ckpt)
+    model = network_from_checkpoint(ckpt)
+    model.pretrained_cfg = weights.pretrained_cfg(ckpt)
     return model
 
 
@@ -63,22 +59,18 @@ def transforms(model: nn.Module | dict, invert: bool = False) -> Callable[..., T
     create_transform(**resolve_data_config(model=model)): a callable that turns a PIL image or a
     uint8 (C, H, W) tensor into the model's float32 (C, H, W) input, with the very code of
     `train.py predict`. invert=True: black-on-white drawings for MNIST's white-on-black digits."""
-    from zoo.commands.pretrained import Transform
-
     cfg = model if isinstance(model, dict) else getattr(model, "pretrained_cfg", None)
     if cfg is None:
         raise ZooError("This model has no pretrained_cfg, so its preprocessing is unknown. Fix: create it with "
                        "zoo.create(name, pretrained=DATASET), or pass the cfg of its checkpoint: "
-                       "zoo.transforms(zoo.commands.pretrained.pretrained_cfg(ckpt)).")
-    return Transform(cfg, invert)
+                       "zoo.transforms(zoo.weights.pretrained_cfg(ckpt)).")
+    return weights.Transform(cfg, invert)
 
 
 def list_pretrained() -> list[tuple[str, str]]:
     """The shipped weights as (model, dataset) pairs, each one zoo.create(model, pretrained=dataset),
     e.g. ("lenet5", "mnist"); read from results/weights/manifest.json."""
-    from zoo.commands.pretrained import read_manifest
-
-    return sorted((e["model"], e["dataset"]) for e in read_manifest())
+    return sorted((e["model"], e["dataset"]) for e in weights.read_manifest())
 
 
 __all__ += ["ZooModule", "create", "list_pretrained", "transforms"]

@@ -4,8 +4,9 @@ Every checkpoint the project writes holds only tensors and plain values, so it l
 torch's `weights_only=True`; anything else (a pickled module, a crafted file whose unpickling
 would run code) is refused with a clear message before any of its code can execute. What it
 does hold is checked before anything is built from it: the model's hyperparameters against
-ZooModule's signature and types, the model's size (counted on the meta device, so a crafted
-file cannot make us allocate 160 GB), and the weights against the model they claim to be.
+their declared types (zoo.models.registry.HParams: ZooModule's arguments), the model's size
+(counted on the meta device, so a crafted file cannot make us allocate 160 GB), and the weights
+against the model they claim to be. It needs torch only: inference loads checkpoints without Lightning.
 
     ckpt = load_checkpoint("checkpoints/mnist/lenet5/<run>/best.ckpt")
 """
@@ -25,9 +26,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
 from zoo.errors import ZooError
-from zoo.module import ZooModule
+from zoo.models.registry import HParams, convolutional, create_model, network_options
 
 MAX_PARAMS = 100_000_000  # 40x the largest zoo model (MobileNetV2, 2.2M); 400 MB of float32
 MAX_INPUT = 1 << 24  # numbers in one input (3 x 2364 x 2364): export and predict allocate batches of them
@@ -65,14 +67,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory meaning its best checkpoint (else its last)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (p / name).is_file():
+                return p / name
+        raise ZooError(f"{p} holds no best.ckpt or last.ckpt. Pass a checkpoint file or a run directory "
+                       f"written by train.py fit.")
+    return p
+
+
+def network_from_checkpoint(ckpt: dict) -> nn.Module:
+    """The bare network a checkpoint holds (ZooModule.model), float32, in eval mode: torch alone
+    rebuilds it, for inference (predict, export, zoo.create). `ckpt` is what load_checkpoint returned."""
+    hp = ckpt["hyper_parameters"]
+    net = create_model(hp["arch"], hp["input_shape"], hp["num_classes"], **network_options(hp))
+    prefix = "model."
+    net.load_state_dict({k[len(prefix):]: v.float() if v.is_floating_point() else v
+                         for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    channels_last = hp.get("channels_last")
+    if (convolutional(hp["arch"]) if channels_last is None else channels_last) and len(hp["input_shape"]) == 3:
+        net = net.to(memory_format=torch.channels_last)  # as it trained: the same convolution kernels
+    return net.eval()
+
+
 def check_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     """Refuse a checkpoint that would make us build something other than a zoo model of sane size
     with these very weights: everything below is decided by the file, so nothing is taken on trust."""
     for key in ("data_name", "precision"):
         if not isinstance(ckpt.get(key), str | None):
             raise ZooError(f"{path}: '{key}' is {reprlib.repr(ckpt[key])}, not a name. {FIX}")
-    model = check_hparams(ckpt["hyper_parameters"], path)
-    check_weights(ckpt["state_dict"], model, path)
+    net = check_hparams(ckpt["hyper_parameters"], path)
+    check_weights(ckpt["state_dict"], net, path, ckpt["hyper_parameters"])
     channels = ckpt["hyper_parameters"]["input_shape"][0]
     for key, state in ckpt.items():  # the datamodule's normalisation, used as it is by evaluate/predict/export
         if key.endswith("DataModule") and isinstance(state, dict):
@@ -82,39 +110,39 @@ def check_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
                                    f"numbers (one per input channel). {FIX}")
 
 
-def check_hparams(hp: dict, path: str | os.PathLike) -> ZooModule:
-    """The model's hyperparameters as ZooModule takes them, and a model of at most MAX_PARAMS
-    parameters; returns that model built on the meta device (shapes only, no memory)."""
-    check_args(ZooModule.__init__, hp, path, "hyperparameter", REQUIRED)
+def check_hparams(hp: dict, path: str | os.PathLike) -> nn.Module:
+    """The model's hyperparameters as ZooModule takes them (names, types, choices, ranges), and a
+    network of at most MAX_PARAMS parameters; returns that network built on the meta device (shapes
+    only, no memory)."""
+    check_args(HParams, hp, path, "hyperparameter", REQUIRED)
     shape = hp["input_shape"]
     if shape and math.prod(shape) > MAX_INPUT:
         raise ZooError(f"{path}: input_shape {reprlib.repr(shape)} means {math.prod(shape):,} numbers per input, "
                        f"more than the {MAX_INPUT:,} this project allows. {FIX}")
-    hp = {k: v for k, v in hp.items() if not k.startswith("_")}
     try:
         with torch.device("meta"):  # parameters without storage: counting 40 billion costs nothing
-            model = ZooModule(**{**hp, "pretrained": None})  # the weights come from this file
+            net = create_model(hp["arch"], shape, hp["num_classes"], **network_options(hp))
     except ZooError as e:
         raise ZooError(f"{path} holds hyperparameters that do not make a model: {e} {FIX}") from None
-    n = sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in net.parameters())
     if n > MAX_PARAMS:
         raise ZooError(f"{path} describes a {hp['arch']} of {n:,} parameters ({4 * n / 1e9:.1f} GB), more than "
                        f"the {MAX_PARAMS:,} this project builds; refused before allocating it. {FIX}")
-    return model
+    return net
 
 
-def check_weights(state_dict: dict, model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """The weights must be exactly the tensors the model has, name by name and shape by shape."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def check_weights(state_dict: dict, net: nn.Module, path: str | os.PathLike, hp: dict) -> None:
+    """The weights must be exactly the tensors the network has, name by name and shape by shape
+    (ZooModule holds the network as `model`, hence the prefix)."""
+    expected = {f"model.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
     got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state_dict.items()}
     problems = [f"{k} is missing" for k in expected if k not in got]
     problems += [f"{k} is not one of its weights" for k in got if k not in expected]
     problems += [f"{k} has shape {list(got[k]) if got[k] is not None else 'none (not a tensor)'}, the model's "
                  f"is {list(shape)}" for k, shape in expected.items() if k in got and got[k] != shape]
     if problems:
-        arch = model.hparams.arch
-        raise ZooError(f"The weights in {path} do not fit its model ({arch}, input {model.hparams.input_shape}, "
-                       f"{model.hparams.num_classes} classes): {'; '.join(problems[:3])}"
+        raise ZooError(f"The weights in {path} do not fit its model ({hp['arch']}, input {hp['input_shape']}, "
+                       f"{hp['num_classes']} classes): {'; '.join(problems[:3])}"
                        f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. {FIX}")
 
 
@@ -145,6 +173,13 @@ def fits(value: Any, hint: Any) -> bool:
     if typing.get_origin(hint) is list:
         item = (typing.get_args(hint) or (Any,))[0]
         return isinstance(value, list | tuple) and all(fits(v, item) for v in value)
+    if typing.get_origin(hint) is typing.Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if isinstance(hint, type) and issubclass(hint, int | float) and hint not in (int, float, bool):
+        try:  # jsonargparse's constrained numbers (PositiveFloat, ...): their constructor checks the range
+            return fits(value, float if issubclass(hint, float) else int) and hint(value) is not None
+        except ValueError:
+            return False
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
@@ -153,7 +188,16 @@ def fits(value: Any, hint: Any) -> bool:
 
 
 def type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("NoneType", "None")
+    """An annotation in words: 'float with v>=0 and v<1 or None', "one of 'sgd', 'adam' or None"."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type) and getattr(hint, "_expression", None):  # jsonargparse's constrained numbers
+        return f"{'float' if issubclass(hint, float) else 'int'} with {hint._expression}"
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 # ---------------------------------------------------------------------------------------------

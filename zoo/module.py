@@ -16,11 +16,26 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import yaml
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from datamodules.tensor import mix_seed
+from zoo.checkpoint import network_from_checkpoint
 from zoo.errors import ZooError
-from zoo.models.registry import DEFAULT_RECIPE, MODELS, OPTIMIZERS, RECIPES, SCHEDULERS, convolutional, create_model
+from zoo.models.registry import (
+    DEFAULT_RECIPE,
+    MODELS,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULERS,
+    Fraction,
+    Optimizer,
+    Scheduler,
+    convolutional,
+    create_model,
+)
+from zoo.weights import load_pretrained_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # one YAML per dataset: batch size, epochs
 RECIPE_KEYS = tuple(DEFAULT_RECIPE)  # optimizer, lr, weight_decay, scheduler: the model's part
@@ -91,14 +106,14 @@ class ZooModule(L.LightningModule):
         num_classes: int = 2,
         input_shape: list[int] = [2],
         hidden: list[int] | None = None,
-        dropout: float | None = None,
-        width: float | None = None,
-        optimizer: str | None = None,
-        lr: float | None = None,
-        weight_decay: float | None = None,
-        momentum: float = 0.9,
-        scheduler: str | None = None,
-        label_smoothing: float = 0.0,
+        dropout: Fraction | None = None,
+        width: PositiveFloat | None = None,
+        optimizer: Optimizer | None = None,
+        lr: PositiveFloat | None = None,
+        weight_decay: NonNegativeFloat | None = None,
+        momentum: Fraction = 0.9,
+        scheduler: Scheduler | None = None,
+        label_smoothing: Fraction = 0.0,
         channels_last: bool | None = None,
         pretrained: str | None = None,
         compile: bool = False,
@@ -131,6 +146,10 @@ class ZooModule(L.LightningModule):
         r = resolve_hparams(dict(arch=arch, hidden=hidden, dropout=dropout, width=width, optimizer=optimizer, lr=lr,
                                  weight_decay=weight_decay, scheduler=scheduler, channels_last=channels_last))
         hidden, dropout, width, optimizer, lr, weight_decay, scheduler, channels_last = (r[k] for k in RESOLVED)
+        # Plain floats in the hyperparameters, not jsonargparse's range-checked subclasses of float:
+        # checkpoints must hold plain values only (weights_only loading).
+        dropout, width, lr, weight_decay, momentum, label_smoothing = (
+            None if v is None else float(v) for v in (dropout, width, lr, weight_decay, momentum, label_smoothing))
         if optimizer not in OPTIMIZERS:
             raise ZooError(f"Unknown optimizer {optimizer!r}. Choose one of: {', '.join(OPTIMIZERS)} "
                            "(--model.optimizer).")
@@ -162,10 +181,20 @@ class ZooModule(L.LightningModule):
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))  # NaN is caught in training_step
             setattr(self, f"{stage}_acc", MulticlassAccuracy(**acc))
             setattr(self, f"{stage}_top5", MulticlassAccuracy(top_k=5, **acc) if top5 and stage != "train" else None)
+        # The test set's (true, predicted) counts: per-class accuracy and the most confused pairs
+        # (evaluate.py). Not logged: read after trainer.test, reset when a test starts.
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "ZooModule":
+        """The module a checkpoint holds (what zoo.checkpoint.load_checkpoint returned), float32 and in
+        eval mode: the same network zoo.checkpoint.network_from_checkpoint rebuilds for inference."""
+        hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+        module = cls(**{**hp, "pretrained": None})  # the weights are this file's, not the shipped ones
+        module.model = network_from_checkpoint(ckpt)
+        return module.eval()
 
     def _load_pretrained(self, dataset: str) -> None:
-        from zoo.commands.pretrained import load_pretrained_checkpoint  # (it imports this module)
-
         ckpt = load_pretrained_checkpoint(self.hparams.arch, dataset)  # sha256-checked, weights_only
         hp = ckpt["hyper_parameters"]
         if (hp["num_classes"], list(hp["input_shape"])) != (self.hparams.num_classes, self.hparams.input_shape):
@@ -227,6 +256,8 @@ class ZooModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         self._update(stage, logits, y, F.cross_entropy(logits, y))
+        if stage == "test":
+            self.test_confusion.update(logits, y)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -240,6 +271,9 @@ class ZooModule(L.LightningModule):
         # LearningRateMonitor names it lr-Adam/pg1, lr-SGD/pg2, ...); both parameter groups share it.
         # sync_dist: it is the same in every DDP process; without it Lightning warns that it is not synced.
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], sync_dist=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
@@ -255,8 +289,6 @@ class ZooModule(L.LightningModule):
         # makes every step reproducible on its own, so a run resumed anywhere (after a crash at an
         # epoch's end, or Ctrl-C / SIGTERM mid-epoch) continues exactly as if never stopped.
         # (The device's generator only: torch.manual_seed would cost 80 us per step.)
-        from datamodules.tensor import mix_seed  # (datamodules imports zoo: not at the top)
-
         seed = mix_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.current_epoch, batch_idx, self.global_rank)
         device = self.device
         if device.type == "cuda":

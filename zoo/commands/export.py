@@ -29,16 +29,10 @@ from pathlib import Path
 import torch
 from jsonargparse import ArgumentParser
 
-from datamodules.tensor import TensorDataModule
-from zoo.checkpoint import atomic_write_bytes, check_output
-from zoo.commands.pretrained import (
-    add_source_arguments,
-    datamodule_state,
-    load_trained,
-    model_from_checkpoint,
-    pretrained_cfg,
-)
-from zoo.errors import ZooError
+from datamodules.images import normalize
+from zoo.checkpoint import atomic_write_bytes, check_output, network_from_checkpoint
+from zoo.errors import ZooError, run_main
+from zoo.weights import add_source_arguments, datamodule_state, load_trained, pretrained_cfg
 
 FORMATS = ("pt2", "torchscript", "onnx")
 SUFFIXES = {".pt2": "pt2", ".onnx": "onnx"}  # --format from --out when not given; anything else: torchscript
@@ -65,11 +59,9 @@ def sample_inputs(ckpt: dict, batch: int, seed: int = 0) -> torch.Tensor:
     shape = ckpt["hyper_parameters"]["input_shape"]
     if len(shape) != 3:
         return torch.randn(batch, *shape, generator=g)
-    normalizer = TensorDataModule()
-    normalizer.load_state_dict(datamodule_state(ckpt))
-    if normalizer.mean is None:
-        normalizer.mean, normalizer.std = torch.zeros(shape[0]), torch.ones(shape[0])
-    return normalizer.normalize(torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=g))
+    state = datamodule_state(ckpt)
+    mean, std = state.get("mean") or [0.0] * shape[0], state.get("std") or [1.0] * shape[0]
+    return normalize(torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=g), mean, std)
 
 
 def export_pt2(net: torch.nn.Module, example: torch.Tensor, meta: dict) -> bytes:
@@ -139,11 +131,10 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
     if fmt not in FORMATS:
         raise ZooError(f"Unknown export format {fmt!r}. Choose one of: {', '.join(FORMATS)} (--format).")
     out = check_output(out, "--out")
-    model = model_from_checkpoint(ckpt)
-    net = model.model.eval()  # the bare network: no Lightning, no metrics
+    net = network_from_checkpoint(ckpt)  # the bare network in eval mode: no Lightning, no metrics
     meta = metadata(ckpt)
     x = sample_inputs(ckpt, CHECK_BATCH, seed=1)
-    expected = reference(model, x)
+    expected = reference(net, x)
     kept = f"Nothing was written: {out} is as it was before." if out.exists() else f"Nothing was written to {out}."
 
     def check(tmp: Path) -> float | None:
@@ -201,6 +192,4 @@ def main(args: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # python -m zoo.commands.export ...: the same as python train.py export ...
-    import train
-
-    sys.exit(train.main(["export", *sys.argv[1:]]))
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -5,9 +5,9 @@
     python train.py predict --ckpt_path <run> --inputs points.csv            (a two-moons model)
 
 --ckpt_path (Lightning's name) and --checkpoint are the same option. Images (PNG, JPEG, ...)
-become exactly what the model was trained on, by its pretrained_cfg (zoo.commands.pretrained.Transform,
-which zoo.transforms(model) returns too): grayscale or RGB, resized to its H x W, uint8, then
-normalised with the checkpoint's own mean/std (TensorDataModule.normalize). MNIST digits are
+become exactly what the model was trained on, by its pretrained_cfg (zoo.weights.Transform, which
+zoo.transforms(model) returns too): grayscale or RGB, resized to its H x W, uint8, then
+normalised with the checkpoint's own mean/std (datamodules.images.normalize). MNIST digits are
 white on black: pass --invert true for black-on-white drawings. Models of flat features (two-moons)
 read CSV files, one point per line (x1,x2), header optional. Files that cannot be read are listed
 and skipped; the command fails only when nothing could be predicted.
@@ -24,17 +24,10 @@ import torch
 from jsonargparse import ArgumentParser
 from PIL import Image
 
-from datamodules.image_folder import IMAGE_EXTENSIONS, list_images
-from zoo.checkpoint import atomic_write_bytes, check_output
-from zoo.commands.pretrained import (
-    Transform,
-    add_source_arguments,
-    load_trained,
-    model_from_checkpoint,
-    pick_device,
-    pretrained_cfg,
-)
-from zoo.errors import ZooError
+from datamodules.images import IMAGE_EXTENSIONS, list_images
+from zoo.checkpoint import atomic_write_bytes, check_output, network_from_checkpoint
+from zoo.errors import ZooError, run_main
+from zoo.weights import Transform, add_source_arguments, load_trained, pick_device, pretrained_cfg
 
 
 def expand_inputs(specs: list[str], extensions: tuple[str, ...]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -134,7 +127,7 @@ def predict(ckpt: dict, inputs: list[str], top_k: int = 3, invert: bool = False,
                        f"{'; '.join(f'{s}: {r}' for s, r in skipped[:5])}. "
                        + ("Fix: pass PNG or JPEG images." if images else
                           f"Fix: pass CSV files with {shape[0]} numbers per line (x1,x2 for two-moons)."))
-    model = model_from_checkpoint(ckpt).to(device)
+    model = network_from_checkpoint(ckpt).to(device)
     probs = torch.cat([model(batch.to(device)).softmax(-1).cpu() for batch in x.split(batch_size)])
     k = min(top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
@@ -214,6 +207,4 @@ def main(args: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # python -m zoo.commands.predict ...: the same as python train.py predict ...
-    import train
-
-    sys.exit(train.main(["predict", *sys.argv[1:]]))
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -15,13 +15,20 @@ and epochs are the dataset's, in configs/<dataset>.yaml; zoo.module.resolve_reci
 
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, restricted_number_type
 from torch import nn
 
 from zoo.errors import ZooError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "onecycle", "step")
+# Choices and ranges as types: jsonargparse checks them on the command line and lists them in
+# --help, and zoo.checkpoint checks a checkpoint's values against the same types.
+Optimizer = Literal["sgd", "adam", "adamw"]
+Scheduler = Literal["none", "cosine", "onecycle", "step"]
+Fraction = restricted_number_type("Fraction", float, [(">=", 0), ("<", 1)])  # [0, 1): dropout, momentum, ...
+OPTIMIZERS, SCHEDULERS = get_args(Optimizer), get_args(Scheduler)
 # What a model trains with when its registration names no recipe: the small nets are happy with
 # Adam at 1e-3 and no schedule (the lecture's setting).
 DEFAULT_RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none")
@@ -93,3 +100,32 @@ def create_model(name: str, input_shape: Sequence[int], num_classes: int, **opti
             raise ZooError(f"model '{name}' has no option '{key}'; its options are: "
                            f"{', '.join(accepted) or '(none)'}. Remove it or pick one of those.")
     return builder(shape, num_classes, **options)
+
+
+@dataclass
+class HParams:
+    """The hyperparameters a zoo model is trained and rebuilt from, as checkpoints record them:
+    exactly the arguments of zoo.module.ZooModule (tests/test_layout.py pins that they agree; their
+    meaning is documented there). They live here too so that a checkpoint can be checked, and its
+    network rebuilt, with torch alone (`predict` and `export` need no Lightning)."""
+
+    arch: str = "mlp"
+    num_classes: int = 2
+    input_shape: list[int] = field(default_factory=lambda: [2])
+    hidden: list[int] | None = None
+    dropout: Fraction | None = None
+    width: PositiveFloat | None = None
+    optimizer: Optimizer | None = None
+    lr: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
+    momentum: Fraction = 0.9
+    scheduler: Scheduler | None = None
+    label_smoothing: Fraction = 0.0
+    channels_last: bool | None = None
+    pretrained: str | None = None
+    compile: bool = False
+
+
+def network_options(hp: dict) -> dict:
+    """The options of hyperparameters `hp` that shape the network (what create_model takes)."""
+    return dict(hidden=hp.get("hidden"), dropout=hp.get("dropout"), width=hp.get("width"))
