@@ -1,0 +1,124 @@
+"""zoo/run.py: one Run per command. Resume resolution and its refusals, the run directory claimed
+once and given back, and no run state left in os.environ (only DDP workers read ZOO_RUN_DIR)."""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from jsonargparse import Namespace
+
+import train
+import zoo.run
+from zoo.errors import ZooError
+from zoo.run import RUN_DIR_ENV, Run
+from zoo.rundir import LOCK_FILE
+
+MOONS = "datamodules.moons.MoonsDataModule"
+
+
+@pytest.fixture(autouse=True)
+def no_ddp_parent(monkeypatch):
+    """A plain process, whatever the environment the tests run in."""
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+
+def config(runs_root: Path, ckpt_path: str | None = None, arch: str = "mlp", run_dir: str | None = None) -> Namespace:
+    """The part of a parsed `fit` config that a Run reads before instantiation."""
+    return Namespace(data=Namespace(class_path=MOONS, init_args=Namespace()), model=Namespace(arch=arch),
+                     trainer=Namespace(precision=None, accelerator="cpu"), runs_root=str(runs_root),
+                     run_dir=run_dir, ckpt_path=ckpt_path)
+
+
+@pytest.fixture()
+def runs(tiny_moons_run, tmp_path) -> Path:
+    """A runs root holding one finished moons run (a copy: a Run must not be able to touch the shared one)."""
+    run = tmp_path / "runs" / "moons" / "mlp" / tiny_moons_run.name
+    shutil.copytree(tiny_moons_run, run)
+    return tmp_path / "runs"
+
+
+def test_ckpt_path_last_a_run_directory_or_a_file(runs):
+    (run,) = runs.glob("moons/mlp/*")
+    for spec, resolved in (("last", run / "last.ckpt"), (str(run), run / "last.ckpt"),
+                           (str(run / "best.ckpt"), run / "best.ckpt")):
+        fit = Run.from_config("fit", config(runs, spec))
+        assert (fit.ckpt_path, fit.dir) == (resolved, run), spec  # a resume continues the checkpoint's run
+        assert fit.ckpt_hparams["arch"] == "mlp" and fit.ckpt_precision == "32-true"
+    test = Run.from_config("test", config(runs, str(run / "best.ckpt")))
+    assert (test.ckpt_path, test.dir) == (run / "best.ckpt", None)  # evaluating writes no run
+    assert Run.from_config("fit", config(runs, "last", run_dir=str(run))).ckpt_path == run / "last.ckpt"
+
+
+@pytest.mark.parametrize("spec, change, words", [
+    ("last", {"runs_root": "{tmp}/empty"}, ["no run of mlp on moons to resume", "Start one without --ckpt_path"]),
+    ("{tmp}/none.ckpt", {}, ["Checkpoint not found", "none.ckpt", "a run directory"]),
+    ("{run}", {"arch": "linear"}, ["checkpoint of mlp on moons", "this command trains linear", "config.yaml"]),
+    ("{run}", {"run_dir": "{tmp}/other"}, ["name different runs", "drop --run_dir"]),
+], ids=["nothing to resume", "missing file", "another model", "another run dir"])
+def test_refused_resume(runs, tmp_path, spec, change, words):
+    (run,) = runs.glob("moons/mlp/*")
+    fill = {k: v.replace("{tmp}", str(tmp_path)) for k, v in change.items()}
+    with pytest.raises(ZooError) as e:
+        Run.from_config("fit", config(fill.pop("runs_root", runs), spec.format(tmp=tmp_path, run=run), **fill))
+    for word in words:
+        assert word in str(e.value), str(e.value)
+
+
+def test_only_a_ddp_worker_reads_the_parents_run_dir(runs, tmp_path, monkeypatch):
+    (run,) = runs.glob("moons/mlp/*")
+    elsewhere = tmp_path / "elsewhere"  # no run here: `last` finds one only through the variable
+    monkeypatch.setenv(RUN_DIR_ENV, str(run))
+    with pytest.raises(ZooError, match="no run of mlp"):  # the process that set it: ignored
+        Run.from_config("fit", config(elsewhere, "last"))
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a worker Lightning started by re-running the command
+    worker = Run.from_config("fit", config(elsewhere, "last"))
+    assert (worker.ckpt_path, worker.dir) == (run / "last.ckpt", run)
+    new = Run.from_config("fit", config(elsewhere))
+    new.start()  # joins the parent's run: no directory of its own, no lock (the parent holds it)
+    assert new.dir == run and new.lock is None and not elsewhere.exists()
+    new.close()
+    assert run.is_dir()
+
+
+def test_start_claims_one_directory_and_close_gives_it_back(tmp_path):
+    run = Run.from_config("fit", config(tmp_path))
+    run.start()
+    (made,) = tmp_path.glob("moons/mlp/*")
+    assert run.dir == made and (made / LOCK_FILE).is_file()
+    assert os.environ[RUN_DIR_ENV] == str(made)  # for the DDP workers Lightning may start
+    assert run.cfg.trainer.default_root_dir == str(made) and run.cfg.trainer.precision == "32-true"
+    assert run.cfg.model.hidden is not None  # the recipe filled in, as config.yaml records it
+    run.close()  # ended before a checkpoint: nothing left behind, in the file system or the environment
+    assert not made.exists() and RUN_DIR_ENV not in os.environ
+
+
+def checksums(run: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
+
+
+def test_lightning_never_sees_the_checkpoint_before_the_run_resolves_it(runs, capsys):
+    # LightningCLI._parse_ckpt_path, given a checkpoint file, parses the file's hyperparameters over the
+    # command's model options: this resume with another hidden size would then train silently.
+    (run,) = runs.glob("moons/mlp/*")
+    before = checksums(run)
+    assert train.main(["fit", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "last.ckpt"),
+                       "--model.hidden", "[20]", "--runs_root", str(runs), "--quiet", "true"]) == 2
+    assert "Cannot resume" in capsys.readouterr().err and checksums(run) == before
+    assert RUN_DIR_ENV not in os.environ
+
+
+def test_an_in_process_fit_claims_its_directory_once_and_leaves_no_state(tmp_path, monkeypatch):
+    made, new_run_dir = [], zoo.run.new_run_dir
+
+    def counted(*args):
+        made.append(new_run_dir(*args))
+        return made[-1]
+
+    monkeypatch.setattr(zoo.run, "new_run_dir", counted)
+    assert train.main(["fit", "--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons",
+                       "--trainer.max_epochs", "1"]) == 0
+    assert made == list(tmp_path.glob("moons/mlp/*")) and (made[0] / "metrics.json").is_file()
+    assert RUN_DIR_ENV not in os.environ and not (made[0] / LOCK_FILE).exists()

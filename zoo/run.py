@@ -1,0 +1,438 @@
+"""One training run: its directory, the checkpoint it resumes or tests, its lock and its summary.
+
+train.py's ZooCLI builds one Run from the parsed config and calls it from its LightningCLI hooks:
+
+    run = Run.from_config("fit", cfg)   # --ckpt_path (last, a run directory, a .ckpt file) resolved and checked
+    run.start()                         # recipe, precision, run directory and its lock, before instantiation
+    trainer = Trainer(callbacks=run.callbacks(), **run.trainer_options(), ...)
+    run.before_fit(trainer, model, datamodule); trainer.fit(...); run.after_fit(trainer, model, datamodule)
+    run.close()                         # however the command ended: lock released, a run that saved nothing removed
+
+A run directory is checkpoints/<data>/<model>/<run-id>/, one per fit and never shared (zoo.rundir).
+"""
+
+import importlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from datamodules import DATAMODULES
+from zoo import checkpoint as zoo_checkpoint
+from zoo import insight, loggers
+from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo.errors import ZooError
+from zoo.models import profile
+from zoo.module import RESOLVED, default_precision, resolve_hparams
+from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale_temp_files
+
+# The run directory, for the DDP workers Lightning starts by re-running the command (LOCAL_RANK 1, 2, ...):
+# they inherit the environment and join their parent's run instead of starting one. Set by the parent
+# in Run.start, read only by such a worker (inherited_run_dir), removed again by Run.close.
+RUN_DIR_ENV = "ZOO_RUN_DIR"
+
+
+class Run:
+    """A command of train.py (fit, validate, test) as one object, built once from its parsed config
+    (`cfg`: the subcommand's namespace, which it completes: recipe, precision, ckpt_path)."""
+
+    def __init__(self, subcommand: str, cfg) -> None:
+        self.subcommand, self.cfg = subcommand, cfg
+        self.data, self.arch = data_name(cfg.data), cfg.model.arch
+        self.ckpt_path: Path | None = None  # the checkpoint to resume or evaluate, resolved
+        self.ckpt_hparams: dict | None = None
+        self.ckpt_precision: str | None = None
+        self.dir: Path | None = None  # fit only
+        self.made_dir = False  # made by this run: removed again if it ends before its first checkpoint
+        self.lock: RunLock | None = None
+        self.told_children = False  # RUN_DIR_ENV set by this process
+        self.checkpoint = self.run_info = self.early_stopping = None
+        self.stats: dict = {}
+
+    @classmethod
+    def from_config(cls, subcommand: str, cfg) -> "Run":
+        run = cls(subcommand, cfg)
+        if cfg.get("ckpt_path"):
+            run.resolve_checkpoint(str(cfg.ckpt_path))
+        return run
+
+    # --- before instantiation ---------------------------------------------------------------------
+
+    def resolve_checkpoint(self, spec: str) -> None:
+        """--ckpt_path as a checked checkpoint file: loaded safely (weights_only) and refused when it
+        is of another model or dataset. A fit continues the checkpoint's own run directory."""
+        cfg, fit = self.cfg, self.subcommand == "fit"
+        inherited = inherited_run_dir()
+        if inherited and spec == "last":  # a DDP worker: the run its parent resolved
+            spec = str(inherited)
+        elif fit and cfg.get("run_dir") and spec == "last":  # `--run_dir D --ckpt_path last`: D's run
+            spec = cfg.run_dir
+        path = find_resume(spec, Path(cfg.runs_root), run_data_name(cfg.data), self.arch) if fit else Path(spec)
+        if fit and cfg.get("run_dir") and Path(cfg.run_dir).resolve() != path.parent.resolve():
+            raise ZooError(f"--run_dir {cfg.run_dir} and --ckpt_path {spec} name different runs ({path.parent}). "
+                           f"A resume continues the checkpoint's own run directory: drop --run_dir.")
+        ckpt = load_checkpoint(path)
+        check_matches(ckpt, path, self.data, cfg.model)
+        self.ckpt_path, self.ckpt_hparams, self.ckpt_precision = path, ckpt["hyper_parameters"], ckpt.get("precision")
+        if fit:
+            self.dir = path.parent  # continue the same run: same directory, TensorBoard and W&B id
+
+    def start(self) -> None:
+        """Complete the config (what really trains, for config.yaml) and, for a fit, take the run
+        directory: the resumed one, the parent's (a DDP worker), --run_dir, or a new one."""
+        cfg = self.cfg
+        cfg.ckpt_path = str(self.ckpt_path) if self.ckpt_path else None  # the file, not `last` or a directory
+        fill_in_recipe(cfg.model)
+        if cfg.trainer.precision is None:  # not given: as the weights were trained, else the fast path
+            if self.ckpt_precision:
+                cfg.trainer.precision = self.ckpt_precision
+            elif self.ckpt_hparams is not None or (self.subcommand != "fit" and cfg.model.pretrained):
+                cfg.trainer.precision = "32-true"  # older checkpoints and the shipped weights: fp32 throughout
+            else:
+                cfg.trainer.precision = default_precision(self.arch, cfg.trainer.accelerator)
+        if self.subcommand != "fit":
+            return
+        inherited = inherited_run_dir()  # a DDP worker: its parent claimed and locked the directory
+        if self.dir is None:  # not a resume (that continues the checkpoint's directory)
+            if inherited:
+                self.dir = inherited
+            elif cfg.run_dir:
+                fresh = not Path(cfg.run_dir).exists() and job_id() is None
+                self.dir = claim_run_dir(Path(cfg.run_dir), resuming=False)
+                self.made_dir = fresh
+            else:
+                self.dir = new_run_dir(Path(cfg.runs_root), run_data_name(cfg.data), self.arch)
+                self.made_dir = True
+        if not inherited and global_rank() == 0:  # one lock per run: the job's first process holds it
+            self.lock = RunLock(self.dir)
+            self.lock.acquire()
+        check_writable(self.dir)
+        if not inherited:  # for the DDP workers Lightning will start (see RUN_DIR_ENV); never read here
+            os.environ[RUN_DIR_ENV], self.told_children = str(self.dir), True
+        cfg.trainer.default_root_dir = str(self.dir)
+
+    # --- the Trainer ------------------------------------------------------------------------------
+
+    def callbacks(self) -> list[Callback]:
+        """A fit's callbacks: best.ckpt and last.ckpt, timing and Ctrl-C, settings, insight, early stopping."""
+        if self.subcommand != "fit":
+            return []
+        cfg = self.cfg
+        mode = "min" if "loss" in cfg.monitor else "max"
+        self.checkpoint = ModelCheckpoint(dirpath=self.dir, filename="best", monitor=cfg.monitor, mode=mode,
+                                          enable_version_counter=False)
+        # last.ckpt every epoch, after best.ckpt (so it records the new best). Not save_last=True:
+        # Lightning 2.6 then writes last.ckpt only in epochs that improved the best, and a resume
+        # after a crash would lose every epoch since the last improvement.
+        last = ModelCheckpoint(dirpath=self.dir, filename="last", enable_version_counter=False)
+        self.run_info = RunInfo(self.dir)
+        callbacks = [self.checkpoint, last, self.run_info, loggers.RunSettings(self.data)]
+        callbacks += insight.callbacks(cfg, self.dir)
+        if cfg.patience > 0:
+            # strict=False: a metric that never comes (max_steps inside the first epoch) ends the run
+            # without best.ckpt, said in the summary, instead of a crash after training.
+            self.early_stopping = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience, strict=False)
+            callbacks.append(self.early_stopping)
+        return callbacks
+
+    def trainer_options(self) -> dict:
+        if self.subcommand != "fit":
+            # validate/test read a config and a checkpoint; they write nothing (and a Trainer that may
+            # checkpoint but has no ModelCheckpoint prints an advert for Lightning's litmodels).
+            return dict(logger=False, plugins=[AtomicCheckpointIO()], enable_checkpointing=False)
+        return dict(logger=loggers.make_loggers(self.cfg, self.dir), plugins=[AtomicCheckpointIO()])
+
+    # --- before and after the subcommand ----------------------------------------------------------
+
+    def check_checkpoint_fits(self, model) -> None:
+        """The data's shape and classes must be the checkpoint's, or loading fails deep in torch."""
+        hp, mine = self.ckpt_hparams, model.hparams
+        if hp and (hp["num_classes"], list(hp["input_shape"])) != (mine.num_classes, list(mine.input_shape)):
+            raise ZooError(f"The checkpoint's {hp['arch']} takes input {list(hp['input_shape'])} with "
+                           f"{hp['num_classes']} classes, but {self.data} gives {list(mine.input_shape)} with "
+                           f"{mine.num_classes}. Use the data it was trained on (its run's config.yaml).")
+
+    def check_resume_matches(self, model) -> None:
+        """A resume must train the model and recipe the checkpoint holds: say what differs before any
+        file is written (config.yaml included), instead of failing inside Lightning after it."""
+        if not self.ckpt_hparams:
+            return
+        theirs, mine = resolve_hparams(dict(self.ckpt_hparams)), dict(model.hparams)
+        ignored = {"compile", "pretrained", "num_classes", "input_shape"} | ({"lr"} if self.cfg.lr_find else set())
+        differ = [f"{k}: checkpoint {theirs.get(k)!r}, command {mine.get(k)!r}" for k in sorted(set(theirs) | set(mine))
+                  if k not in ignored and _norm(theirs.get(k)) != _norm(mine.get(k))]
+        if differ:
+            raise ZooError(f"Cannot resume {self.ckpt_path} with other model settings ({'; '.join(differ)}). Resume "
+                           f"with the run's own settings: --config {self.dir / 'config.yaml'} --ckpt_path "
+                           f"{self.dir}; or start a new run without --ckpt_path.")
+
+    def check_monitor(self, datamodule) -> None:
+        """The metric behind best.ckpt and early stopping must be one that this run will log."""
+        dm, monitor, t = datamodule, self.cfg.monitor, self.cfg.trainer
+        logged = ["train/loss", "train/acc", "val/loss", "val/acc"] + (["val/acc_top5"] if dm.num_classes > 5 else [])
+        if monitor not in logged:
+            raise ZooError(f"--monitor {monitor}: this run logs no such metric. Pick one of: {', '.join(logged)}.")
+        if not monitor.startswith("val/"):
+            return
+        dm.setup("fit")  # loaded now rather than at the first step: the split size decides
+        why = ("--trainer.limit_val_batches is 0" if t.limit_val_batches in (0, 0.0) else
+               "the validation split is empty" if len(dm.val_y) == 0 else None)
+        if why:
+            raise ZooError(f"--monitor {monitor} can never be measured: {why}, so no validation metric is logged. "
+                           f"Keep a validation split, or monitor a training metric (--monitor train/loss) and "
+                           f"turn early stopping off (--patience 0).")
+
+    def before_fit(self, trainer: Trainer, model, datamodule) -> None:
+        self.check_checkpoint_fits(model)
+        self.check_resume_matches(model)
+        self.check_monitor(datamodule)
+        if self.lock is not None and self.ckpt_hparams:
+            for p in remove_stale_temp_files(self.dir):
+                print(f"Removed {p.name}, left by an interrupted save.", file=sys.stderr)
+        self.stats = profile(model.model, model.hparams.input_shape)
+        if trainer.is_global_zero:
+            print(f"{self.arch} on {self.data}: {self.stats['params']:,} parameters, "
+                  f"{self.stats['flops']:,} FLOPs per sample ({self.stats['macs']:,} MACs). Run: {self.dir}")
+
+    def after_fit(self, trainer: Trainer, model, datamodule) -> None:
+        """Test the best checkpoint; write metrics.json, log it, print the summary."""
+        cb = self.checkpoint
+        if trainer.interrupted:
+            return
+        # Read how the fit ended before testing: trainer.test restores the callbacks' state.
+        es = self.early_stopping
+        if es is not None and es.stopped_epoch > 0:
+            stopped = f"early stopping: {es.monitor} did not improve for {es.patience} epochs"
+        else:
+            stopped = f"reached max_epochs={trainer.max_epochs}"
+        epochs = trainer.current_epoch
+        best_score = float(cb.best_model_score) if cb.best_model_score is not None else None
+        best = cb.best_model_path or str(self.dir / "last.ckpt")
+        if not Path(best).is_file():
+            raise ZooError(f"The fit ended without saving a checkpoint ({epochs} epochs, {trainer.global_step} steps), "
+                           f"so there is nothing to test. Train at least one epoch (check --trainer.max_steps and "
+                           f"--trainer.limit_train_batches).")
+        if not cb.best_model_path:
+            print(f"note: {cb.monitor} was never logged (the run stopped before a validation epoch ended), so "
+                  f"there is no best.ckpt; testing last.ckpt.", file=sys.stderr)
+        test = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+        if not trainer.is_global_zero:
+            return
+        metrics = {
+            "data": self.data, "model": self.arch, "params": self.stats["params"],
+            "flops": self.stats["flops"], "macs": self.stats["macs"],
+            "epochs": epochs, "stopped": stopped, "monitor": cb.monitor, "best_score": best_score,
+            "test_acc": test["test/acc"], "test_loss": test["test/loss"],
+            "fit_seconds": round(self.run_info.fit_seconds, 3),
+            "device": device_name(trainer), "devices": trainer.world_size,
+            "precision": str(trainer.precision), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            "run_dir": str(self.dir), "best_ckpt": best,
+            "versions": {"torch": torch.__version__, "lightning": __import__("lightning").__version__},
+        }
+        atomic_write_bytes(self.dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        loggers.log_final(trainer, metrics, model=Path(best) if self.cfg.wandb_log_model else None)
+        print(f"\n{self.arch} on {self.data}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
+              f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
+              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']}, {metrics['precision']} "
+              f"({stopped})\n"
+              f"checkpoint: {best}\nlogs:       {self.dir}  (tensorboard --logdir {self.dir.parent})")
+
+    def close(self) -> None:
+        """The command has ended, however it ended: release the lock, and remove a directory this run
+        made if it holds no checkpoint (a failure before the first one leaves nothing half-made)."""
+        if self.lock is not None:
+            self.lock.release()
+        if self.told_children:
+            os.environ.pop(RUN_DIR_ENV, None)
+            self.told_children = False
+        if self.made_dir and self.dir.is_dir() and not any(self.dir.glob("*.ckpt")):
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.made_dir = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories and checkpoints to resume.
+
+def inherited_run_dir() -> Path | None:
+    """The parent's run directory when this process is a DDP worker that Lightning started by
+    re-running the command (it sets LOCAL_RANK 1, 2, ... for them); None in any other process."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    return None
+
+
+def new_run_dir(runs_root: Path, data: str, arch: str) -> Path:
+    parent = runs_root / data / arch
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ZooError(f"Cannot create the run directory under {parent} ({e.strerror or e}). Choose a "
+                       f"writable place with --runs_root DIR.") from None
+    while True:  # time stamp for humans, random suffix so concurrent runs never collide
+        run = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+
+
+def find_resume(spec: str, runs_root: Path, data: str, arch: str) -> Path:
+    """Turn --ckpt_path (last, a run directory or a .ckpt file) into a checkpoint file."""
+    if spec == "last":
+        runs = sorted((runs_root / data / arch).glob("*/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ZooError(f"--ckpt_path last: there is no run of {arch} on {data} to resume under "
+                           f"{runs_root / data / arch}. Start one without --ckpt_path, or pass a run directory.")
+        return runs[-1]
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "last.ckpt"
+    if not path.is_file():
+        raise ZooError(f"Checkpoint not found: {spec}. Pass 'last' (the newest run of this model and "
+                       f"dataset), a run directory, or a .ckpt file.")
+    return path
+
+
+def check_matches(ckpt: dict, path: Path, data: str, model_cfg) -> None:
+    """Refuse a checkpoint of another model or dataset, before Lightning fails on shapes."""
+    hp = ckpt["hyper_parameters"]
+    theirs = (hp["arch"], ckpt.get("data_name"))
+    if hp["arch"] != model_cfg.arch or (ckpt.get("data_name") and ckpt["data_name"] != data):
+        raise ZooError(f"{path} is a checkpoint of {theirs[0]} on {theirs[1]}, but this command trains "
+                       f"{model_cfg.arch} on {data}. Resume with the run's own config: "
+                       f"--config {path.parent / 'config.yaml'} --ckpt_path {path}.")
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before training, not after an hour, when the run directory cannot be written."""
+    probe = run_dir / f".write-test-{os.getpid()}"  # per process: several nodes may share the directory
+    try:
+        atomic_write_bytes(probe, b"ok")
+        probe.unlink(missing_ok=True)
+    except OSError as e:
+        raise ZooError(f"Cannot write to the run directory {run_dir} ({e.strerror or e}). Checkpoints and logs "
+                       f"go there: free some space, fix its permissions, or choose another place with "
+                       f"--runs_root DIR.") from None
+
+
+def fill_in_recipe(model_cfg) -> None:
+    """The model options left None set as ZooModule will resolve them (the recipe, the builder's
+    defaults), so config.yaml and --print_config show what trains."""
+    resolved = resolve_hparams({k: model_cfg.get(k) for k in ("arch", *RESOLVED)})
+    for key in RESOLVED:
+        model_cfg[key] = resolved[key]
+
+
+def data_name(data_cfg) -> str:
+    """The dataset name (mnist, ...) of the datamodule a config selects: its registry name, else the
+    class's own `name` (what its checkpoints record), else the class name."""
+    module, _, class_name = data_cfg.get("class_path").rpartition(".")  # jsonargparse may shorten the module
+    for name, cls in DATAMODULES.items():
+        if cls.__name__ == class_name:
+            return name
+    try:  # a datamodule of your own, given by class path: parsing has imported it already
+        return getattr(importlib.import_module(module), class_name).name or class_name
+    except (ImportError, AttributeError, ValueError):
+        return class_name
+
+
+def run_data_name(data_cfg) -> str:
+    """The dataset part of run directories: data_name, and for image_folder the folder's name too
+    (image_folder-my_images), so runs on unrelated folders never mix, nor resume each other."""
+    name = data_name(data_cfg)
+    folder = (data_cfg.get("init_args") or {}).get("data_dir")
+    if name != "image_folder" or not folder:
+        return name
+    folder_name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(os.path.abspath(folder)).name)  # abspath: "." has a name
+    return f"{name}-{folder_name}" if folder_name.strip("._") else name
+
+
+def device_name(trainer: Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# What Lightning lacks: checkpoints written whole, and a fit that survives Ctrl-C.
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made crash-safe (temp file + fsync + rename) and safe to load."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Through zoo.checkpoint at each save, as its own copy of this class writes: the disk-full
+        # tests (tests/test_reliability.py) replace the writer there.
+        zoo_checkpoint.atomic_write_bytes(path, buffer.getvalue())
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict:
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+class RunInfo(Callback):
+    """Times the fit and saves last.ckpt when the run is interrupted (Ctrl-C, SIGTERM).
+
+    Ctrl-C stops at the next step boundary, as Lightning does for SIGTERM, so the checkpoint holds
+    whole steps and a resume continues exactly (a second Ctrl-C stops at once)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.fit_seconds, self._start = run_dir, 0.0, None
+        self._stop, self._previous_handler = False, None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+        # One process only: DDP ranks could see the signal at different steps and wait on each other.
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        print("\nStopping after this step (Ctrl-C again to stop at once) ...", file=sys.stderr)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._stop:
+            raise KeyboardInterrupt
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.fit_seconds = time.perf_counter() - self._start
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # A kill by the user is not a failure: keep the progress so `--ckpt_path last` continues.
+        if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException":
+            trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)  # full state, to resume
+            if trainer.is_global_zero:
+                print(f"\nInterrupted: progress saved to {self.run_dir / 'last.ckpt'}; "
+                      f"resume with --ckpt_path {self.run_dir}", file=sys.stderr)
