@@ -203,10 +203,10 @@ def read_metrics(runs_root: Path) -> tuple[dict, Path]:
 
 
 def run_cli(args: list[str], runs_root: str | Path, *, rich_tty: bool = False):
-    """`train.py <args>` in this process (train.cli_main), its printing swallowed; returns the CLI
+    """`train.py <args>` in this process (cli.cli_main), its printing swallowed; returns the CLI
     object (cli.trainer, cli.model, cli.datamodule). rich_tty=True makes Rich believe it writes to an
     interactive terminal, so the progress bar renders and refreshes as a user would see it."""
-    import train
+    from zoo import cli
 
     gc.collect()  # the previous runs' trainers, models and datasets (reference cycles), before timing a new one
     sink = io.StringIO()
@@ -219,7 +219,7 @@ def run_cli(args: list[str], runs_root: str | Path, *, rich_tty: bool = False):
     lightning_log.setLevel(logging.WARNING)  # its info lines go to the terminal's stderr, not to sys.stderr
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            return train.cli_main([*args, "--runs_root", str(runs_root)])
+            return cli.cli_main([*args, "--runs_root", str(runs_root)])
     except BaseException:
         sys.stderr.write(sink.getvalue()[-3000:])
         raise

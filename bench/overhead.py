@@ -3,7 +3,7 @@ same in-memory tensors (TensorLoader + the datamodule's normalisation), the same
 and schedule, and the same fast path (train.py's defaults on this machine: precision, memory format,
 fused optimizer step). MNIST, batch 128, validation on 5,000 images every epoch (eval batch 1000).
 
-Ours is `train.py fit` run in this process (train.cli_main) with a timing callback: `--quiet true`
+Ours is `train.py fit` run in this process (zoo.cli.cli_main) with a timing callback: `--quiet true`
 (no progress bar, as scripts run it) and without --quiet (the default Rich bar, made to render as in
 an interactive terminal). Between them, Lightning alone: a Trainer with nothing added, whose module
 steps are forward + loss, the floor any Lightning harness stands on. Epoch 0 (warm-up) is dropped;

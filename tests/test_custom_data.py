@@ -11,6 +11,7 @@ import torch
 
 import train
 from conftest import REPO
+from zoo import cli
 
 DOCS = REPO / "docs" / "using-models.md"
 EXAMPLE = REPO / "docs" / "examples" / "digits.py"
@@ -54,7 +55,7 @@ def test_the_docs_commands_train_a_zoo_model_through_the_cli(tmp_path, capsys):
     for args in commands:
         if "--data.help" in args:
             with pytest.raises(SystemExit):  # jsonargparse prints the help and exits, also in-process
-                train.cli_main(args)
+                cli.cli_main(args)
             assert "--data.val_size" in capsys.readouterr().out
             continue
         resume = "--ckpt_path" in args  # one more epoch on the newest run, in that run's directory
@@ -79,12 +80,12 @@ def test_the_docs_commands_train_a_zoo_model_through_the_cli(tmp_path, capsys):
     (["fit", "--data.help", "mnist"], ["fit", "--data.help", "datamodules.mnist.MNISTDataModule"]),
 ])
 def test_model_and_data_help_shorthands(args, expected):
-    assert train.expand_name_shorthand(args) == expected
+    assert cli.expand_name_shorthand(args) == expected
 
 
 def test_model_shorthand_reaches_the_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train.cli_main(["fit", "--data", "mnist", "--model", "lenet5", "--print_config"])
+        cli.cli_main(["fit", "--data", "mnist", "--model", "lenet5", "--print_config"])
     assert "arch: lenet5" in capsys.readouterr().out
     assert train.main(["fit", "--model", "nosuchnet", "--runs_root", str(tmp_path), "--quiet", "true"]) == 2
     assert "unknown model 'nosuchnet'" in capsys.readouterr().err  # the registry's error, before any training

@@ -14,6 +14,7 @@ import evaluate
 import train
 import zoo.module
 from test_image_folder import make_folder
+from zoo import cli
 from zoo.module import ZooModule, bf16_native, default_precision, use_fused
 
 FAST = ["--quiet", "true", "--trainer.enable_model_summary", "false", "--patience", "0"]
@@ -56,11 +57,11 @@ def test_optimizer_step_is_fused_except_under_16_mixed():
 
 def test_progress_bar_redraws_at_most_every_interval(monkeypatch):
     drawn = []
-    monkeypatch.setattr(train.RichProgressBar, "on_train_batch_end",
+    monkeypatch.setattr(cli.RichProgressBar, "on_train_batch_end",
                         lambda self, trainer, module, outputs, batch, i: drawn.append(i))
     clock = iter([100.0, 100.05, 100.2, 100.21, 100.22])
-    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
-    bar, trainer = train.ProgressBar(interval=0.1), type("T", (), {"num_training_batches": 5})()
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    bar, trainer = cli.ProgressBar(interval=0.1), type("T", (), {"num_training_batches": 5})()
     for i in range(5):
         bar.on_train_batch_end(trainer, None, None, None, i)
     assert drawn == [0, 2, 4]  # 1 and 3 came too soon; the epoch's last batch always draws
@@ -108,7 +109,7 @@ def test_an_explicit_precision_wins(shapes, tmp_path):
 
 
 def test_evaluate_refuses_an_unknown_precision(tiny_moons_run):
-    with pytest.raises(train.ZooError, match="fp8"):
+    with pytest.raises(cli.ZooError, match="fp8"):
         evaluate.evaluate(str(tiny_moons_run), precision="fp8")
 
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import train
+import zoo.run
 from datamodules import DATAMODULES
 from datamodules.image_folder import ImageFolderDataModule, load_image
 from datamodules.tensor import channel_stats
@@ -159,14 +160,14 @@ def test_runs_are_named_after_the_folder_and_resume_finds_them(tmp_path):
 
 def test_run_directory_names_for_folders():
     def name(data_dir: str | None) -> str:
-        return train.run_data_name({"class_path": "datamodules.image_folder.ImageFolderDataModule",
+        return zoo.run.run_data_name({"class_path": "datamodules.image_folder.ImageFolderDataModule",
                                     "init_args": {"data_dir": data_dir}})
 
     assert name("/data/cats_vs_dogs/") == "image_folder-cats_vs_dogs"
     assert name("/data/ça va?") == "image_folder-_a_va_"
     assert name(None) == name("/") == "image_folder"  # no folder name to add
     mnist = {"class_path": "datamodules.mnist.MNISTDataModule", "init_args": {"data_dir": "/x"}}
-    assert train.run_data_name(mnist) == "mnist"
+    assert zoo.run.run_data_name(mnist) == "mnist"
 
 
 def test_data_help_takes_the_registered_name(capsys):

@@ -27,7 +27,9 @@ def test_weights_are_shipped_within_budget():
         assert {"model", "dataset", "test_acc", "sha256", "command", "dtype"} <= set(e)
 
 
-@pytest.mark.parametrize("entry", CHEAP, ids=[f"{e['model']}-{e['dataset']}" for e in CHEAP])
+# every shipped file; the conv nets on CIFAR-10 take minutes on a CPU, so those are `slow`
+@pytest.mark.parametrize("entry", [pytest.param(e, marks=() if e in CHEAP else pytest.mark.slow) for e in ENTRIES],
+                         ids=[f"{e['model']}-{e['dataset']}" for e in ENTRIES])
 def test_evaluate_reproduces_the_manifest_exactly(entry):
     if entry["dataset"] != "moons":
         require_data(entry["dataset"])

@@ -24,6 +24,7 @@ import torch
 
 import evaluate
 import train
+import zoo.run
 from conftest import REPO, data_root, require_data
 from zoo import checkpoint as zoo_checkpoint
 
@@ -76,7 +77,7 @@ CASES = [
     ("batch size zero", ["fit", "--data", "moons", "--data.init_args.batch_size", "0"], ["batch_size", "positive"]),
     ("batch size above dataset size", ["fit", "--data", "moons", "--data.init_args.batch_size", "5000"],
      ["batch_size", "larger than the training split"]),
-    ("negative learning rate", ["fit", "--data", "moons", "--model.lr", "-0.1"], ["learning rate", "positive"]),
+    ("negative learning rate", ["fit", "--data", "moons", "--model.lr", "-0.1"], ["--model.lr -0.1", "v>0"]),
     ("zero epochs", ["fit", "--data", "moons", "--trainer.max_epochs", "0"], ["max_epochs", "at least 1"]),
     ("unknown optimizer", ["fit", "--data", "moons", "--model.optimizer", "rmsprop"], ["rmsprop", "adamw"]),
     ("unknown scheduler", ["fit", "--data", "moons", "--model.scheduler", "cyclic"], ["cyclic", "onecycle"]),
@@ -108,7 +109,7 @@ CASES = [
     ("negative seed", ["fit", "--data", "moons", "--seed_everything", "-1"], ["seed", "4294967295"]),
     ("seed above numpy's range", ["fit", "--data", "moons", "--seed_everything", str(2**70)], ["seed", "4294967295"]),
     ("negative SGD momentum", ["fit", "--data", "moons", "--model.optimizer", "sgd", "--model.momentum", "-1"],
-     ["momentum", "[0, 1)"]),
+     ["--model.momentum -1", "v>=0 and v<1"]),
     ("schedule without an end",
      ["fit", "--data", "moons", "--model.scheduler", "onecycle", "--trainer.max_epochs", "-1"],
      ["onecycle", "max_steps", "--model.scheduler none"]),
@@ -139,7 +140,7 @@ def test_bad_input(name, args, words, tmp_path, linear_run, monkeypatch, capsys)
         elif a.startswith("{inject:"):  # the write path fails as a read-only disk would
             def fail(path, data, code=getattr(errno, a[8:-1])):
                 raise OSError(code, os.strerror(code), str(path))
-            monkeypatch.setattr(train, "atomic_write_bytes", fail)
+            monkeypatch.setattr(zoo.run, "atomic_write_bytes", fail)
             continue
         filled.append(a.replace("{tmp}", str(tmp_path)).replace("{run}", str(linear_run)))
     runs = tmp_path / "runs"
@@ -171,7 +172,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 # --- faults --------------------------------------------------------------------------------------
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    io = zoo_checkpoint.AtomicCheckpointIO()
+    io = zoo.run.AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "v": 1}, path)
 

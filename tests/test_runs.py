@@ -13,6 +13,8 @@ import torch
 import yaml
 
 import train
+from zoo import cli
+from zoo.errors import ZooError as ZooError_
 from zoo.rundir import LOCK_FILE, RunLock, claim_run_dir
 
 FAST = ["--quiet", "true"]
@@ -77,11 +79,11 @@ def test_nodes_of_one_job_share_a_run_dir_other_jobs_do_not(tmp_path, monkeypatc
     (run / "config.yaml").write_text("written by the first node\n")
     claim_run_dir(run, resuming=False)  # another node of the same job joins
     monkeypatch.setenv("MASTER_PORT", "29501")  # another job
-    with pytest.raises(train.ZooError, match="already holds a run"):
+    with pytest.raises(ZooError_, match="already holds a run"):
         claim_run_dir(run, resuming=False)
     monkeypatch.setenv("MASTER_PORT", "29500")
     (run / "last.ckpt").write_bytes(b"a checkpoint")  # the job has trained: a new launch is another job
-    with pytest.raises(train.ZooError, match="already holds a run"):
+    with pytest.raises(ZooError_, match="already holds a run"):
         claim_run_dir(run, resuming=False)
 
 
@@ -181,7 +183,7 @@ def test_lr_find_choice_is_what_config_and_hparams_record(tmp_path):
 
 def test_no_data_and_no_config_is_the_moons_recipe(capsys):
     cfg = printed_config(capsys, "fit")
-    recipe = yaml.safe_load((train.CONFIGS / "moons.yaml").read_text())
+    recipe = yaml.safe_load((cli.CONFIGS / "moons.yaml").read_text())
     assert cfg["data"]["class_path"].endswith("MoonsDataModule")
     assert (cfg["model"]["lr"] == recipe["model"]["lr"]
             and cfg["trainer"]["max_epochs"] == recipe["trainer"]["max_epochs"])

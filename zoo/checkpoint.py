@@ -12,7 +12,6 @@ against the model they claim to be. It needs torch only: inference loads checkpo
 """
 
 import inspect
-import io
 import math
 import os
 import pickle
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from zoo.errors import ZooError
@@ -231,17 +229,3 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, check: Callable[[Pa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made crash-safe (temp file + fsync + rename) and safe to load."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buffer.getvalue())
-
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,
-                        weights_only: bool | None = None) -> dict:
-        return load_checkpoint(path, map_location=map_location or "cpu")

@@ -269,6 +269,7 @@ def suggest_lr(lrs: list[float], losses: list[float], skip_begin: int = 10, skip
 
 def new_figure(width: float, height: float):
     """A matplotlib Figure with an Agg canvas: no pyplot, no global backend, nothing to close."""
+    # matplotlib is imported when a picture is drawn, not with the module: a second of start-up
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

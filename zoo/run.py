@@ -386,8 +386,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Through zoo.checkpoint at each save, as its own copy of this class writes: the disk-full
-        # tests (tests/test_reliability.py) replace the writer there.
+        # Looked up in zoo.checkpoint at each save: the disk-full tests (tests/test_reliability.py) replace it there.
         zoo_checkpoint.atomic_write_bytes(path, buffer.getvalue())
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,

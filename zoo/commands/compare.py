@@ -25,19 +25,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning
 import yaml
 from jsonargparse import ArgumentParser
 from torch.utils.collect_env import get_env_info
 
 from datamodules import DATAMODULES, get_datamodule_class
-from zoo import insight
+from zoo import cli, insight
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.commands.baselines import knn_baseline, majority
 from zoo.commands.doctor import cpu_name
 from zoo.errors import ZooError
 from zoo.models.profile import format_count, profile
 from zoo.models.registry import MODELS, create_model
-from zoo.module import RECIPE_KEYS, resolve_recipe
+from zoo.module import RECIPE_KEYS, ZooModule, resolve_recipe
 
 BASELINES = ("majority", "knn")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -232,8 +233,6 @@ def check_same_args(job: Job) -> None:
 
 def run_jobs(jobs: list[Job], copies: Path, verbose: bool) -> dict | None:
     """Train what is missing, one run after the other, printing progress; None when a run failed."""
-    import train  # here, not at the top: train.py imports this module by name
-
     todo = [j for j in jobs if j.state != "done"]
     counts = {s: sum(j.state == s for j in jobs) for s in ("done", "resume", "new")}
     print(f"compare: {len(jobs)} runs: {counts['done']} finished (reused), {counts['resume']} to resume, "
@@ -256,7 +255,7 @@ def run_jobs(jobs: list[Job], copies: Path, verbose: bool) -> dict | None:
             resume = ["--ckpt_path", str(job.run)] if job.state == "resume" else []
             t = time.perf_counter()
             try:
-                rc = train.main(["fit", *job.args, "--run_dir", str(job.run), "--quiet", str(not verbose).lower(),
+                rc = cli.main(["fit", *job.args, "--run_dir", str(job.run), "--quiet", str(not verbose).lower(),
                                  *resume])
             except KeyboardInterrupt:
                 rc = 130
@@ -298,8 +297,6 @@ def read_meta(path: Path) -> dict:
 def machine() -> str:
     """CPU model, cores, versions and date: where the latency and baseline numbers were measured. CPU
     and torch as torch's collect_env reports them, like the doctor; cores: those this process may use."""
-    import lightning
-
     env = get_env_info()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"{cpu_name(env.cpu_info)}, {cores} cores, torch {env.torch_version}, lightning {lightning.__version__}, "
@@ -333,8 +330,6 @@ def measure_baselines(data: str, options: dict, meta: dict) -> dict:
 
 
 def measure_profile(data: str, model_options: dict, meta: dict) -> dict:
-    from zoo.module import ZooModule
-
     key = json.dumps([data, model_options], sort_keys=True)
     if key not in meta.setdefault("profiles", {}):
         dm = get_datamodule_class(data)
@@ -631,11 +626,7 @@ def plot_error(table: dict, axis: str, path: Path) -> None:
 
 def plot_boundary(ckpt_path: Path, data: str, config: dict, path: Path) -> None:
     """Decision boundary of a run's best checkpoint on a 2-feature dataset: the picture fit draws."""
-    from zoo.module import ZooModule
-
-    ckpt = load_checkpoint(ckpt_path)
-    module = ZooModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
+    module = ZooModule.from_checkpoint(load_checkpoint(ckpt_path))
     dm = get_datamodule_class(data)(**data_config(data, config), batch_size=1)
     dm.setup("fit")
     insight.decision_boundary_png(module, dm, path, f" (best checkpoint, seed {config['seed_everything']})")

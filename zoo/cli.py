@@ -1,0 +1,349 @@
+"""The command line of fit, validate and test: LightningCLI with a Run (zoo/run.py) behind its hooks.
+
+Every option comes from the type-hinted __init__ of ZooModule, the datamodules and Lightning's
+Trainer (`python train.py fit --help`). What this adds: the `--data NAME` and `--model NAME`
+shorthands, the project's options (--runs_root, --monitor, --patience, --threads, ...), mistakes
+caught up front, the progress bar, and `main`, which turns every user mistake into one paragraph.
+train.py dispatches here; `train.py compare` runs its fits through `main` too.
+
+    from zoo import cli
+    cli.main(["fit", "--data", "mnist", "--model", "lenet5"])     # the exit status, like the program's
+"""
+
+import logging
+import os
+import re
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import ProcessingSpeedColumn
+from lightning.pytorch.cli import LightningCLI
+from rich.text import Text
+
+from datamodules import DATAMODULES, TensorDataModule
+from zoo import ZooError, ZooModule, insight, loggers
+from zoo.run import Run, fill_in_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Lightning's advice that does not apply here: we pass args on purpose (`--data` shorthand), log
+# per epoch only, and write config.yaml into the run directory before the first checkpoint.
+for message in (".*args parameter is intended to run from within Python.*", ".*smaller than the logging interval.*",
+                ".*exists and is not empty.*", ".*LeafSpec.*is deprecated.*", ".*does not have many workers.*",
+                ".*callbacks used to create the checkpoint need to be provided.*", ".*The dirpath has changed.*"):
+    warnings.filterwarnings("ignore", message=message)
+# Lightning 2.6 advertises its cloud logger (litlogger) whenever no LitLogger is among the loggers,
+# with no option or environment variable to turn that off: drop that one message.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "pypi.org/project/litlogger" not in record.getMessage())
+CONFIGS = ROOT / "configs"
+
+
+# ---------------------------------------------------------------------------------------------
+# The progress bar.
+
+class ProgressBar(RichProgressBar):
+    """Lightning's Rich bar, redrawn at most every `interval` seconds during training instead of after
+    every batch: redrawing every batch cost 0.37 ms per MNIST MLP step (results/bench.md as of
+    commit e0d9774, section 2: +2110 against +1743 us per step without the bar)."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        super().__init__()
+        self.interval, self._drawn = interval, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Every epoch's first and last batch too: Rich measures it/s between two updates, and an epoch
+        # shorter than `interval` would otherwise get one (its last) and show 0.00it/s.
+        now = time.monotonic()
+        if batch_idx == 0 or now - self._drawn >= self.interval or batch_idx + 1 >= trainer.num_training_batches:
+            self._drawn = now
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def configure_columns(self, trainer) -> list:
+        return [*super().configure_columns(trainer)[:-1], SpeedColumn(style=self.theme.processing_speed)]
+
+
+class SpeedColumn(ProcessingSpeedColumn):
+    """Lightning's it/s column, but for a bar updated once (a one-batch test set) the average since
+    it started, where Rich has no estimate and Lightning shows 0.00it/s."""
+
+    def render(self, task) -> Text:
+        elapsed = task.finished_time or task.elapsed
+        speed = task.speed or (task.completed / elapsed if elapsed else None)
+        return Text(f"{speed:.2f}it/s" if speed else "", style=self.style)
+
+
+# ---------------------------------------------------------------------------------------------
+
+class ZooCLI(LightningCLI):
+    """LightningCLI with a Run (zoo/run.py) built from the parsed config: each hook hands over to it."""
+
+    run: Run | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        try:
+            super().__init__(*args, **kwargs)  # parses, instantiates and runs the subcommand
+        finally:  # however the command ended: the lock released, no half-made run left behind
+            if self.run is not None:
+                self.run.close()
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The model is built for the data: the user never types num_classes or the input shape.
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        parser.add_argument("--runs_root", type=str, default="checkpoints", help="Where run directories go.")
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="Use this run directory (multi-node launches: give every node the same).")
+        parser.add_argument("--monitor", type=str, default="val/acc",
+                            help="Metric for the best checkpoint and early stopping.")
+        parser.add_argument("--patience", type=int, default=10,
+                            help="Early stopping patience in epochs; 0 turns it off.")
+        parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
+        parser.add_argument("--threads", type=int, default=0,
+                            help="CPU threads per process (0: torch's default, one per core). 1 helps when other "
+                                 "jobs share the cores: oversubscribed threads spin and can make steps 10x slower.")
+        insight.add_arguments(parser)
+        loggers.add_arguments(parser)
+        # Configs written before there was one optimizer interface hold `optimizer: null` and
+        # `lr_scheduler: null`: still read, but only as null (see parse_arguments).
+        for key in ("optimizer", "lr_scheduler"):
+            parser.add_argument(f"--{key}", type=str | None, default=None,
+                                help="Not an option: set the optimizer with --model.optimizer, --model.lr, "
+                                     "--model.scheduler (kept so that older config.yaml files load).")
+
+    def parse_arguments(self, parser, args) -> None:
+        # --print_config shows the resolved recipe, as config.yaml does: parse without it, resolve, print.
+        printing = any(a == "--print_config" or a.startswith("--print_config=") for a in args or [])
+        super().parse_arguments(parser, [a for a in args if not a.startswith("--print_config")] if printing else args)
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        for key in ("optimizer", "lr_scheduler"):
+            if cfg.get(key) is not None:
+                raise not_our_optimizer_flag(key)
+        seed = cfg.get("seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= 2**32 - 1:
+            raise ZooError(f"--seed_everything {seed}: a seed must be an integer from 0 to {2**32 - 1} (numpy's "
+                           f"range), or true for a random one.")
+        if printing:
+            fill_in_recipe(cfg.model)
+            subparser = parser._subcommands_action._name_parser_map[sub] if sub else parser
+            sys.stdout.write(subparser.dump(cfg, skip_check=True))
+            raise SystemExit(0)
+        if sub:
+            self.run = Run.from_config(sub, cfg)  # --ckpt_path resolved: loaded safely, checked against the command
+            # Lightning's _parse_ckpt_path, called next, would load the file again and parse its hyperparameters
+            # over the command's model options: it gets no checkpoint; Run.start puts the resolved one back.
+            cfg.ckpt_path = None
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        check_trainer_options(cfg)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+            os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # DDP workers started from here inherit it
+        self.run.start()
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        cfg = self.config[self.subcommand]
+        callbacks = list(self._get(self.config_init, "trainer").get("callbacks") or [])
+        callbacks += ([] if cfg.quiet else [ProgressBar()]) + self.run.callbacks()
+        if self.subcommand != "fit":
+            self.save_config_callback = None  # validate/test write nothing, config.yaml included
+        return super().instantiate_trainer(callbacks=callbacks, enable_progress_bar=not cfg.quiet,
+                                           enable_model_summary=not cfg.quiet, **self.run.trainer_options(), **kwargs)
+
+    def before_fit(self) -> None:
+        self.run.before_fit(self.trainer, self.model, self.datamodule)
+
+    def after_fit(self) -> None:
+        self.run.after_fit(self.trainer, self.model, self.datamodule)
+
+    def before_validate(self) -> None:
+        self.run.check_checkpoint_fits(self.model)
+
+    before_test = before_validate
+
+
+def check_trainer_options(cfg) -> None:
+    """Mistakes Lightning would accept silently, or report from deep inside, caught up front."""
+    t = cfg.trainer
+    for what, value in (("limit_train_batches", t.limit_train_batches), ("max_steps", t.max_steps)):
+        if value is not None and not isinstance(value, bool) and value == 0:
+            raise ZooError(f"--trainer.{what} 0 trains nothing, so there would be no checkpoint to test. Leave it "
+                           f"out, or pass a positive number.")
+    if t.max_epochs is not None and t.max_epochs != -1 and t.max_epochs < 1:
+        raise ZooError(f"--trainer.max_epochs must be at least 1 (or -1 for no limit), got {t.max_epochs}.")
+    if cfg.patience < 0:
+        raise ZooError(f"--patience must be >= 0 (0 turns early stopping off), got {cfg.patience}.")
+    if cfg.threads < 0:
+        raise ZooError(f"--threads must be >= 0 (0 keeps torch's default of one per core), got {cfg.threads}.")
+    accelerator = str(t.accelerator)
+    if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise ZooError(f"--trainer.accelerator {accelerator}: lightning-zoo runs on auto, cpu, gpu (cuda) or mps; "
+                       f"{accelerator} needs its own stack (e.g. torch_xla for TPUs), which this project does not "
+                       f"install or test. Use --trainer.accelerator auto.")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ZooError(f"--trainer.accelerator {accelerator}: this machine has no usable CUDA GPU (torch "
+                       f"{torch.__version__}, torch.cuda.is_available() is False). Use --trainer.accelerator auto "
+                       f"to take a GPU when there is one and the CPU otherwise, or cpu.")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ZooError("--trainer.accelerator mps: Apple's MPS backend is not available on this machine. Use "
+                       "--trainer.accelerator auto (takes MPS on a Mac with it, the CPU otherwise) or cpu.")
+    devices = int(t.devices) if str(t.devices).isdigit() else None  # may arrive as "2"
+    if devices:
+        if accelerator in ("gpu", "cuda") and devices > torch.cuda.device_count():
+            raise ZooError(f"--trainer.devices {devices}: only {torch.cuda.device_count()} GPU(s) here. "
+                           f"Pass at most that many, or -1 for all of them.")
+        if accelerator == "cpu" and devices > (os.cpu_count() or 1):
+            raise ZooError(f"--trainer.devices {devices}: this machine has {os.cpu_count()} CPU cores, so at "
+                           f"most {os.cpu_count()} CPU processes make sense. Pass a smaller number.")
+
+
+def expand_data_shorthand(args: list[str]) -> list[str]:
+    """`--data mnist` means `--config configs/mnist.yaml`: the dataset with its training recipe.
+
+    The recipe goes first, right after the subcommand, whatever the position of `--data`: the
+    user's own flags always win over it. With neither --data nor --config, fit/validate/test take
+    the two-moons recipe (configs/moons.yaml), the README's default."""
+    out, recipes, named, i = [], [], False, 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--data="):
+            name = a.split("=", 1)[1]
+        else:
+            name = args[i + 1] if a == "--data" and i + 1 < len(args) else None
+        named |= a in ("--data", "--config", "-c") or a.startswith(("--data=", "--config=", "--data.class_path"))
+        if name is None or "." in name or name.endswith("DataModule") or name.startswith("{"):
+            out.append(a)
+            i += 1
+            continue
+        if name not in DATAMODULES:
+            raise ZooError(f"Unknown dataset {name!r}. Available: {', '.join(DATAMODULES)} (--data NAME).")
+        config = CONFIGS / f"{name}.yaml"
+        if not config.exists():
+            raise ZooError(f"Dataset {name!r} has no recipe file {config}: every registered dataset needs one "
+                           f"(batch size, epochs), written as configs/moons.yaml is.")
+        recipes += ["--config", str(config)]
+        i += 1 if a.startswith("--data=") else 2
+    if not named and out and out[0] in ("fit", "validate", "test"):
+        recipes = ["--config", str(CONFIGS / "moons.yaml")]
+    return out[:1] + recipes + out[1:] if out and not out[0].startswith("-") else recipes + out
+
+
+def expand_name_shorthand(args: list[str]) -> list[str]:
+    """`--model lenet5` means `--model.arch lenet5` (fit, validate, test), and `--data.help mnist`
+    means `--data.help datamodules.mnist.MNISTDataModule`: the names used everywhere else work here."""
+    out, i = [], 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if flag == "--model" and args[0] in ("fit", "validate", "test") and re.fullmatch(r"[\w-]+", value):
+            out += ["--model.arch", value]  # not a name (model.yaml, {...}): jsonargparse's --model CONFIG
+        elif flag == "--data.help" and value in DATAMODULES:
+            out += ["--data.help", f"{DATAMODULES[value].__module__}.{DATAMODULES[value].__name__}"]
+        else:
+            out.append(args[i])
+            i += 1
+            continue
+        i += 1 if eq else 2
+    return out
+
+
+def check_config_files(args: list[str]) -> None:
+    """A missing or broken --config file named in one sentence (jsonargparse would not name it)."""
+    for flag, value in zip(args, args[1:]):
+        if flag in ("--config", "-c"):
+            path = Path(value)
+            if not path.is_file():
+                raise ZooError(f"Config file not found: {path}. Check the path (dataset configs are in "
+                               f"{CONFIGS}, a run's resolved config is <run dir>/config.yaml).")
+            try:
+                yaml.safe_load(path.read_text())
+            except yaml.YAMLError as e:
+                where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+                raise ZooError(f"Config file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}. "
+                               f"Fix the file (indentation, brackets, colons).") from None
+
+
+def not_our_optimizer_flag(key: str) -> ZooError:
+    ours = "--model.scheduler" if key == "lr_scheduler" else "--model.optimizer, --model.lr, --model.momentum"
+    return ZooError(f"--{key} is not an option of lightning-zoo: the optimizer and schedule are the model's "
+                    f"hyperparameters, so that checkpoints and logs record what trained. Use {ours} "
+                    f"(see `python train.py fit --help`).")
+
+
+def cli_main(args: list[str] | None = None) -> ZooCLI:
+    """Run the CLI in-process (tests call this); errors propagate."""
+    args = expand_data_shorthand(expand_name_shorthand(list(sys.argv[1:] if args is None else args)))
+    for a in args:
+        key = a[2:].split("=")[0].split(".")[0]
+        if a.startswith("--") and key in ("optimizer", "lr_scheduler") and a[2 + len(key):] not in ("", "=null"):
+            raise not_our_optimizer_flag(key)
+    check_config_files(args)
+    # auto_configure_optimizers=False: one optimizer interface (--model.optimizer, recorded in the
+    # hyperparameters), not also LightningCLI's --optimizer/--lr_scheduler, which bypassed them.
+    return ZooCLI(ZooModule, TensorDataModule, subclass_mode_data=True, seed_everything_default=42,
+                  trainer_defaults={"max_epochs": 20}, save_config_kwargs={"overwrite": True},
+                  load_from_checkpoint_support=False, auto_configure_optimizers=False,
+                  parser_kwargs={"exit_on_error": False},  # raise, so main() prints one clear line
+                  args=args)
+
+
+def main(args: list[str]) -> int:
+    """fit, validate or test; returns the exit status. User mistakes print one paragraph, not a traceback."""
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        cli_main(args)
+    except (ZooError, MisconfigurationException) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk while saving: say so, don't dump a traceback
+        if debug:
+            traceback.print_exc()
+        name = os.fsdecode(e.filename) if e.filename is not None else "a file"  # torch passes bytes
+        print(f"error: could not write {name}: {e.strerror or e}. Free some space or choose a "
+              f"writable --runs_root; checkpoints already saved are intact (they are written atomically).",
+              file=sys.stderr)
+        return 1
+    except ArgumentError as e:  # a mistyped option or a broken config file
+        if debug:
+            traceback.print_exc()
+        sub = next((a for a in args if a in ("fit", "validate", "test")), "fit")
+        print(f"error: {one_paragraph(str(e))}\n(see `python train.py {sub} --help` for the options)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, or jsonargparse has printed its message already
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def one_paragraph(message: str) -> str:
+    """jsonargparse's report of a value that fits none of an option's types, in one sentence:
+    `--model.lr -0.1: not a valid value; it must be a number with v>0 (or null)`. Other messages as they are."""
+    key = re.search(r'Parser key "([^"]+)"', message)
+    given = re.search(r"Given value: (.*)", message) or re.search(r"Not of type \w+: (\S+) does not conform", message)
+    reasons = [r.strip() for r in re.findall(r"^\s*-?\s*(?:Not of type \w+: |Expected a )(.*)$", message, re.M)
+               if "NoneType" not in r]
+    if not (key and given and reasons):
+        return message
+    words = []
+    for r in reasons:
+        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", r)
+        restriction = re.search(r"restriction (.*)", r)
+        words.append(f"one of {literal.group(1)}" if literal else
+                     f"a number with {restriction.group(1)}" if restriction else r)
+    nullable = "NoneType" in message
+    return (f"--{key.group(1)} {given.group(1).strip()}: not a valid value; it must be {' or '.join(words)}"
+            f"{' (or null: the default)' if nullable else ''}.")
