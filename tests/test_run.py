@@ -1,7 +1,9 @@
 """zoo/run.py: one Run per command. Resume resolution and its refusals, the run directory claimed
 once and given back, and no run state left in os.environ (only DDP workers read ZOO_RUN_DIR)."""
 
+import csv
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -122,3 +124,22 @@ def test_an_in_process_fit_claims_its_directory_once_and_leaves_no_state(tmp_pat
                        "--trainer.max_epochs", "1"]) == 0
     assert made == list(tmp_path.glob("moons/mlp/*")) and (made[0] / "metrics.json").is_file()
     assert RUN_DIR_ENV not in os.environ and not (made[0] / LOCK_FILE).exists()
+
+
+def test_a_resumed_run_sums_its_time_and_continues_its_history(tmp_path):
+    """fit_seconds covers every part of a resumed run (issue 16), and history.csv, one row per epoch,
+    continues across the resume without a gap or a repeated epoch."""
+    common = ["--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons", "--patience", "0"]
+    assert train.main(["fit", *common, "--trainer.max_epochs", "2"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    first = json.loads((run / "metrics.json").read_text())
+    assert first["fit_parts"] == 1
+    assert train.main(["fit", "--config", str(run / "config.yaml"), "--ckpt_path", str(run), *common,
+                       "--trainer.max_epochs", "4"]) == 0
+    second = json.loads((run / "metrics.json").read_text())
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert second["fit_parts"] == 2 and second["fit_seconds"] > first["fit_seconds"]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    seconds = [float(r["seconds"]) for r in rows]
+    assert seconds == sorted(seconds) and seconds[1] <= first["fit_seconds"] <= seconds[2] <= second["fit_seconds"]
+    assert all(0 <= float(r["val/acc"]) <= 1 for r in rows)

@@ -11,6 +11,7 @@ train.py's ZooCLI builds one Run from the parsed config and calls it from its Li
 A run directory is checkpoints/<data>/<model>/<run-id>/, one per fit and never shared (zoo.rundir).
 """
 
+import csv
 import importlib
 import io
 import json
@@ -236,7 +237,7 @@ class Run:
             "flops": self.stats["flops"], "macs": self.stats["macs"],
             "epochs": epochs, "stopped": stopped, "monitor": cb.monitor, "best_score": best_score,
             "test_acc": test["test/acc"], "test_loss": test["test/loss"],
-            "fit_seconds": round(self.run_info.fit_seconds, 3),
+            "fit_seconds": round(self.run_info.fit_seconds, 3), "fit_parts": self.run_info.fit_parts,
             "device": device_name(trainer), "devices": trainer.world_size,
             "precision": str(trainer.precision), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
             "run_dir": str(self.dir), "best_ckpt": best,
@@ -244,10 +245,11 @@ class Run:
         }
         atomic_write_bytes(self.dir / "metrics.json", json.dumps(metrics, indent=2).encode())
         loggers.log_final(trainer, metrics, model=Path(best) if self.cfg.wandb_log_model else None)
+        parts = f" (summed over {metrics['fit_parts']} resumed parts)" if metrics["fit_parts"] > 1 else ""
         print(f"\n{self.arch} on {self.data}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
               f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
-              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s on {metrics['device']}, {metrics['precision']} "
-              f"({stopped})\n"
+              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s{parts} on {metrics['device']}, "
+              f"{metrics['precision']} ({stopped})\n"
               f"checkpoint: {best}\nlogs:       {self.dir}  (tensorboard --logdir {self.dir.parent})")
 
     def close(self) -> None:
@@ -395,20 +397,57 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunInfo(Callback):
-    """Times the fit and saves last.ckpt when the run is interrupted (Ctrl-C, SIGTERM).
+    """Times the fit, keeps its history, and saves last.ckpt when the run is interrupted (Ctrl-C, SIGTERM).
 
+    The time is summed over every part of a resumed run (the checkpoint carries the seconds before
+    it), and history.csv holds one row per epoch (seconds so far, validation metrics, learning rate):
+    the data of time-to-accuracy curves, kept in the checkpoint too so a resume continues it.
     Ctrl-C stops at the next step boundary, as Lightning does for SIGTERM, so the checkpoint holds
     whole steps and a resume continues exactly (a second Ctrl-C stops at once)."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir, self.fit_seconds, self._start = run_dir, 0.0, None
+        self.run_dir, self._start = run_dir, None
+        self.before, self.parts, self.history = 0.0, 0, []  # earlier parts of this run, from the checkpoint
+        self.fit_seconds, self.fit_parts = 0.0, 0  # this run's totals, set when the fit ends
         self._stop, self._previous_handler = False, None
+
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"fit_seconds": self.seconds(), "parts": self.parts, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Also called by trainer.test (it restores callbacks): the totals above are read before that.
+        self.before, self.parts = float(state.get("fit_seconds", 0.0)), int(state.get("parts", 0))
+        self.history = [dict(row) for row in state.get("history", [])]
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
+        self.parts += 1
         # One process only: DDP ranks could see the signal at different steps and wait on each other.
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Here, not at the epoch's end: ModelCheckpoint saves at this point (it runs after us), so the
+        # checkpoint of an epoch holds that epoch's row.
+        if not trainer.sanity_checking:
+            self._record(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._record(trainer)  # epochs without validation
+
+    def _record(self, trainer) -> None:
+        if self.history and self.history[-1]["epoch"] == trainer.current_epoch:
+            return
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, "seconds": round(self.seconds(), 3),
+               **{k: float(metrics[k]) for k in ("val/loss", "val/acc") if k in metrics},
+               "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None}
+        self.history.append(row)
+        if trainer.is_global_zero:
+            write_history(self.run_dir / "history.csv", self.history)
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop:
@@ -421,7 +460,7 @@ class RunInfo(Callback):
             raise KeyboardInterrupt
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self.fit_seconds = time.perf_counter() - self._start
+        self.fit_seconds, self.fit_parts = self.seconds(), self.parts
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit" and self._previous_handler is not None:
@@ -435,3 +474,15 @@ class RunInfo(Callback):
             if trainer.is_global_zero:
                 print(f"\nInterrupted: progress saved to {self.run_dir / 'last.ckpt'}; "
                       f"resume with --ckpt_path {self.run_dir}", file=sys.stderr)
+
+
+HISTORY_COLUMNS = ("epoch", "step", "seconds", "val/loss", "val/acc", "lr")
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    """history.csv: one row per epoch, seconds summed over the run's parts (written whole each time)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, out.getvalue().encode())
