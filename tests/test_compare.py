@@ -71,6 +71,8 @@ def test_numbers_come_from_the_runs(compared):
         assert row["n_seeds"] == "2" and row["seeds"] == "0 1" and row["max_epochs"] == "2"
         assert float(row["latency_ms_b1"]) > 0 and float(row["throughput"]) > 0
         assert not list((compared / f"out/runs/moons/{model}").glob("*/*.ckpt"))  # no checkpoints in results
+        history = (compared / f"out/runs/moons/{model}/seed0/history.csv").read_text().splitlines()
+        assert history[0].startswith("epoch,step,seconds") and len(history) == 1 + 2  # a row per epoch
     lin, mlp = rows["linear"], rows["mlp"]
     gain = (float(mlp["test_acc_mean"]) - float(lin["test_acc_mean"])) * 100
     assert float(mlp["delta_linear_pp"]) == pytest.approx(gain, abs=1e-4)
@@ -81,7 +83,7 @@ def test_plots_are_valid_pngs(compared):
     from PIL import Image
 
     names = ["moons_error_vs_params.png", "moons_error_vs_flops.png", "moons_boundary_linear.png",
-             "moons_boundary_mlp.png"]
+             "moons_boundary_mlp.png", "moons_time_to_accuracy.png"]
     for name in names:
         path = compared / "out" / name
         assert path.read_bytes()[:8] == PNG, name

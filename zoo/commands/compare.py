@@ -267,7 +267,9 @@ def run_jobs(jobs: list[Job], copies: Path, verbose: bool) -> dict | None:
             durations.append(time.perf_counter() - t)
         copy = copies / job.data / job.model / f"seed{job.seed}"
         copy.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.json", "config.yaml"):
+        for name in ("metrics.json", "config.yaml", "history.csv"):
+            if name == "history.csv" and not (job.run / name).is_file():  # runs from before it was written
+                continue
             shutil.copyfile(job.run / name, copy / name)
     return dict(trained=counts["new"], resumed=counts["resume"], reused=counts["done"])
 
@@ -388,7 +390,7 @@ class Row:
 
 def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselines: bool) -> dict:
     """Rows (baselines first, then models by parameter count) and what the notes need."""
-    rows, runs_of = [], {}
+    rows, runs_of, histories = [], {}, {}
     for model, paths in runs.items():
         if not paths:
             continue
@@ -396,6 +398,7 @@ def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselin
         loaded = [(json.loads((p / "metrics.json").read_text()), yaml.safe_load((p / "config.yaml").read_text()))
                   for p in paths]
         runs_of[model] = loaded
+        histories[model] = [read_history(p / "history.csv") for p in paths]
         rows.append(model_row(data, model, loaded, measure_profile(data, loaded[0][1]["model"], meta)))
     rows.sort(key=lambda r: (r.params, r.model))
     base = None
@@ -414,8 +417,16 @@ def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselin
         ref = REFERENCES.get((data, r.model))
         r.reference, r.reference_source = ref if ref else (None, "")
         r.delta_reference_pp = r.acc * 100 - ref[0] if ref else None
-    return {"data": data, "rows": rows, "runs": runs_of, "baselines": base,
+    return {"data": data, "rows": rows, "runs": runs_of, "baselines": base, "histories": histories,
             "skipped": meta.get("skipped", {}).get(data, {})}
+
+
+def read_history(path: Path) -> list[dict]:
+    """A run's history.csv (one row per epoch: seconds so far, val/acc, ...), [] when it has none."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
 def model_row(data: str, model: str, runs: list[tuple[dict, dict]], cost: dict) -> Row:
@@ -575,6 +586,8 @@ def write_outputs(table: dict, out: Path, meta: dict, stats: dict, command: str,
     atomic_write_bytes(out / f"{data}.csv", csv_text(table["rows"]).encode())
     for axis in ("params", "flops"):
         plot_error(table, axis, out / f"{data}_error_vs_{axis}.png")
+    if any(h for runs in table["histories"].values() for h in runs):
+        plot_time_to_accuracy(table, out / f"{data}_time_to_accuracy.png")
     if tuple(get_datamodule_class(data).input_shape) == (2,):  # a plane we can draw
         for model, runs in table["runs"].items():
             metrics, config = runs[0]
@@ -622,6 +635,40 @@ def plot_error(table: dict, axis: str, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_time_to_accuracy(table: dict, path: Path) -> None:
+    """Validation accuracy after each epoch against training wall time (summed over a run's resumed
+    parts) and against epochs, one line per run, with the final test accuracy of the best checkpoint
+    as a marker at the run's end: what each model's accuracy costs in time on the machine it ran on."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    by_time, by_epoch = fig.subplots(1, 2, sharey=True)
+    for i, (model, histories) in enumerate(sorted(table["histories"].items())):
+        color, label = f"C{i % 10}", model  # one legend entry per model, however many seeds
+        for (metrics, _), rows in zip(table["runs"][model], histories):
+            rows = [r for r in rows if "val/acc" in r]
+            if not rows:
+                continue
+            minutes, epochs = [r["seconds"] / 60 for r in rows], [r["epoch"] + 1 for r in rows]
+            accs = [r["val/acc"] * 100 for r in rows]
+            by_time.plot(minutes, accs, color=color, lw=1.2, label=label)
+            label = None
+            by_epoch.plot(epochs, accs, color=color, lw=1.2)
+            by_time.plot(metrics["fit_seconds"] / 60, metrics["test_acc"] * 100, "*", color=color, ms=9)
+            by_epoch.plot(epochs[-1], metrics["test_acc"] * 100, "*", color=color, ms=9)
+    by_time.set(xlabel="training wall time (minutes)", ylabel="validation accuracy (%)")
+    by_epoch.set(xlabel="epoch")
+    for ax in (by_time, by_epoch):
+        ax.grid(alpha=0.3)
+    by_time.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{table['data']}: validation accuracy per epoch (lines), test accuracy of the best checkpoint "
+                 f"(stars)", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_boundary(ckpt_path: Path, data: str, config: dict, path: Path) -> None:
