@@ -209,6 +209,7 @@ class TensorDataModule(L.LightningDataModule):
     flip: bool = False  # horizontal flips when augmenting (never for digits)
     augment_default: bool = False
     val_size_default: int | float = 0.1  # a fraction: fits any size of dataset
+    exact_test: int | None = None  # the first N test images have the original pixels; None: all do
 
     def __init__(
         self,

@@ -184,6 +184,11 @@ class ZooModule(L.LightningModule):
         # The test set's (true, predicted) counts: per-class accuracy and the most confused pairs
         # (evaluate.py). Not logged: read after trainer.test, reset when a test starts.
         self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        # Test-stage options evaluate.py sets before trainer.test. Plain attributes, not hyperparameters:
+        # checkpoints do not change, and fit (which never sets them) tests exactly as before.
+        self.tta = "none"  # "flip": predict from each image and its left-right mirror (images only)
+        self.keep_test_correct = False  # True: test_correct collects, in test-set order, which rows were right
+        self.test_correct: list[torch.Tensor] = []
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "ZooModule":
@@ -255,9 +260,17 @@ class ZooModule(L.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
         logits = self(x)
+        if stage == "test" and self.tta == "flip":
+            # The mean of the two softmax outputs (an ensemble of the two views, so the loss is the NLL of
+            # the averaged prediction; averaging logits would give a sharper, renormalised geometric mean).
+            # Kept as its log: cross-entropy, accuracy and the confusion matrix take it as they take logits.
+            both = torch.stack([logits, self(x.flip(-1))]).float().log_softmax(-1)
+            logits = both.logsumexp(0) - math.log(2)
         self._update(stage, logits, y, F.cross_entropy(logits, y))
         if stage == "test":
             self.test_confusion.update(logits, y)
+            if self.keep_test_correct:
+                self.test_correct.append(logits.argmax(1) == y)  # how MulticlassAccuracy counts a hit
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -274,6 +287,7 @@ class ZooModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
+        self.test_correct = []
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

@@ -8,6 +8,10 @@ run was trained with, so the numbers are fit's. Checkpoints are loaded with weig
 file that would run code when unpickled is refused. A checkpoint never makes evaluate download
 data or create folders: the data directory it names is only read (--data_dir wins over it), its
 download option is ignored.
+
+Where the datamodule says only its first N test images have the original pixels (`exact_test`: the
+project's rebuilt CIFAR-10), the accuracy on those N is reported too, from the same pass. `--tta flip`
+predicts from each test image and its mirror; every number then uses it, and the report says so.
 """
 
 import json
@@ -15,6 +19,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from jsonargparse import ArgumentParser
@@ -28,6 +33,7 @@ from zoo.module import ZooModule
 from zoo.weights import pick_device
 
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
+TTA = Literal["none", "flip"]  # test-time augmentation: none, or the mean softmax of image and mirror
 
 
 def rebuild_datamodule(ckpt: dict, data_dir: str | None = None, path: str | Path = "the checkpoint"):
@@ -60,15 +66,27 @@ def rebuild_datamodule(ckpt: dict, data_dir: str | None = None, path: str | Path
     return dm
 
 
-def evaluate(path: str, data_dir: str | None = None, device: str = "auto", precision: str = "auto") -> dict:
-    """Test loss and accuracy, per-class accuracy, confusion matrix and most-confused pairs."""
+def evaluate(path: str, data_dir: str | None = None, device: str = "auto", precision: str = "auto",
+             tta: TTA = "none") -> dict:
+    """Test loss and accuracy, per-class accuracy, confusion matrix and most-confused pairs; the
+    accuracy on the test images with original pixels where the data has such a subset."""
     if precision not in PRECISIONS:
         raise ZooError(f"Unknown --precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}.")
+    if tta not in get_args(TTA):
+        raise ZooError(f"Unknown --tta {tta!r}. Choose one of: {', '.join(get_args(TTA))}.")
     dev = pick_device(device)
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
+    shape = ckpt["hyper_parameters"]["input_shape"]
+    if tta == "flip" and len(shape) != 3:
+        raise ZooError(f"{ckpt_path}: --tta flip mirrors images left to right, but this model takes flat features "
+                       f"(input {list(shape)}, {ckpt.get('data_name')}), which have no mirror image. Fix: evaluate "
+                       f"it without --tta (or --tta none).")
     model = ZooModule.from_checkpoint(ckpt)
     dm = rebuild_datamodule(ckpt, data_dir, ckpt_path)
+    model.tta = tta
+    # The test loader is unshuffled and runs on one device here, so test_correct is in test-set order.
+    model.keep_test_correct = dm.exact_test is not None
     # The arithmetic the run was tested with (bf16 autocast for conv nets on bf16 hardware), so the
     # numbers match fit's; `--precision 32` evaluates in full precision instead.
     chosen = (ckpt.get("precision") or "32-true") if precision == "auto" else precision
@@ -93,13 +111,20 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto", preci
         if off[t, p] > 0:
             pairs.append({"true": dm.class_names[t], "predicted": dm.class_names[p], "count": int(off[t, p])})
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(chosen)
+    n_exact = acc_exact = None
+    if dm.exact_test is not None:
+        n_exact = min(dm.exact_test, len(dm.test_y))
+        acc_exact = int(torch.cat(model.test_correct)[:n_exact].sum()) / n_exact
     return {
         "checkpoint": str(ckpt_path), "model": ckpt["hyper_parameters"]["arch"], "data": ckpt["data_name"],
         "test_acc": metrics["test/acc"], "test_loss": metrics["test/loss"], "n": int(cm.sum()),
-        "precision": str(dtype or "float32"),
+        "precision": str(dtype or "float32"), "tta": tta, "test_acc_exact": acc_exact, "n_exact": n_exact,
         "class_names": list(dm.class_names), "per_class_acc": per_class,
         "confusion_matrix": cm.tolist(), "most_confused": pairs,
     }
+
+
+TTA_NOTE = {"none": "no test-time augmentation", "flip": "tta flip: mean softmax of each image and its mirror"}
 
 
 def report(r: dict) -> str:
@@ -108,8 +133,11 @@ def report(r: dict) -> str:
     width = max(6, max(len(s) for s in names))
     lines = [f"{r['model']} on {r['data']} ({r['checkpoint']})",
              f"test accuracy {r['test_acc']:.4f}   test loss {r['test_loss']:.4f}   ({r['n']} images, "
-             f"{r['precision'].replace('torch.', '')})", "",
-             "per-class accuracy:"]
+             f"{r['precision'].replace('torch.', '')}, {TTA_NOTE[r['tta']]})"]
+    if r["n_exact"]:
+        lines.append(f"original-pixel test images (first {r['n_exact']}): acc {r['test_acc_exact']:.4f}   "
+                     f"(noisier, but comparable with published numbers)")
+    lines += ["", "per-class accuracy:"]
     lines += [f"  {name:<{width}} {acc:.4f}" for name, acc in zip(names, r["per_class_acc"])]
     lines += ["", "confusion matrix (rows: true class, columns: predicted):",
               " " * (width + 2) + " ".join(f"{i:>6}" for i in range(len(names)))]
@@ -126,6 +154,9 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps.")
     parser.add_argument("--precision", type=str, default="auto",
                         help="auto (as the run was trained: bf16-mixed, 16-mixed or 32), bf16-mixed, 16-mixed or 32.")
+    parser.add_argument("--tta", type=TTA, default="none",
+                        help="Test-time augmentation: none, or flip (average the softmax of each image and its "
+                             "left-right mirror; images only). Every number then uses it, and the report says so.")
     parser.add_argument("--json", type=str | None, default=None, help="Also write all numbers to this JSON file.")
     parser.add_argument("--png", type=bool, default=True, help="Save confusion_matrix.png beside each checkpoint.")
     parser.add_argument("--debug", type=bool, default=False, help="Show tracebacks.")
@@ -133,7 +164,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         if cfg.json:
             check_output(cfg.json, "--json")  # before evaluating, not after
-        results = [evaluate(p, cfg.data_dir, cfg.device, cfg.precision) for p in cfg.checkpoints]
+        results = [evaluate(p, cfg.data_dir, cfg.device, cfg.precision, cfg.tta) for p in cfg.checkpoints]
     except ZooError as e:
         if cfg.debug:
             traceback.print_exc()
@@ -145,14 +176,17 @@ def main(args: list[str] | None = None) -> int:
             png = Path(r["checkpoint"]).with_name(Path(r["checkpoint"]).stem + "_confusion.png")
             try:
                 title = f"{r['model']} on {r['data']}: test acc {r['test_acc']:.4f}"  # as fit titles it
+                title += ", tta flip" if r["tta"] == "flip" else ""
                 insight.confusion_figure(torch.tensor(r["confusion_matrix"]), r["class_names"], title).savefig(png)
                 print(f"confusion matrix image: {png}\n")
             except OSError as e:
                 print(f"warning: could not write {png}: {e.strerror or e}", file=sys.stderr)
     if len(results) > 1:
-        print(f"{'model':<14}{'data':<15}{'test acc':>9}  checkpoint")
+        # "exact px": accuracy on the original-pixel test images, where the data has such a subset
+        print(f"{'model':<14}{'data':<15}{'test acc':>9}{'exact px':>9}  {'tta':<5} checkpoint")
         for r in results:
-            print(f"{r['model']:<14}{r['data']:<15}{r['test_acc']:>9.4f}  {r['checkpoint']}")
+            exact = f"{r['test_acc_exact']:>9.4f}" if r["n_exact"] else f"{'-':>9}"
+            print(f"{r['model']:<14}{r['data']:<15}{r['test_acc']:>9.4f}{exact}  {r['tta']:<5} {r['checkpoint']}")
     if cfg.json:
         try:
             atomic_write_bytes(cfg.json, json.dumps(results if len(results) > 1 else results[0], indent=2).encode())
