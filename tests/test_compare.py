@@ -166,3 +166,23 @@ def test_machine_comes_from_torchs_collect_env_like_the_doctor(monkeypatch):
     fake = collect_env.get_env_info()._replace(torch_version="9.9.9+zoo", cpu_info="Model name: Zoo Test CPU 9000")
     monkeypatch.setattr(compare, "get_env_info", lambda: fake)
     assert compare.machine().startswith("Zoo Test CPU 9000, ") and ", torch 9.9.9+zoo, lightning " in compare.machine()
+
+
+def test_exact_pixel_column_only_where_the_data_has_it():
+    """CIFAR-10's original-pixel accuracy gets its own column beside the headline one; tables of other
+    datasets keep their columns (their committed CSVs rebuild byte for byte)."""
+    from zoo.commands.compare import CSV_FIELDS, Row, csv_text, markdown_text
+
+    def row(model, exact):
+        return Row(model=model, dataset="cifar10", params=10, macs=5, flops=10, latency_ms_b1=1.0, throughput=2.0,
+                   epochs=1, max_epochs=1, fit_seconds=3.0, device="cpu", seeds=[0], acc=0.9, acc_std=0.0,
+                   recipe="sgd", acc_exact=exact)
+
+    plain, exact = csv_text([row("a", None)]), csv_text([row("a", 0.925)])
+    assert plain.splitlines()[0] == ",".join(CSV_FIELDS)
+    assert exact.splitlines()[0].endswith(",test_acc_exact_mean") and exact.splitlines()[1].endswith(",0.925")
+    table = {"data": "cifar10", "rows": [row("a", 0.925)], "baselines": None, "skipped": {}, "runs": {}}
+    md = markdown_text(table, {}, "")
+    header = md.splitlines()[2].split(" | ")
+    assert header.index("original-pixel test acc %") == header.index("test acc %") + 1
+    assert "| 90.00 | 92.50 |" in md and "1,017" in md

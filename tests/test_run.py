@@ -143,3 +143,19 @@ def test_a_resumed_run_sums_its_time_and_continues_its_history(tmp_path):
     seconds = [float(r["seconds"]) for r in rows]
     assert seconds == sorted(seconds) and seconds[1] <= first["fit_seconds"] <= seconds[2] <= second["fit_seconds"]
     assert all(0 <= float(r["val/acc"]) <= 1 for r in rows)
+
+
+def test_fit_reports_the_exact_pixel_subset_as_evaluate_does(tmp_path, monkeypatch):
+    """Where a dataset says only its first N test images have the original pixels (CIFAR-10's rebuild),
+    metrics.json has their accuracy beside the full test set's, equal to evaluate.py's."""
+    from datamodules.moons import MoonsDataModule
+    from zoo.commands.evaluate import evaluate
+
+    monkeypatch.setattr(MoonsDataModule, "exact_test", 7)
+    assert train.main(["fit", "--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons",
+                       "--trainer.max_epochs", "1"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    metrics = json.loads((run / "metrics.json").read_text())
+    r = evaluate(str(run), device="cpu")
+    assert metrics["n_exact"] == r["n_exact"] == 7
+    assert metrics["test_acc_exact"] == r["test_acc_exact"] and metrics["test_acc"] == r["test_acc"]

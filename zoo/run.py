@@ -229,14 +229,23 @@ class Run:
         if not cb.best_model_path:
             print(f"note: {cb.monitor} was never logged (the run stopped before a validation epoch ended), so "
                   f"there is no best.ckpt; testing last.ckpt.", file=sys.stderr)
+        # The test images with original pixels, where the data has such a subset (CIFAR-10's rebuild):
+        # their accuracy too, from the same pass (one process: the unshuffled loader keeps test-set order).
+        exact = getattr(datamodule, "exact_test", None) if trainer.world_size == 1 else None
+        model.keep_test_correct = exact is not None
         test = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+        model.keep_test_correct = False
         if not trainer.is_global_zero:
             return
+        if exact is not None:
+            n_exact = min(exact, len(datamodule.test_y))
+            test["exact"] = (int(torch.cat(model.test_correct)[:n_exact].sum()) / n_exact, n_exact)
         metrics = {
             "data": self.data, "model": self.arch, "params": self.stats["params"],
             "flops": self.stats["flops"], "macs": self.stats["macs"],
             "epochs": epochs, "stopped": stopped, "monitor": cb.monitor, "best_score": best_score,
             "test_acc": test["test/acc"], "test_loss": test["test/loss"],
+            **({"test_acc_exact": test["exact"][0], "n_exact": test["exact"][1]} if "exact" in test else {}),
             "fit_seconds": round(self.run_info.fit_seconds, 3), "fit_parts": self.run_info.fit_parts,
             "device": device_name(trainer), "devices": trainer.world_size,
             "precision": str(trainer.precision), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
@@ -246,8 +255,11 @@ class Run:
         atomic_write_bytes(self.dir / "metrics.json", json.dumps(metrics, indent=2).encode())
         loggers.log_final(trainer, metrics, model=Path(best) if self.cfg.wandb_log_model else None)
         parts = f" (summed over {metrics['fit_parts']} resumed parts)" if metrics["fit_parts"] > 1 else ""
+        exact_text = (f" | on the {test['exact'][1]} original-pixel test images {test['exact'][0]:.4f}"
+                      if "exact" in test else "")
         print(f"\n{self.arch} on {self.data}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
-              f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint) | "
+              f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint)"
+              f"{exact_text} | "
               f"{epochs} epochs in {metrics['fit_seconds']:.1f} s{parts} on {metrics['device']}, "
               f"{metrics['precision']} ({stopped})\n"
               f"checkpoint: {best}\nlogs:       {self.dir}  (tensorboard --logdir {self.dir.parent})")
