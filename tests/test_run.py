@@ -159,3 +159,18 @@ def test_fit_reports_the_exact_pixel_subset_as_evaluate_does(tmp_path, monkeypat
     r = evaluate(str(run), device="cpu")
     assert metrics["n_exact"] == r["n_exact"] == 7
     assert metrics["test_acc_exact"] == r["test_acc_exact"] and metrics["test_acc"] == r["test_acc"]
+
+
+def test_a_resume_cannot_stretch_a_planned_schedule(tmp_path, capsys):
+    """OneCycleLR refuses to step past the end it was built for (a traceback after the last planned
+    step); cosine would start over. A resume that changes the run's length is refused up front, and
+    the run's files, config.yaml included, stay as they were."""
+    common = ["--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons", "--model.scheduler", "onecycle"]
+    assert train.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    before = checksums(run)
+    assert train.main(["fit", "--config", str(run / "config.yaml"), "--ckpt_path", str(run), *common,
+                       "--trainer.max_epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "another training length" in err and "trainer.max_epochs: run 1, command 2" in err
+    assert checksums(run) == before

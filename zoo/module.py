@@ -95,6 +95,9 @@ def resolve_hparams(hp: dict) -> dict:
     return out
 
 
+DATA_INIT_IMAGES = 5000  # training images a data-initialised network is set from (airbench94: as the paper)
+
+
 class NonFiniteLossError(ZooError):
     """The loss became NaN or infinite: training stops instead of wasting hours on garbage."""
 
@@ -297,6 +300,19 @@ class ZooModule(L.LightningModule):
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0])
+
+    def on_fit_start(self) -> None:
+        # A network initialised from data (airbench94's whitening layer) gets it here, from the first
+        # DATA_INIT_IMAGES images of the training split: the split is seeded, so the same seed gives the
+        # same weights. A resumed run restores them from the checkpoint (the network's buffer
+        # data_initialised says so) instead of recomputing them.
+        init = getattr(self.model, "init_from_data", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if init is None or bool(getattr(self.model, "data_initialised", False)) or datamodule is None:
+            return
+        datamodule.setup("fit")
+        x = datamodule.normalize(datamodule.train_x[:DATA_INIT_IMAGES].to(self.device))
+        init(x.to(memory_format=torch.channels_last) if self.hparams.channels_last and x.dim() == 4 else x)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Dropout draws from the device's global RNG. Reseeding it from (seed, epoch, step, rank)

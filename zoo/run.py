@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -179,6 +180,24 @@ class Run:
             raise ZooError(f"Cannot resume {self.ckpt_path} with other model settings ({'; '.join(differ)}). Resume "
                            f"with the run's own settings: --config {self.dir / 'config.yaml'} --ckpt_path "
                            f"{self.dir}; or start a new run without --ckpt_path.")
+        saved = self.dir / "config.yaml"
+        if mine.get("scheduler") not in (None, "none") and saved.is_file():
+            # A learning-rate schedule is planned for the run's length (OneCycleLR refuses to step past its
+            # end; cosine would restart): what sets the length must be the run's own.
+            before = yaml.safe_load(saved.read_text()) or {}
+            length = {f"trainer.{k}": (before.get("trainer") or {}).get(k) for k in
+                      ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")}
+            length.update({f"data.{k}": ((before.get("data") or {}).get("init_args") or {}).get(k) for k in
+                           ("batch_size", "train_fraction")})
+            now = {k: (self.cfg.trainer if k.startswith("trainer.") else self.cfg.data.init_args).get(k.split(".")[1])
+                   for k in length}
+            changed = [f"{k}: run {length[k]!r}, command {now[k]!r}" for k in length
+                       if length[k] is not None and now[k] is not None and length[k] != now[k]]
+            if changed:
+                raise ZooError(f"Cannot resume {self.ckpt_path} with another training length ({'; '.join(changed)}): "
+                               f"its {mine['scheduler']} learning-rate schedule was planned for the run's own length. "
+                               f"Resume with the run's settings (--config {saved} --ckpt_path {self.dir}), or start "
+                               f"a new run (or use --model.scheduler none to extend runs freely).")
 
     def check_monitor(self, datamodule) -> None:
         """The metric behind best.ckpt and early stopping must be one that this run will log."""

@@ -1,0 +1,64 @@
+"""zoo/models/airbench.py: airbench94's shape, cost and whitening layer, and its data-dependent
+initialisation through a real fit (from the training split, reproducible, kept on resume)."""
+
+import torch
+
+import train
+from conftest import require_data
+from zoo.checkpoint import load_checkpoint
+from zoo.models import create_model, profile
+
+
+def test_shape_parameters_and_flops_are_the_papers():
+    model = create_model("airbench94", (3, 32, 32), num_classes=10)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) == 1_972_792  # the paper's ~1.97M
+    assert profile(model, (3, 32, 32))["flops"] == 236_294_720  # 236M forward FLOPs per image
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "whiten.weight" in frozen and all(n.endswith("weight") for n in frozen)  # + the BatchNorm scales
+
+
+def smooth_images(n: int, seed: int) -> torch.Tensor:
+    """Images whose neighbouring pixels and channels are correlated, as in photos."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 34, 34, generator=g)
+    x = (x[:, :, 1:, :] + x[:, :, :-1, :])[:, :, :, 1:] + (x[:, :, 1:, :] + x[:, :, :-1, :])[:, :, :, :-1]
+    return x[:, :, :32, :32] + 0.5 * x.mean(1, keepdim=True)[:, :, :32, :32]
+
+
+def test_whitened_patches_have_identity_covariance():
+    model = create_model("airbench94", (3, 32, 32), num_classes=10)
+    x = smooth_images(200, seed=0)
+    model.init_from_data(x, eps=1e-9)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(x, model.whiten.weight)[:, :12]  # the 12 whitened directions
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = flat.T @ flat / len(flat)
+    assert torch.allclose(covariance, torch.eye(12), atol=2e-3)
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12]) and bool(model.data_initialised)
+    again = create_model("airbench94", (3, 32, 32), num_classes=10)
+    again.init_from_data(x, eps=1e-9)
+    assert torch.equal(again.whiten.weight, model.whiten.weight)
+
+
+def test_a_fit_initialises_it_from_the_training_split_reproducibly_and_a_resume_keeps_it(tmp_path):
+    require_data("cifar10")
+    tiny = ["--data", "cifar10", "--model", "airbench94", "--quiet", "true", "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+            "--trainer.limit_test_batches", "1", "--data.batch_size", "32", "--trainer.precision", "32-true",
+            "--model.scheduler", "none"]  # a resume to 2 epochs: no schedule planned for 1
+    weights = []
+    for i in range(2):
+        assert train.main(["fit", *tiny, "--runs_root", str(tmp_path / str(i))]) == 0
+        (ckpt,) = (tmp_path / str(i)).glob("cifar10/airbench94/*/last.ckpt")
+        state = load_checkpoint(ckpt)["state_dict"]
+        assert bool(state["model.data_initialised"])
+        weights.append(state["model.whiten.weight"])
+    assert torch.equal(weights[0], weights[1])  # same seed, same split: the same filters
+    fresh = create_model("airbench94", (3, 32, 32), num_classes=10)
+    assert not torch.allclose(fresh.whiten.weight, weights[0])  # set from data, not the random init
+    run = ckpt.parent
+    assert train.main(["fit", "--config", str(run / "config.yaml"), "--ckpt_path", str(run), *tiny[4:],
+                       "--runs_root", str(tmp_path / "1"), "--trainer.max_epochs", "2"]) == 0
+    after = load_checkpoint(run / "last.ckpt")["state_dict"]["model.whiten.weight"]
+    assert torch.equal(after, weights[1])  # frozen, restored, not recomputed

@@ -1,0 +1,100 @@
+"""airbench94: the network of Keller Jordan's CIFAR-10 speedrun, written from its description.
+
+K. Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU" (2024, arXiv 2404.00498). A 2x2
+convolution that whitens the image's 2x2 patches (24 channels: the 12 eigenvectors of the training
+set's patch covariance, scaled by 1/sqrt(eigenvalue), and their negatives), then three groups of
+conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU with 64, 256 and 256 channels, a 3x3 max-pool
+and a linear layer scaled by 1/9. BatchNorm has no learned scale (its bias is learned) and momentum
+0.6 (PyTorch's convention: 0.6 of the new batch). 1.97M parameters, 236M forward FLOPs per image.
+
+The whitening layer is set from data, not trained: `init_from_data(x)` computes it from training
+images (the caller passes them; ZooModule does at the start of a fit from the training split), and a
+buffer records that it was done, so a resumed run keeps the saved weights instead of recomputing them.
+
+    model = create_model("airbench94", input_shape=(3, 32, 32), num_classes=10)
+    model.init_from_data(train_images[:5000])     # normalised float (N, 3, 32, 32)
+"""
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.registry import register_model
+
+WIDTHS = (64, 256, 256)
+WHITEN_KERNEL = 2
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """BatchNorm without a learned scale (weight fixed at 1), as the paper's network has it."""
+
+    def __init__(self, channels: int, momentum: float = 0.6, eps: float = 1e-12):
+        super().__init__(channels, eps=eps, momentum=momentum)
+        self.weight.requires_grad_(False)
+
+
+class Conv(nn.Conv2d):
+    """3x3 'same' convolution without bias, its first in_channels filters started as the identity (dirac)."""
+
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__(channels_in, channels_out, 3, padding="same", bias=False)
+        with torch.no_grad():
+            nn.init.dirac_(self.weight[:channels_in])
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__()
+        self.conv1, self.pool = Conv(channels_in, channels_out), nn.MaxPool2d(2)
+        self.norm1, self.conv2, self.norm2 = BatchNorm(channels_out), Conv(channels_out, channels_out), BatchNorm(
+            channels_out)
+        self.activ = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.activ(self.norm1(self.pool(self.conv1(x))))
+        return self.activ(self.norm2(self.conv2(x)))
+
+
+class AirBench(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...] = WIDTHS, scale: float = 1 / 9):
+        super().__init__()
+        whiten_width = 2 * in_channels * WHITEN_KERNEL**2
+        self.whiten = nn.Conv2d(in_channels, whiten_width, WHITEN_KERNEL, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set from data, never trained
+        nn.init.zeros_(self.whiten.bias)
+        self.register_buffer("data_initialised", torch.zeros((), dtype=torch.bool))  # resume keeps it
+        groups, channels = [], whiten_width
+        for width in widths:
+            groups.append(ConvGroup(channels, width))
+            channels = width
+        self.groups = nn.Sequential(*groups)
+        self.pool = nn.AdaptiveMaxPool2d(1)  # the paper's MaxPool2d(3) on its 3x3 map, for any image size
+        self.head = nn.Linear(channels, num_classes, bias=False)
+        self.scale = scale
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor, eps: float = 5e-4) -> None:
+        """Whitening filters from images x (N, C, H, W), normalised as in training: the eigenvectors
+        of the covariance of all 2x2 patches, each divided by the square root of its eigenvalue (+eps),
+        and their negatives (so that GELU keeps both signs)."""
+        k = WHITEN_KERNEL
+        c = x.shape[1]
+        patches = x.float().unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())  # float64: a stable split of near-ties
+        eigenvalues, eigenvectors = eigenvalues.flip(0).float(), eigenvectors.T.flip(0).float()  # largest first
+        filters = (eigenvectors / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, c, k, k)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]))
+        self.data_initialised.fill_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.gelu(self.whiten(x))
+        x = self.pool(self.groups(x)).flatten(1)
+        return self.head(x) * self.scale
+
+
+# Not yet the paper's recipe: that needs Lookahead, a 64x learning rate for the BatchNorm biases, the
+# whitening bias trained for 3 epochs only, batch 1024, label smoothing 0.2, the alternating flip and
+# multi-crop test-time augmentation (issue 19, open). Until then it trains with a plain one-cycle SGD.
+@register_model("airbench94", recipe=dict(optimizer="sgd", lr=0.2, weight_decay=5e-4, scheduler="onecycle"))
+def airbench94(input_shape, num_classes):
+    return AirBench(input_shape[0], num_classes)
