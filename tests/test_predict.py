@@ -188,6 +188,9 @@ def test_moons_checkpoint_predicts_csv_points(moons_run, tmp_path, capsys):
     with torch.no_grad():
         expected = model.eval()(torch.tensor([[-1.0, 0.2], [2.0, 0.3], [0.5, -0.4]])).argmax(1)
     assert [int(r["class_1"]) for r in rows] == expected.tolist()
+    for flag in ("--top_k", "--batch_size"):  # positive integers by type: the parser says so in one sentence
+        assert train.main(["predict", "--ckpt_path", str(moons_run), "--inputs", str(points), flag, "0"]) == 2
+        assert f"{flag} 0: not a valid value; it must be a number with v>0" in capsys.readouterr().err
 
 
 # --- pretrained weights -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 from jsonargparse import ArgumentError
+from jsonargparse.typing import NonNegativeInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
@@ -30,7 +31,7 @@ from lightning.pytorch.cli import LightningCLI
 from rich.text import Text
 
 from datamodules import DATAMODULES, TensorDataModule
-from zoo import ZooError, ZooModule, insight, loggers
+from zoo import ZooError, ZooModule, errors, insight, loggers
 from zoo.run import Run, fill_in_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,10 +106,10 @@ class ZooCLI(LightningCLI):
                             help="Use this run directory (multi-node launches: give every node the same).")
         parser.add_argument("--monitor", type=str, default="val/acc",
                             help="Metric for the best checkpoint and early stopping.")
-        parser.add_argument("--patience", type=int, default=10,
+        parser.add_argument("--patience", type=NonNegativeInt, default=10,
                             help="Early stopping patience in epochs; 0 turns it off.")
         parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
-        parser.add_argument("--threads", type=int, default=0,
+        parser.add_argument("--threads", type=NonNegativeInt, default=0,
                             help="CPU threads per process (0: torch's default, one per core). 1 helps when other "
                                  "jobs share the cores: oversubscribed threads spin and can make steps 10x slower.")
         insight.add_arguments(parser)
@@ -146,6 +147,9 @@ class ZooCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        # Plain ints, not jsonargparse's range-checked subclasses of int: EarlyStopping saves its patience
+        # in checkpoints, which must hold plain values only (weights_only loading).
+        cfg.patience, cfg.threads = int(cfg.patience), int(cfg.threads)
         check_trainer_options(cfg)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -182,10 +186,6 @@ def check_trainer_options(cfg) -> None:
                            f"out, or pass a positive number.")
     if t.max_epochs is not None and t.max_epochs != -1 and t.max_epochs < 1:
         raise ZooError(f"--trainer.max_epochs must be at least 1 (or -1 for no limit), got {t.max_epochs}.")
-    if cfg.patience < 0:
-        raise ZooError(f"--patience must be >= 0 (0 turns early stopping off), got {cfg.patience}.")
-    if cfg.threads < 0:
-        raise ZooError(f"--threads must be >= 0 (0 keeps torch's default of one per core), got {cfg.threads}.")
     accelerator = str(t.accelerator)
     if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
         raise ZooError(f"--trainer.accelerator {accelerator}: lightning-zoo runs on auto, cpu, gpu (cuda) or mps; "
@@ -322,28 +322,9 @@ def main(args: list[str]) -> int:
         if debug:
             traceback.print_exc()
         sub = next((a for a in args if a in ("fit", "validate", "test")), "fit")
-        print(f"error: {one_paragraph(str(e))}\n(see `python train.py {sub} --help` for the options)", file=sys.stderr)
+        print(f"error: {errors.one_paragraph(str(e))}\n(see `python train.py {sub} --help` for the options)",
+              file=sys.stderr)
         return 2
     except SystemExit as e:  # --help, or jsonargparse has printed its message already
         return e.code if isinstance(e.code, int) else 1
     return 0
-
-
-def one_paragraph(message: str) -> str:
-    """jsonargparse's report of a value that fits none of an option's types, in one sentence:
-    `--model.lr -0.1: not a valid value; it must be a number with v>0 (or null)`. Other messages as they are."""
-    key = re.search(r'Parser key "([^"]+)"', message)
-    given = re.search(r"Given value: (.*)", message) or re.search(r"Not of type \w+: (\S+) does not conform", message)
-    reasons = [r.strip() for r in re.findall(r"^\s*-?\s*(?:Not of type \w+: |Expected a )(.*)$", message, re.M)
-               if "NoneType" not in r]
-    if not (key and given and reasons):
-        return message
-    words = []
-    for r in reasons:
-        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", r)
-        restriction = re.search(r"restriction (.*)", r)
-        words.append(f"one of {literal.group(1)}" if literal else
-                     f"a number with {restriction.group(1)}" if restriction else r)
-    nullable = "NoneType" in message
-    return (f"--{key.group(1)} {given.group(1).strip()}: not a valid value; it must be {' or '.join(words)}"
-            f"{' (or null: the default)' if nullable else ''}.")

@@ -1,10 +1,13 @@
 """The one exception type for user mistakes (its message names the problem and the fix), and how
-a command reports it. Imports nothing of the project: every floor may raise it."""
+a command reports it and a mistyped option. Imports nothing of the project: every floor may raise it."""
 
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
+
+from jsonargparse import ArgumentError
 
 
 class ZooError(ValueError):
@@ -30,5 +33,30 @@ def run_main(main: Callable[[list[str]], int | None], args: list[str]) -> int:
         print(f"error: could not write {name}: {e.strerror or e}. Free some space or choose a writable place; "
               f"files already written are intact (they are written atomically).", file=sys.stderr)
         return 1
+    except ArgumentError as e:  # an option's value outside its type (parsers made with exit_on_error=False)
+        if debug:
+            traceback.print_exc()
+        print(f"error: {one_paragraph(str(e))}\n(see --help for the options)", file=sys.stderr)
+        return 2
     except SystemExit as e:  # --help, or jsonargparse has printed its message already
         return e.code if isinstance(e.code, int) else 1
+
+
+def one_paragraph(message: str) -> str:
+    """jsonargparse's report of a value that fits none of an option's types, in one sentence:
+    `--model.lr -0.1: not a valid value; it must be a number with v>0 (or null)`. Other messages as they are."""
+    key = re.search(r'Parser key "([^"]+)"', message)
+    given = re.search(r"Given value: (.*)", message) or re.search(r"Not of type \w+: (\S+) does not conform", message)
+    reasons = [r.strip() for r in re.findall(r"^\s*-?\s*(?:Not of type \w+: |Expected a )(.*)$", message, re.M)
+               if "NoneType" not in r]
+    if not (key and given and reasons):
+        return message
+    words = []
+    for r in reasons:
+        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", r)
+        restriction = re.search(r"restriction (.*)", r)
+        words.append(f"one of {literal.group(1)}" if literal else
+                     f"a number with {restriction.group(1)}" if restriction else r)
+    nullable = "NoneType" in message
+    return (f"--{key.group(1)} {given.group(1).strip()}: not a valid value; it must be {' or '.join(words)}"
+            f"{' (or null: the default)' if nullable else ''}.")

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch import Trainer
 
 from datamodules import get_datamodule_class
 from zoo import insight
 from zoo.checkpoint import atomic_write_bytes, check_args, check_output, load_checkpoint, resolve_checkpoint
-from zoo.errors import ZooError
+from zoo.errors import ZooError, one_paragraph
 from zoo.module import ZooModule
 from zoo.weights import pick_device
 
@@ -148,11 +148,12 @@ def report(r: dict) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    parser = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0].split(": ", 1)[1],
+                            exit_on_error=False)
     parser.add_argument("checkpoints", nargs="+", help="Checkpoint files or run directories.")
     parser.add_argument("--data_dir", type=str | None, default=None, help="Override the data directory.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps.")
-    parser.add_argument("--precision", type=str, default="auto",
+    parser.add_argument("--precision", type=Literal[PRECISIONS], default="auto",
                         help="auto (as the run was trained: bf16-mixed, 16-mixed or 32), bf16-mixed, 16-mixed or 32.")
     parser.add_argument("--tta", type=TTA, default="none",
                         help="Test-time augmentation: none, or flip (average the softmax of each image and its "
@@ -160,7 +161,11 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--json", type=str | None, default=None, help="Also write all numbers to this JSON file.")
     parser.add_argument("--png", type=bool, default=True, help="Save confusion_matrix.png beside each checkpoint.")
     parser.add_argument("--debug", type=bool, default=False, help="Show tracebacks.")
-    cfg = parser.parse_args(args)
+    try:
+        cfg = parser.parse_args(args)
+    except ArgumentError as e:  # a value outside an option's type, in one sentence
+        print(f"error: {one_paragraph(str(e))}\n(see python evaluate.py --help)", file=sys.stderr)
+        return 2
     try:
         if cfg.json:
             check_output(cfg.json, "--json")  # before evaluating, not after

@@ -25,6 +25,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from jsonargparse import ArgumentParser
@@ -34,7 +35,8 @@ from zoo.checkpoint import atomic_write_bytes, check_output, network_from_checkp
 from zoo.errors import ZooError, run_main
 from zoo.weights import add_source_arguments, datamodule_state, load_trained, pretrained_cfg
 
-FORMATS = ("pt2", "torchscript", "onnx")
+Format = Literal["pt2", "torchscript", "onnx"]
+FORMATS = get_args(Format)
 SUFFIXES = {".pt2": "pt2", ".onnx": "onnx"}  # --format from --out when not given; anything else: torchscript
 TOLERANCE = 1e-4
 EXPORT_BATCH, CHECK_BATCH = 4, 7  # checked on another batch size than exported: the batch axis is dynamic
@@ -164,9 +166,9 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0], exit_on_error=False)
     add_source_arguments(parser, "Export")
-    parser.add_argument("--format", type=str | None, default=None,
+    parser.add_argument("--format", type=Format | None, default=None,
                         help="pt2 (torch.export), torchscript or onnx; default: by the --out suffix "
                              "(.pt2, .onnx, else torchscript).")
     parser.add_argument("--out", type=str, required=True,
@@ -174,7 +176,7 @@ def main(args: list[str] | None = None) -> int:
     cfg = parser.parse_args(args)
     # A ZooError goes up to train.main: one paragraph, exit status 2, the traceback with --debug.
     ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)
-    fmt = cfg.format.lower() if cfg.format else SUFFIXES.get(Path(cfg.out).suffix.lower(), "torchscript")
+    fmt = cfg.format or SUFFIXES.get(Path(cfg.out).suffix.lower(), "torchscript")
     r = export(ckpt, fmt, cfg.out)
     m = r["metadata"]
     print(f"exported {m['model']} on {m['data']} ({source}) to {r['out']} ({r['format']})")

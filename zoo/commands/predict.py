@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
+from jsonargparse.typing import PositiveInt
 from PIL import Image
 
 from datamodules.images import IMAGE_EXTENSIONS, list_images
@@ -172,21 +173,19 @@ def to_csv(r: dict) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="train.py predict", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="train.py predict", description=__doc__.split("\n")[0], exit_on_error=False)
     add_source_arguments(parser, "Use")
     parser.add_argument("--inputs", nargs="+", required=True,
                         help="Image files, folders or quoted globs ('imgs/*.png'); CSV files of points for two-moons.")
-    parser.add_argument("--top_k", type=int, default=3, help="How many classes to show per input.")
+    parser.add_argument("--top_k", type=PositiveInt, default=3, help="How many classes to show per input.")
     parser.add_argument("--invert", type=bool, default=False,
                         help="Invert images (255 - x): black-on-white drawings for the white-on-black MNIST.")
     parser.add_argument("--csv", type=str | None, default=None, help="Also write the predictions to this CSV file.")
     parser.add_argument("--json", type=str | None, default=None, help="Also write the predictions to this JSON file.")
-    parser.add_argument("--batch_size", type=int, default=256, help="Inputs per forward pass.")
+    parser.add_argument("--batch_size", type=PositiveInt, default=256, help="Inputs per forward pass.")
     parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda (cuda:N), mps or auto.")
     cfg = parser.parse_args(args)
     # A ZooError goes up to train.main: one paragraph, exit status 2, the traceback with --debug.
-    if cfg.top_k < 1 or cfg.batch_size < 1:
-        raise ZooError(f"--top_k and --batch_size must be positive, got {cfg.top_k} and {cfg.batch_size}.")
     for flag, path in (("--csv", cfg.csv), ("--json", cfg.json)):
         if path:
             check_output(path, flag)  # before the work, not after it
