@@ -31,6 +31,7 @@ BENCHMARKS = {  # name -> module with run(quick: bool) -> Section
     "scaling": "bench.scaling",
     "memory": "bench.memory",
     "options": "bench.options",
+    "startup": "bench.startup",
 }
 
 

@@ -45,7 +45,8 @@ def test_a_fit_initialises_it_from_the_training_split_reproducibly_and_a_resume_
     require_data("cifar10")
     tiny = ["--data", "cifar10", "--model", "airbench94", "--quiet", "true", "--trainer.max_epochs", "1",
             "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
-            "--trainer.limit_test_batches", "1", "--data.batch_size", "32", "--trainer.precision", "32-true",
+            "--trainer.limit_test_batches", "1", "--data.batch_size", "32", "--data.eval_batch_size", "32",
+            "--trainer.precision", "32-true",
             "--model.scheduler", "none"]  # a resume to 2 epochs: no schedule planned for 1
     weights = []
     for i in range(2):

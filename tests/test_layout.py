@@ -121,14 +121,15 @@ def test_no_module_imports_the_entry_points():
 
 
 def test_inference_needs_no_lightning(tmp_path):
-    """`train.py --help`, predict and a TorchScript export with the shipped weights, and zoo.create,
-    run with torch alone: no Lightning, torchmetrics or tensorboard is imported."""
+    """`train.py --help`, `evaluate.py --help`, predict and a TorchScript export with the shipped
+    weights, and zoo.create, run with torch alone: no Lightning, torchmetrics or tensorboard is imported."""
     (tmp_path / "points.csv").write_text("0.5,0.2\n-1,0.3\n")
     points, out_file = str(tmp_path / "points.csv"), str(tmp_path / "m.pt")
     shipped = ["--pretrained", "moons", "--model", "mlp"]
-    code = ("import sys, contextlib, io, train, zoo\n"
+    code = ("import sys, contextlib, io, train, zoo, evaluate\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    assert train.main(['--help']) == 0\n"
+            "    try:\n        evaluate.main(['--help'])\n    except SystemExit as e:\n        assert e.code == 0\n"
             f"    assert train.main(['predict', *{shipped!r}, '--inputs', {points!r}]) == 0\n"
             f"    assert train.main(['export', *{shipped!r}, '--out', {out_file!r}]) == 0\n"
             "net = zoo.create('mlp', pretrained='moons')\n"

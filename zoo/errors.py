@@ -46,8 +46,10 @@ def one_paragraph(message: str) -> str:
     """jsonargparse's report of a value that fits none of an option's types, in one sentence:
     `--model.lr -0.1: not a valid value; it must be a number with v>0 (or null)`. Other messages as they are."""
     key = re.search(r'Parser key "([^"]+)"', message)
-    given = re.search(r"Given value: (.*)", message) or re.search(r"Not of type \w+: (\S+) does not conform", message)
-    reasons = [r.strip() for r in re.findall(r"^\s*-?\s*(?:Not of type \w+: |Expected a )(.*)$", message, re.M)
+    given = (re.search(r"Given value: (.*)", message) or re.search(r"Got value: (.*)", message)
+             or re.search(r"Not of type \w+: (\S+) does not conform", message))
+    reasons = [re.sub(r"\. Got value: .*$", "", r).strip()
+               for r in re.findall(r"^\s*-?\s*(?:Not of type \w+: |Expected a )(.*)$", message, re.M)
                if "NoneType" not in r]
     if not (key and given and reasons):
         return message

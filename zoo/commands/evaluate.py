@@ -23,14 +23,14 @@ from typing import Literal, get_args
 
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
-from lightning.pytorch import Trainer
 
 from datamodules import get_datamodule_class
-from zoo import insight
 from zoo.checkpoint import atomic_write_bytes, check_args, check_output, load_checkpoint, resolve_checkpoint
 from zoo.errors import ZooError, one_paragraph
-from zoo.module import ZooModule
 from zoo.weights import pick_device
+
+# Lightning (Trainer, ZooModule, the pictures) is imported inside evaluate() and main(), when a
+# checkpoint is evaluated: `evaluate.py --help` and a mistyped option answer without it (issue 18's start-up).
 
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
 TTA = Literal["none", "flip"]  # test-time augmentation: none, or the mean softmax of image and mirror
@@ -82,6 +82,10 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto", preci
         raise ZooError(f"{ckpt_path}: --tta flip mirrors images left to right, but this model takes flat features "
                        f"(input {list(shape)}, {ckpt.get('data_name')}), which have no mirror image. Fix: evaluate "
                        f"it without --tta (or --tta none).")
+    from lightning.pytorch import Trainer  # here, not at the top: start-up (see the note there)
+
+    from zoo.module import ZooModule
+
     model = ZooModule.from_checkpoint(ckpt)
     dm = rebuild_datamodule(ckpt, data_dir, ckpt_path)
     model.tta = tta
@@ -182,6 +186,8 @@ def main(args: list[str] | None = None) -> int:
             try:
                 title = f"{r['model']} on {r['data']}: test acc {r['test_acc']:.4f}"  # as fit titles it
                 title += ", tta flip" if r["tta"] == "flip" else ""
+                from zoo import insight  # matplotlib and Lightning: only when there is a picture to draw
+
                 insight.confusion_figure(torch.tensor(r["confusion_matrix"]), r["class_names"], title).savefig(png)
                 print(f"confusion matrix image: {png}\n")
             except OSError as e:

@@ -1,0 +1,57 @@
+"""Benchmark 8: how long a command takes from process start to exit, against `import torch`.
+
+Fresh processes, run in rounds that alternate the commands (so a change in the machine's load hits
+all of them), at the threads the process gets by default: `python -c "import torch"` (the floor),
+`import lightning.pytorch` (what fit must pay), `train.py --help`, `train.py predict` of one PNG with
+the shipped LeNet-5 weights, a TorchScript `export` of the same weights, `evaluate.py --help`. The
+goal of issue 18: the commands that do not train within 1.5x `import torch`. predict, export and
+--help import no Lightning, torchmetrics or tensorboard (tests/test_layout.py checks); evaluate.py
+runs Lightning's Trainer.test, and its --help still imports it with the module.
+"""
+
+import numpy as np
+from PIL import Image
+
+from bench.common import PY, Section, body, check, med, run_processes, spread, tmpdir
+
+GOAL = 1.5  # x the time of `python -c "import torch"`
+
+
+def commands(tmp: str) -> dict[str, list[str]]:
+    png = f"{tmp}/digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(png)
+    shipped = ["--pretrained", "mnist", "--model", "lenet5"]
+    return {
+        "import torch": [PY, "-c", "import torch"],
+        "import lightning.pytorch": [PY, "-c", "import lightning.pytorch"],
+        "train.py --help": [PY, "train.py", "--help"],
+        "train.py predict (1 PNG, shipped LeNet-5)": [PY, "train.py", "predict", *shipped, "--inputs", png],
+        "train.py export (TorchScript, shipped LeNet-5)": [PY, "train.py", "export", *shipped, "--out",
+                                                           f"{tmp}/lenet5.pt"],
+        "evaluate.py --help": [PY, "evaluate.py", "--help"],
+    }
+
+
+def run(quick: bool) -> Section:
+    rounds = 1 if quick else 5
+    with tmpdir() as tmp:
+        cmds = commands(tmp)
+        times: dict[str, list[float]] = {name: [] for name in cmds}
+        for _ in range(rounds + (0 if quick else 1)):  # the first round warms the page cache, not counted
+            procs = run_processes(list(cmds.values()), parallel=quick)
+            for name, p in zip(cmds, procs):
+                times[name].append(check(p, name).wall)
+        if not quick:
+            times = {name: t[1:] for name, t in times.items()}
+    floor = med(times["import torch"])
+    s = Section("8. Start-up: commands against `import torch`")
+    s.text(body(__doc__))
+    rows = []
+    for name, t in times.items():
+        ratio = med(t) / floor
+        rows.append([name, spread(t), f"{ratio:.2f}x"])
+        if name.startswith(("train.py", "evaluate.py")):
+            s.goal(f"start-up: {name}", f"{med(t):.2f} s = {ratio:.2f}x import torch", f"<= {GOAL}x",
+                   None if quick else ratio <= GOAL)
+    s.table(["command", "wall s, median (min-max)", "x import torch"], rows)
+    return s
