@@ -4,6 +4,7 @@
     python evaluate.py checkpoints/fashion_mnist/mlp/<run>          # a run directory: its best.ckpt
     python evaluate.py run1/best.ckpt run2/best.ckpt --json out.json  # several: one table
 
+The command itself is zoo/commands/evaluate.py (Lightning's Trainer.test with fit's metrics).
 The model and the datamodule are rebuilt from the checkpoint alone (it stores the model's
 hyperparameters, the dataset name and its normalisation), so no config is needed; the data
 directory can be overridden. Checkpoints are loaded with weights_only=True: a file that would run
