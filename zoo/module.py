@@ -21,7 +21,6 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from datamodules.tensor import mix_seed
-from zoo.checkpoint import network_from_checkpoint
 from zoo.errors import ZooError
 from zoo.models.registry import (
     DEFAULT_RECIPE,
@@ -195,12 +194,18 @@ class ZooModule(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "ZooModule":
-        """The module a checkpoint holds (what zoo.checkpoint.load_checkpoint returned), float32 and in
-        eval mode: the same network zoo.checkpoint.network_from_checkpoint rebuilds for inference."""
+        """The module a checkpoint holds (what zoo.checkpoint.load_checkpoint returned, so its weights
+        fit), float32 and in eval mode: the network zoo.checkpoint.network_from_checkpoint rebuilds too."""
         hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
         module = cls(**{**hp, "pretrained": None})  # the weights are this file's, not the shipped ones
-        module.model = network_from_checkpoint(ckpt)
+        module.load_state_dict(ckpt["state_dict"])  # float16 weights are copied into the float32 parameters
         return module.eval()
+
+    def exact_test_accuracy(self, n: int) -> tuple[float, int]:
+        """Accuracy on the first n test images (the ones with original pixels, datamodule.exact_test) and
+        how many there were, from the last test run with keep_test_correct on one process."""
+        correct = torch.cat(self.test_correct)[:n]
+        return int(correct.sum()) / len(correct), len(correct)
 
     def _load_pretrained(self, dataset: str) -> None:
         ckpt = load_pretrained_checkpoint(self.hparams.arch, dataset)  # sha256-checked, weights_only

@@ -180,24 +180,22 @@ class Run:
             raise ZooError(f"Cannot resume {self.ckpt_path} with other model settings ({'; '.join(differ)}). Resume "
                            f"with the run's own settings: --config {self.dir / 'config.yaml'} --ckpt_path "
                            f"{self.dir}; or start a new run without --ckpt_path.")
+        self.check_schedule_length(mine["scheduler"])
+
+    def check_schedule_length(self, scheduler: str) -> None:
+        """A learning-rate schedule is planned for the run's length (OneCycleLR refuses to step past its
+        end; cosine would restart): a resume keeps what sets the length, as the run's config.yaml has it."""
         saved = self.dir / "config.yaml"
-        if mine.get("scheduler") not in (None, "none") and saved.is_file():
-            # A learning-rate schedule is planned for the run's length (OneCycleLR refuses to step past its
-            # end; cosine would restart): what sets the length must be the run's own.
-            before = yaml.safe_load(saved.read_text()) or {}
-            length = {f"trainer.{k}": (before.get("trainer") or {}).get(k) for k in
-                      ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")}
-            length.update({f"data.{k}": ((before.get("data") or {}).get("init_args") or {}).get(k) for k in
-                           ("batch_size", "train_fraction")})
-            now = {k: (self.cfg.trainer if k.startswith("trainer.") else self.cfg.data.init_args).get(k.split(".")[1])
-                   for k in length}
-            changed = [f"{k}: run {length[k]!r}, command {now[k]!r}" for k in length
-                       if length[k] is not None and now[k] is not None and length[k] != now[k]]
-            if changed:
-                raise ZooError(f"Cannot resume {self.ckpt_path} with another training length ({'; '.join(changed)}): "
-                               f"its {mine['scheduler']} learning-rate schedule was planned for the run's own length. "
-                               f"Resume with the run's settings (--config {saved} --ckpt_path {self.dir}), or start "
-                               f"a new run (or use --model.scheduler none to extend runs freely).")
+        if scheduler == "none" or not saved.is_file():
+            return
+        run, now = training_length(yaml.safe_load(saved.read_text()) or {}), training_length(self.cfg)
+        changed = [f"{k}: run {run[k]!r}, command {now[k]!r}" for k in run
+                   if run[k] is not None and now[k] is not None and run[k] != now[k]]
+        if changed:
+            raise ZooError(f"Cannot resume {self.ckpt_path} with another training length ({'; '.join(changed)}): "
+                           f"its {scheduler} learning-rate schedule was planned for the run's own length. "
+                           f"Resume with the run's settings (--config {saved} --ckpt_path {self.dir}), or start "
+                           f"a new run (or use --model.scheduler none to extend runs freely).")
 
     def check_monitor(self, datamodule) -> None:
         """The metric behind best.ckpt and early stopping must be one that this run will log."""
@@ -256,15 +254,13 @@ class Run:
         model.keep_test_correct = False
         if not trainer.is_global_zero:
             return
-        if exact is not None:
-            n_exact = min(exact, len(datamodule.test_y))
-            test["exact"] = (int(torch.cat(model.test_correct)[:n_exact].sum()) / n_exact, n_exact)
+        acc_exact, n_exact = model.exact_test_accuracy(exact) if exact is not None else (None, None)
         metrics = {
             "data": self.data, "model": self.arch, "params": self.stats["params"],
             "flops": self.stats["flops"], "macs": self.stats["macs"],
             "epochs": epochs, "stopped": stopped, "monitor": cb.monitor, "best_score": best_score,
             "test_acc": test["test/acc"], "test_loss": test["test/loss"],
-            **({"test_acc_exact": test["exact"][0], "n_exact": test["exact"][1]} if "exact" in test else {}),
+            **({"test_acc_exact": acc_exact, "n_exact": n_exact} if exact is not None else {}),
             "fit_seconds": round(self.run_info.fit_seconds, 3), "fit_parts": self.run_info.fit_parts,
             "device": device_name(trainer), "devices": trainer.world_size,
             "precision": str(trainer.precision), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
@@ -274,8 +270,7 @@ class Run:
         atomic_write_bytes(self.dir / "metrics.json", json.dumps(metrics, indent=2).encode())
         loggers.log_final(trainer, metrics, model=Path(best) if self.cfg.wandb_log_model else None)
         parts = f" (summed over {metrics['fit_parts']} resumed parts)" if metrics["fit_parts"] > 1 else ""
-        exact_text = (f" | on the {test['exact'][1]} original-pixel test images {test['exact'][0]:.4f}"
-                      if "exact" in test else "")
+        exact_text = f" | on the {n_exact} original-pixel test images {acc_exact:.4f}" if exact is not None else ""
         print(f"\n{self.arch} on {self.data}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
               f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint)"
               f"{exact_text} | "
@@ -360,6 +355,15 @@ def check_writable(run_dir: Path) -> None:
         raise ZooError(f"Cannot write to the run directory {run_dir} ({e.strerror or e}). Checkpoints and logs "
                        f"go there: free some space, fix its permissions, or choose another place with "
                        f"--runs_root DIR.") from None
+
+
+def training_length(cfg) -> dict:
+    """What decides how many optimizer steps a run takes, from a fit config (the parsed one, or a run's
+    config.yaml read back): trainer.max_epochs, ..., data.batch_size, data.train_fraction."""
+    trainer, data = cfg.get("trainer") or {}, (cfg.get("data") or {}).get("init_args") or {}
+    return {**{f"trainer.{k}": trainer.get(k) for k in
+               ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")},
+            **{f"data.{k}": data.get(k) for k in ("batch_size", "train_fraction")}}
 
 
 def fill_in_recipe(model_cfg) -> None:

@@ -189,6 +189,11 @@ def sha256(path: str | os.PathLike) -> str:
 
 def pretrained_path(model: str | None, dataset: str, manifest: str | os.PathLike | None = None) -> Path:
     """The verified weights file of (model, dataset): it exists and its sha256 is the manifest's."""
+    return verified_entry(model, dataset, manifest)[0]
+
+
+def verified_entry(model: str | None, dataset: str, manifest: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """pretrained_path's file and the manifest entry that vouches for it (one read of the manifest)."""
     entry = find_entry(model, dataset, manifest)
     path = Path(manifest or MANIFEST).parent / entry["file"]
     fix = (f"Fix: restore it with `git checkout -- {path}` (or regenerate it: "
@@ -199,15 +204,15 @@ def pretrained_path(model: str | None, dataset: str, manifest: str | os.PathLike
     if digest != entry["sha256"]:
         raise ZooError(f"The weights file {path} is corrupted or was replaced: its sha256 is {digest[:16]}..., "
                        f"the manifest says {entry['sha256'][:16]}.... {fix}")
-    return path
+    return path, entry
 
 
 def load_pretrained_checkpoint(model: str | None, dataset: str, manifest: str | os.PathLike | None = None) -> dict:
     """The shipped weights file of (model, dataset) as a checkpoint dict, weights in float32."""
-    path = pretrained_path(model, dataset, manifest)
+    path, entry = verified_entry(model, dataset, manifest)
     ckpt = load_checkpoint(path)  # weights_only=True
     ckpt["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-    names = (find_entry(model, dataset, manifest).get("pretrained_cfg") or {}).get("class_names")
+    names = (entry.get("pretrained_cfg") or {}).get("class_names")
     state = datamodule_state(ckpt)
     if not state.get("class_names") and isinstance(names, list) and all(isinstance(n, str) for n in names):
         # A file older than saved class names: the manifest's (read from the file by write_cfgs)

@@ -6,11 +6,12 @@
 Every compatible (dataset, model) pair is trained once per seed by `train.py fit`, in-process, into a
 fixed run directory <runs_root>/<data>/<model>/seed<k>/. A run with metrics.json is reused and one with
 only last.ckpt (interrupted) is resumed, so the same command, run again, continues where it stopped.
-Each finished run's metrics.json and config.yaml are copied to <out>/runs/<data>/<model>/seed<k>/ (no
-checkpoints), and the tables are built from those copies alone: that is why `--from_runs` rebuilds
+Each finished run's metrics.json, config.yaml and history.csv are copied to <out>/runs/<data>/<model>/seed<k>/
+(no checkpoints), and the tables are built from those copies alone: that is why `--from_runs` rebuilds
 them exactly. Costs measured here rather than in the runs (baselines, CPU latency) are kept in
 <out>/compare.json. Per dataset it writes <data>.md, <data>.csv, test error against parameters and
-against FLOPs (PNG), and for 2-feature data a decision-boundary plot per model.
+against FLOPs (PNG), validation accuracy against wall time and epochs (<data>_time_to_accuracy.png),
+and for 2-feature data a decision-boundary plot per model.
 """
 
 import csv

@@ -115,10 +115,7 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto", preci
         if off[t, p] > 0:
             pairs.append({"true": dm.class_names[t], "predicted": dm.class_names[p], "count": int(off[t, p])})
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(chosen)
-    n_exact = acc_exact = None
-    if dm.exact_test is not None:
-        n_exact = min(dm.exact_test, len(dm.test_y))
-        acc_exact = int(torch.cat(model.test_correct)[:n_exact].sum()) / n_exact
+    acc_exact, n_exact = model.exact_test_accuracy(dm.exact_test) if dm.exact_test is not None else (None, None)
     return {
         "checkpoint": str(ckpt_path), "model": ckpt["hyper_parameters"]["arch"], "data": ckpt["data_name"],
         "test_acc": metrics["test/acc"], "test_loss": metrics["test/loss"], "n": int(cm.sum()),
