@@ -186,3 +186,14 @@ def test_exact_pixel_column_only_where_the_data_has_it():
     header = md.splitlines()[2].split(" | ")
     assert header.index("original-pixel test acc %") == header.index("test acc %") + 1
     assert "| 90.00 | 92.50 |" in md and "1,017" in md
+
+
+def test_a_damaged_history_is_named_not_a_traceback(compared, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "out"
+    shutil.copytree(compared / "out", copy)
+    (copy / "runs/moons/mlp/seed0/history.csv").write_text("epoch,step,seconds\n0,1,not a number\n")
+    assert train.main(["compare", "--from_runs", str(copy), "--out", str(tmp_path / "rebuilt")]) == 2
+    err = capsys.readouterr().err
+    assert "history.csv is not a history written by train.py fit" in err and "Traceback" not in err

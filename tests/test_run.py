@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from jsonargparse import Namespace
 
 import train
@@ -174,3 +175,16 @@ def test_a_resume_cannot_stretch_a_planned_schedule(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "another training length" in err and "trainer.max_epochs: run 1, command 2" in err
     assert checksums(run) == before
+
+
+def test_a_crafted_run_timing_in_a_checkpoint_is_refused_in_one_paragraph(tmp_path, capsys):
+    common = ["--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons"]
+    assert train.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    ckpt["callbacks"]["RunInfo"]["history"] = ["rm -rf /", {"epoch": "zero"}]
+    torch.save(ckpt, run / "last.ckpt")
+    assert train.main(["fit", "--config", str(run / "config.yaml"), "--ckpt_path", str(run), *common,
+                       "--trainer.max_epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "run timing" in err and "Traceback" not in err and err.strip().count("\n") == 0

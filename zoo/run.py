@@ -454,8 +454,15 @@ class RunInfo(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         # Also called by trainer.test (it restores callbacks): the totals above are read before that.
-        self.before, self.parts = float(state.get("fit_seconds", 0.0)), int(state.get("parts", 0))
-        self.history = [dict(row) for row in state.get("history", [])]
+        seconds, parts, history = state.get("fit_seconds", 0.0), state.get("parts", 0), state.get("history", [])
+        number = (int, float)
+        if not (isinstance(seconds, number) and seconds >= 0 and isinstance(parts, int) and parts >= 0
+                and isinstance(history, list) and all(isinstance(row, dict) and all(
+                    isinstance(v, number) or v is None for v in row.values()) for row in history)):
+            raise ZooError("The checkpoint's run timing (callbacks['RunInfo']: fit_seconds, parts, history) is not "
+                           "what train.py writes. Use best.ckpt or last.ckpt of a run written by train.py fit (or "
+                           "retrain); do not edit checkpoints by hand.")
+        self.before, self.parts, self.history = float(seconds), parts, [dict(row) for row in history]
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()

@@ -428,8 +428,13 @@ def read_history(path: Path) -> list[dict]:
     """A run's history.csv (one row per epoch: seconds so far, val/acc, ...), [] when it has none."""
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    try:
+        with path.open(newline="") as f:
+            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError) as e:
+        raise ZooError(f"{path} is not a history written by train.py fit (one row of numbers per epoch: "
+                       f"{type(e).__name__}: {e}). Fix: restore it (git checkout -- {path}), or delete it: the "
+                       f"tables do not need it, only the time-to-accuracy plot does.") from None
 
 
 def model_row(data: str, model: str, runs: list[tuple[dict, dict]], cost: dict) -> Row:
