@@ -334,14 +334,125 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     assert len({tuple(map(int, (out[i] == 0).flatten(1).sum(1))) for i in range(64)}) > 3  # shifts vary
 
 
-@pytest.mark.parametrize("augment", [False, True], ids=["plain", "crop+flip"])
+@pytest.mark.parametrize("augment", [{}, dict(pad=2, flip=True), dict(pad=2, flip=True, alternate_flip=True),
+                                     dict(flip=True, alternate_flip=True)],
+                         ids=["plain", "crop+flip", "crop+alternate_flip", "alternate_flip"])
 def test_loader_resumed_mid_epoch_yields_the_rest_of_the_same_epoch(augment):
     x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(50)
-    opts = dict(batch_size=8, shuffle=True, seed=3, epoch_fn=lambda: 2, pad=2 if augment else 0, flip=augment)
+    opts = dict(batch_size=8, shuffle=True, seed=3, epoch_fn=lambda: 3) | augment
     full = list(TensorLoader(x, y, **opts))
     rest = list(TensorLoader(x, y, start_fn=lambda: 4, **opts))
     assert len(rest) == len(full) - 4
     for (xa, ya), (xb, yb) in zip(full[4:], rest):  # same samples, same crops and flips
         assert torch.equal(ya, yb) and torch.equal(xa, xb)
     assert TensorLoader(x, y, **opts).state_dict() == {}  # Lightning's resumable-loader interface
+
+
+# --- airbench's options: translate and alternate_flip -------------------------------------------
+class TinyCrop(Tiny):
+    """Tiny with a 1 px crop by default and augmentation on, no flips."""
+
+    pad, augment_default = 1, True
+
+
+class TinyFlips(Tiny):
+    """Tiny with flips (no crop) and augmentation on by default, like cifar10 without its crop."""
+
+    flip, augment_default = True, True
+
+
+def shifts(out: torch.Tensor, plain: torch.Tensor, pad: int) -> list[tuple[int, int] | None]:
+    """For each image of out, the (dy, dx) shift of plain's image it equals (a window of the image
+    zero-padded by pad), or None when no shift of at most pad pixels gives it."""
+    padded, (h, w) = F.pad(plain, (pad, pad, pad, pad)), plain.shape[-2:]
+    moves = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    return [next(((dy - pad, dx - pad) for dy, dx in moves if torch.equal(o, p[:, dy:dy + h, dx:dx + w])), None)
+            for o, p in zip(out, padded)]
+
+
+def epoch_and_originals(dm: TensorDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training epoch of dm (epoch 0, no trainer) and the unaugmented images in the same order."""
+    loader = dm.train_dataloader()
+    x, _ = collect(loader)
+    return x, dm.train_x[loader.indices(0)[: len(x)]]
+
+
+def test_translate_sets_the_crop_padding():
+    dm = TinyCrop(batch_size=8, translate=2)
+    x, plain = epoch_and_originals(dm)
+    moved = shifts(x, plain, 2)
+    assert None not in moved  # every image is a shift of at most 2 px of its original
+    assert max(max(abs(dy), abs(dx)) for dy, dx in moved) == 2  # and some by 2: more than the default 1
+    assert dm.hparams.translate == 2  # saved, so checkpoints and logs say which crop trained
+    x, plain = epoch_and_originals(TinyCrop(batch_size=8, translate=0))
+    assert torch.equal(x, plain)  # 0: no crop at all
+
+
+def test_translate_defaults_to_the_dataset_padding():
+    x, plain = epoch_and_originals(TinyCrop(batch_size=8))
+    moved = shifts(x, plain, 1)
+    assert None not in moved and any(m != (0, 0) for m in moved)  # the class's 1 px crop, as before
+    assert TinyCrop(translate=3, augment=False).train_dataloader().pad == 0  # no crop without augmentation
+
+
+@pytest.mark.parametrize("translate", [-1, 1.5, True, "2"])
+def test_bad_translate_is_a_zoo_error(translate):
+    with pytest.raises(ZooError, match=r"must be a whole number >= 0.*Fix: pass e.g. --data.translate 2"):
+        TinyCrop(batch_size=8, translate=translate).setup()
+
+
+def flip_loader(epoch: int = 0, seed: int = 5, **kwargs) -> TensorLoader:
+    """Alternating flips over 100 distinct random images (none is its own mirror); labels are the indices."""
+    x = torch.randint(0, 256, (100, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    options = dict(batch_size=16, shuffle=True, seed=seed, epoch_fn=lambda: epoch, flip=True,
+                   alternate_flip=True) | kwargs
+    return TensorLoader(x, torch.arange(100), **options)
+
+
+def flipped(*loaders: TensorLoader) -> torch.Tensor:
+    """Whether each image (by its index in x) came mirrored in one epoch over the loaders (one per rank)."""
+    out = torch.zeros(len(loaders[0].x), dtype=torch.int64)  # 0 unseen, 1 as is, 2 mirrored
+    for loader in loaders:
+        x, i = collect(loader)
+        mirrored = (x == loader.x[i].flip(-1)).flatten(1).all(1)
+        assert (mirrored | (x == loader.x[i]).flatten(1).all(1)).all()  # no crop: each is the image or its mirror
+        out[i] = 1 + mirrored.long()
+    assert (out > 0).all()  # every image seen once
+    return out == 2
+
+
+def test_alternate_flip_inverts_each_image_every_other_epoch():
+    first = flipped(flip_loader(epoch=0))
+    assert 30 < first.sum() < 70  # about half the images start mirrored
+    assert torch.equal(flipped(flip_loader(epoch=1)), ~first)  # each is seen both ways in two epochs
+    assert torch.equal(flipped(flip_loader(epoch=2)), first)
+    assert torch.equal(flipped(flip_loader(epoch=7)), ~first)
+    assert not torch.equal(flipped(flip_loader(epoch=2, alternate_flip=False)), first)  # unlike random flips
+
+
+def test_alternate_flip_depends_on_the_seed_alone():
+    a, b = collect(flip_loader()), collect(flip_loader())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # same seed, same batches
+    first = flipped(flip_loader())
+    assert not torch.equal(flipped(flip_loader(seed=6)), first)  # another seed, other decisions
+    assert torch.equal(flipped(flip_loader(batch_size=7)), first)  # not the batch order
+    ranks = [flip_loader(rank=r, world_size=2) for r in (0, 1)]  # nor the rank
+    assert torch.equal(flipped(*ranks), first)
+
+
+def test_alternate_flip_reaches_the_loader_and_is_saved():
+    dm = TinyFlips(batch_size=8, alternate_flip=True)
+    loader = dm.train_dataloader()
+    assert loader.flip and loader.alternate_flip and dm.hparams.alternate_flip
+    assert not TinyFlips(batch_size=8).train_dataloader().alternate_flip  # off by default
+    assert not dm.val_dataloader().flip  # evaluation stays unaugmented
+
+
+@pytest.mark.parametrize("cls, augment, words", [
+    (Tiny, True, "never flipped.*no effect.*drop --data.alternate_flip"),
+    (TinyFlips, False, "augmentation is off.*no effect.*--data.augment true"),
+])
+def test_alternate_flip_without_flips_is_a_zoo_error(cls, augment, words):
+    with pytest.raises(ZooError, match=f"alternate_flip.*{words}"):
+        cls(batch_size=8, augment=augment, alternate_flip=True).setup()
