@@ -1,12 +1,16 @@
-"""zoo/models/airbench.py: airbench94's shape, cost and whitening layer, and its data-dependent
-initialisation through a real fit (from the training split, reproducible, kept on resume)."""
+"""zoo/models/airbench.py: airbench94's shape, cost and whitening layer, its data-dependent
+initialisation through a real fit (from the training split, reproducible, kept on resume), and its
+recipe: parameter groups, the command line it puts together, one epoch of it and TTA evaluation."""
 
+import pytest
 import torch
+import yaml
 
 import train
 from conftest import require_data
 from zoo.checkpoint import load_checkpoint
 from zoo.models import create_model, profile
+from zoo.module import ZooModule, optimizer_groups
 
 
 def test_shape_parameters_and_flops_are_the_papers():
@@ -63,3 +67,55 @@ def test_a_fit_initialises_it_from_the_training_split_reproducibly_and_a_resume_
                        "--runs_root", str(tmp_path / "1"), "--trainer.max_epochs", "2"]) == 0
     after = load_checkpoint(run / "last.ckpt")["state_dict"]["model.whiten.weight"]
     assert torch.equal(after, weights[1])  # frozen, restored, not recomputed
+
+
+def test_batchnorm_head_and_parameter_groups_are_the_papers():
+    model = create_model("airbench94", (3, 32, 32), num_classes=10)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(m.momentum == 0.4 and m.eps == 1e-12 for m in norms)  # keeps 0.6 of the old
+    assert model.head.weight.std().item() == pytest.approx(1.0, abs=1e-6)
+    biases, whiten_bias, others = optimizer_groups(model, lr=1.5, weight_decay=0.0013305)
+    assert {id(p) for p in biases["params"]} == {id(m.bias) for m in norms}
+    assert biases["lr"] == 96.0 and biases["lr"] * biases["weight_decay"] == pytest.approx(1.5 * 0.0013305)
+    assert whiten_bias["params"] == [model.whiten.bias] and whiten_bias["train_epochs"] == 3
+    grouped = [id(p) for g in (biases, whiten_bias, others) for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each once
+
+
+def test_the_recipe_reaches_the_command_line_and_the_users_flags_win(capsys):
+    hp = ZooModule("airbench94", 10, [3, 32, 32]).hparams
+    assert (hp.optimizer, hp.lr, hp.momentum, hp.label_smoothing, hp.scheduler, hp.lookahead) == (
+        "sgd", 1.5, 0.85, 0.2, "triangle", True)
+    assert train.main(["fit", "--data", "cifar10", "--model", "airbench94", "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["init_args"]["batch_size"] == 1024 and config["trainer"]["max_epochs"] == 10
+    assert config["data"]["init_args"]["translate"] == 2 and config["data"]["init_args"]["alternate_flip"] is True
+    assert config["model"]["lookahead"] is True and config["model"]["momentum"] == 0.85
+    assert train.main(["fit", "--data", "cifar10", "--model", "airbench94", "--data.batch_size", "64",
+                       "--trainer.max_epochs", "3", "--data.alternate_flip", "false", "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["init_args"]["batch_size"] == 64 and config["trainer"]["max_epochs"] == 3
+    assert config["data"]["init_args"]["alternate_flip"] is False
+    # Digits neither flip nor augment by default: the data options stay out, the schedule stays in.
+    assert train.main(["fit", "--data", "mnist", "--model", "airbench94", "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["init_args"]["batch_size"] == 1024 and config["data"]["init_args"]["alternate_flip"] is False
+    assert train.main(["fit", "--data", "cifar10", "--model", "resnet20", "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)  # other models: the dataset's recipe, as before
+    assert config["data"]["init_args"]["batch_size"] == 128 and config["trainer"]["max_epochs"] == 30
+
+
+def test_one_epoch_of_the_full_recipe_on_a_subset(tmp_path):
+    require_data("cifar10")
+    assert train.main(["fit", "--data", "cifar10", "--model", "airbench94", "--quiet", "true",
+                       "--data.train_fraction", "0.005", "--data.batch_size", "100", "--trainer.max_epochs", "1",
+                       "--data.eval_batch_size", "100", "--trainer.limit_val_batches", "1",
+                       "--trainer.limit_test_batches", "1", "--trainer.precision", "32-true",
+                       "--runs_root", str(tmp_path)]) == 0
+    (run,) = tmp_path.glob("cifar10/airbench94/*")
+    ckpt = load_checkpoint(run / "last.ckpt")
+    assert ckpt["hyper_parameters"]["lookahead"] and ckpt["global_step"] == 2  # 225 images in batches of 100
+    net = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    assert all(torch.equal(net[k], v) for k, v in ckpt["lookahead"]["slow"].items())  # ended on the slow weights
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["init_args"]["alternate_flip"] is True and config["model"]["scheduler"] == "triangle"

@@ -79,6 +79,12 @@ def test_tta_flip_differs_from_none_only_through_the_mirror(cifar, plain):
     assert "tta flip" in evaluate.report(r)
 
 
+def test_tta_flip_translate_runs_end_to_end_and_says_so(cifar, plain, capsys):
+    assert evaluate.main([str(cifar["path"]), "--tta", "flip_translate", "--device", "cpu", "--png", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "tta flip_translate" in out and f"test accuracy {plain['test_acc']:.4f}" not in out
+
+
 def test_module_flip_is_the_log_of_the_mean_softmax_and_off_by_default():
     torch.manual_seed(0)
     module = ZooModule("linear", 10, [3, 8, 8]).eval()
@@ -89,7 +95,13 @@ def test_module_flip_is_the_log_of_the_mean_softmax_and_off_by_default():
     with torch.no_grad():
         logits = module(x)
         mean = ((logits.softmax(-1) + module(x.flip(-1)).softmax(-1)) / 2).log()
-        for tta, expected in (("none", logits), ("flip", mean)):
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifts = [padded[..., :8, :8], padded[..., 2:, 2:]]  # one pixel up-left, one down-right
+
+        def p(v):
+            return module(v).softmax(-1) + module(v.flip(-1)).softmax(-1)
+        translated = (p(x) / 4 + (p(shifts[0]) + p(shifts[1])) / 8).log()
+        for tta, expected in (("none", logits), ("flip", mean), ("flip_translate", translated)):
             module.tta, module.keep_test_correct = tta, True
             module.on_test_epoch_start()
             module.test_acc.reset()
@@ -99,6 +111,7 @@ def test_module_flip_is_the_log_of_the_mean_softmax_and_off_by_default():
             assert module.test_acc.compute() == (expected.argmax(1) == y).float().mean()
             assert module.test_loss.compute() == pytest.approx(F.cross_entropy(expected, y).item(), rel=1e-6)
     assert not torch.equal(logits.argmax(1), mean.argmax(1))  # the mirror did change some predictions
+    assert not torch.equal(translated.argmax(1), mean.argmax(1))  # and the shifts some more
 
 
 def test_exact_subset_works_for_any_datamodule_that_declares_one(monkeypatch):

@@ -10,6 +10,7 @@ train.py dispatches here; `train.py compare` runs its fits through `main` too.
     cli.main(["fit", "--data", "mnist", "--model", "lenet5"])     # the exit status, like the program's
 """
 
+import inspect
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from rich.text import Text
 
 from datamodules import DATAMODULES, TensorDataModule
 from zoo import ZooError, ZooModule, errors, insight, loggers
+from zoo.models.registry import RECIPES
 from zoo.run import Run, fill_in_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,7 +216,7 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
     The recipe goes first, right after the subcommand, whatever the position of `--data`: the
     user's own flags always win over it. With neither --data nor --config, fit/validate/test take
     the two-moons recipe (configs/moons.yaml), the README's default."""
-    out, recipes, named, i = [], [], False, 0
+    out, recipes, named, dataset, i = [], [], False, None, 0
     while i < len(args):
         a = args[i]
         if a.startswith("--data="):
@@ -233,10 +235,45 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
             raise ZooError(f"Dataset {name!r} has no recipe file {config}: every registered dataset needs one "
                            f"(batch size, epochs), written as configs/moons.yaml is.")
         recipes += ["--config", str(config)]
+        dataset = name
         i += 1 if a.startswith("--data=") else 2
     if not named and out and out[0] in ("fit", "validate", "test"):
-        recipes = ["--config", str(CONFIGS / "moons.yaml")]
+        recipes, dataset = ["--config", str(CONFIGS / "moons.yaml")], "moons"
+    if out and out[0] in ("fit", "validate", "test"):
+        recipes += model_recipe_flags(named_arch(out), dataset)
     return out[:1] + recipes + out[1:] if out and not out[0].startswith("-") else recipes + out
+
+
+def named_arch(args: list[str]) -> str | None:
+    """The model a command line names with --model.arch (the last one wins, as in jsonargparse)."""
+    arch = None
+    for flag, value in zip(args, [*args[1:], ""]):
+        if flag == "--model.arch":
+            arch = value
+        elif flag.startswith("--model.arch="):
+            arch = flag.split("=", 1)[1]
+    return arch
+
+
+def model_recipe_flags(arch: str | None, dataset: str | None) -> list[str]:
+    """The batch size, epochs and datamodule options a model's recipe declares (airbench94's batch 1024,
+    10 epochs, 2-pixel translation and alternating flip), as flags placed after the dataset's config and
+    before the user's own, which win. A data option goes only to a dataset it means something for: the
+    flip to one that flips (not digits), the translation to one that crops; one whose datamodule is
+    given by class path or a config file gets neither."""
+    recipe = RECIPES.get(arch or "", {})
+    flags = []
+    if recipe.get("batch_size"):
+        flags += ["--data.init_args.batch_size", str(recipe["batch_size"])]
+    if recipe.get("max_epochs"):
+        flags += ["--trainer.max_epochs", str(recipe["max_epochs"])]
+    cls = DATAMODULES.get(dataset) if dataset else None
+    takes = inspect.signature(cls.__init__).parameters if cls is not None else {}
+    for key, value in (recipe.get("data") or {}).items():
+        applies = key in takes and {"alternate_flip": cls.flip, "translate": cls.pad > 0}.get(key, True)
+        if applies and cls.augment_default:
+            flags += [f"--data.init_args.{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
 
 
 def expand_name_shorthand(args: list[str]) -> list[str]:

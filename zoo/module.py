@@ -37,17 +37,20 @@ from zoo.models.registry import (
 from zoo.weights import load_pretrained_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # one YAML per dataset: batch size, epochs
-RECIPE_KEYS = tuple(DEFAULT_RECIPE)  # optimizer, lr, weight_decay, scheduler: the model's part
+RECIPE_KEYS = tuple(DEFAULT_RECIPE)  # optimizer, lr, ..., lookahead: the model's part
 
 
 def resolve_recipe(arch: str, data: str | None = None, **given) -> dict:
     """How model `arch` trains on dataset `data`, the one place that puts a recipe together (for
-    ZooModule, compare's tables and the bench): optimizer, lr, weight_decay, scheduler, batch_size and
-    max_epochs, each from the first of these that sets it (not None):
+    ZooModule, compare's tables and the bench): RECIPE_KEYS (optimizer, lr, weight_decay, scheduler,
+    momentum, label_smoothing, lookahead), batch_size and max_epochs, each from the first of these
+    that sets it (not None):
       1. `given`: the command line's values, or those a run's config.yaml records;
-      2. the dataset's configs/<data>.yaml: batch size and epochs, and any of the model's keys a
+      2. the batch size and epochs the model's recipe declares, if it does (airbench94's 1024 and 10:
+         a speedrun's schedule is part of the model);
+      3. the dataset's configs/<data>.yaml: batch size and epochs, and any of the model's keys a
          dataset wants its own (two-moons' lr 0.01);
-      3. the model's recipe, declared where it is registered (zoo/models/registry.py; DEFAULT_RECIPE,
+      4. the model's recipe, declared where it is registered (zoo/models/registry.py; DEFAULT_RECIPE,
          Adam at 1e-3 and no schedule, for a model registered without one).
     batch_size and max_epochs stay None when neither 1 nor 2 sets them (a dataset given by class
     path has no YAML): the datamodule's and the Trainer's defaults apply."""
@@ -61,13 +64,15 @@ def resolve_recipe(arch: str, data: str | None = None, **given) -> dict:
     dataset = dict(batch_size=((config.get("data") or {}).get("init_args") or {}).get("batch_size"),
                    max_epochs=(config.get("trainer") or {}).get("max_epochs"),
                    **{k: model.get(k) for k in RECIPE_KEYS})
-    out = {**RECIPES.get(arch, DEFAULT_RECIPE), "batch_size": None, "max_epochs": None}
-    for layer in (dataset, given):
+    recipe = RECIPES.get(arch, DEFAULT_RECIPE)
+    out = {**{k: recipe[k] for k in RECIPE_KEYS}, "batch_size": None, "max_epochs": None}
+    own = {k: recipe.get(k) for k in ("batch_size", "max_epochs")}
+    for layer in (dataset, own, given):
         out.update({k: v for k, v in layer.items() if v is not None})
     return out
 
 
-RESOLVED = ("hidden", "dropout", "width", "optimizer", "lr", "weight_decay", "scheduler", "channels_last")
+RESOLVED = ("hidden", "dropout", "width", *RECIPE_KEYS, "channels_last")
 
 
 def resolve_hparams(hp: dict) -> dict:
@@ -113,9 +118,10 @@ class ZooModule(L.LightningModule):
         optimizer: Optimizer | None = None,
         lr: PositiveFloat | None = None,
         weight_decay: NonNegativeFloat | None = None,
-        momentum: Fraction = 0.9,
+        momentum: Fraction | None = None,
         scheduler: Scheduler | None = None,
-        label_smoothing: Fraction = 0.0,
+        label_smoothing: Fraction | None = None,
+        lookahead: bool | None = None,
         channels_last: bool | None = None,
         pretrained: str | None = None,
         compile: bool = False,
@@ -131,9 +137,15 @@ class ZooModule(L.LightningModule):
             optimizer: sgd (Nesterov momentum), adam or adamw; default from the model's recipe.
             lr: Peak learning rate; default from the model's recipe.
             weight_decay: L2 penalty; default from the model's recipe.
-            momentum: SGD momentum.
-            scheduler: none, cosine, onecycle or step (x0.1 at 50% and 75% of training); default from the recipe.
-            label_smoothing: Label smoothing of the cross-entropy loss.
+            momentum: SGD momentum; default from the recipe (0.9).
+            scheduler: none, cosine, onecycle, step (x0.1 at 50% and 75% of training) or triangle (linear
+                from 0.2 lr up to lr at 23% of training, then down to 0.07 lr: airbench94's); default from
+                the recipe.
+            label_smoothing: Label smoothing of the cross-entropy loss; default from the recipe (0).
+            lookahead: Lookahead (Zhang et al. 2019) as airbench94 uses it: every 5 steps the weights
+                and BatchNorm statistics move to an average of themselves and their slow copy, with a
+                weight on the slow copy that grows as (step/total)^3 to 0.95^5, and training ends on the
+                slow weights; default from the recipe (off).
             channels_last: channels_last memory format; default: on for conv nets (1.07-1.2x faster
                 steps on CPU, see results/bench.md), off for the others (it changes nothing there).
             pretrained: Start from the shipped weights of this model trained on this dataset (e.g.
@@ -146,12 +158,15 @@ class ZooModule(L.LightningModule):
         # Fill the recipe's defaults in before saving, so the checkpoint records what was used
         # (save_hyperparameters reads these local variables).
         r = resolve_hparams(dict(arch=arch, hidden=hidden, dropout=dropout, width=width, optimizer=optimizer, lr=lr,
-                                 weight_decay=weight_decay, scheduler=scheduler, channels_last=channels_last))
-        hidden, dropout, width, optimizer, lr, weight_decay, scheduler, channels_last = (r[k] for k in RESOLVED)
+                                 weight_decay=weight_decay, scheduler=scheduler, momentum=momentum,
+                                 label_smoothing=label_smoothing, lookahead=lookahead, channels_last=channels_last))
+        (hidden, dropout, width, optimizer, lr, weight_decay, scheduler, momentum, label_smoothing, lookahead,
+         channels_last) = (r[k] for k in RESOLVED)
         # Plain floats in the hyperparameters, not jsonargparse's range-checked subclasses of float:
         # checkpoints must hold plain values only (weights_only loading).
         dropout, width, lr, weight_decay, momentum, label_smoothing = (
             None if v is None else float(v) for v in (dropout, width, lr, weight_decay, momentum, label_smoothing))
+        lookahead = bool(lookahead)
         if optimizer not in OPTIMIZERS:
             raise ZooError(f"Unknown optimizer {optimizer!r}. Choose one of: {', '.join(OPTIMIZERS)} "
                            "(--model.optimizer).")
@@ -188,9 +203,10 @@ class ZooModule(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         # Test-stage options evaluate.py sets before trainer.test. Plain attributes, not hyperparameters:
         # checkpoints do not change, and fit (which never sets them) tests exactly as before.
-        self.tta = "none"  # "flip": predict from each image and its left-right mirror (images only)
+        self.tta = "none"  # "flip", "flip_translate": predict from several views of each image (see _tta)
         self.keep_test_correct = False  # True: test_correct collects, in test-set order, which rows were right
         self.test_correct: list[torch.Tensor] = []
+        self._lookahead: Lookahead | None = None  # the slow weights (lookahead on), from the start of a fit
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "ZooModule":
@@ -267,18 +283,29 @@ class ZooModule(L.LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
-        logits = self(x)
-        if stage == "test" and self.tta == "flip":
-            # The mean of the two softmax outputs (an ensemble of the two views, so the loss is the NLL of
-            # the averaged prediction; averaging logits would give a sharper, renormalised geometric mean).
-            # Kept as its log: cross-entropy, accuracy and the confusion matrix take it as they take logits.
-            both = torch.stack([logits, self(x.flip(-1))]).float().log_softmax(-1)
-            logits = both.logsumexp(0) - math.log(2)
+        logits = self(x) if stage != "test" or self.tta == "none" else self._tta(x)
         self._update(stage, logits, y, F.cross_entropy(logits, y))
         if stage == "test":
             self.test_confusion.update(logits, y)
             if self.keep_test_correct:
                 self.test_correct.append(logits.argmax(1) == y)  # how MulticlassAccuracy counts a hit
+
+    def _tta(self, x: torch.Tensor) -> torch.Tensor:
+        """Test-time augmentation: the weighted mean of the softmax outputs over views of x (an ensemble,
+        so the loss is the NLL of the averaged prediction; averaging logits would give a sharper,
+        renormalised geometric mean), kept as its log: cross-entropy, accuracy and the confusion matrix
+        take it as they take logits. "flip": the image and its mirror, 1/2 each. "flip_translate"
+        (airbench94's): those two at 1/4 each, and the mirror pair of each of two 1-pixel diagonal
+        shifts (reflect padding: up-left, down-right) at 1/8 each."""
+        views, weights = [x, x.flip(-1)], [0.5, 0.5]
+        if self.tta == "flip_translate":
+            padded = F.pad(x.float(), (1, 1, 1, 1), mode="reflect").to(x.dtype)  # (B, C, H+2, W+2)
+            h, w = x.shape[-2:]
+            shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+            views = [x, x.flip(-1)] + [v for s in shifted for v in (s, s.flip(-1))]
+            weights = [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+        log_probs = torch.stack([self(v).float().log_softmax(-1) for v in views])  # (views, B, classes)
+        return (log_probs + torch.tensor(weights, device=x.device).log()[:, None, None]).logsumexp(0)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -313,11 +340,12 @@ class ZooModule(L.LightningModule):
         # data_initialised says so) instead of recomputing them.
         init = getattr(self.model, "init_from_data", None)
         datamodule = getattr(self.trainer, "datamodule", None)
-        if init is None or bool(getattr(self.model, "data_initialised", False)) or datamodule is None:
-            return
-        datamodule.setup("fit")
-        x = datamodule.normalize(datamodule.train_x[:DATA_INIT_IMAGES].to(self.device))
-        init(x.to(memory_format=torch.channels_last) if self.hparams.channels_last and x.dim() == 4 else x)
+        if init is not None and not bool(getattr(self.model, "data_initialised", False)) and datamodule is not None:
+            datamodule.setup("fit")
+            x = datamodule.normalize(datamodule.train_x[:DATA_INIT_IMAGES].to(self.device))
+            init(x.to(memory_format=torch.channels_last) if self.hparams.channels_last and x.dim() == 4 else x)
+        if self.hparams.lookahead and self._lookahead is None:  # (a resume restored it in on_load_checkpoint)
+            self._lookahead = Lookahead(self.model)  # after the data initialisation, as the paper starts it
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Dropout draws from the device's global RNG. Reseeding it from (seed, epoch, step, rank)
@@ -339,16 +367,15 @@ class ZooModule(L.LightningModule):
         checkpoint["data_name"] = getattr(datamodule, "name", None)
         # And its precision: evaluate.py and a resume use the same arithmetic, so numbers reproduce.
         checkpoint["precision"] = str(self.trainer.precision) if self._trainer else None
+        if self._lookahead is not None:
+            checkpoint["lookahead"] = self._lookahead.state()
 
     def configure_optimizers(self):
         hp = self.hparams
-        # No weight decay on biases and norm parameters: the usual practice, it helps short schedules.
-        decay = [p for p in self.parameters() if p.dim() > 1]
-        no_decay = [p for p in self.parameters() if p.dim() <= 1]
-        groups = [dict(params=decay, weight_decay=hp.weight_decay), dict(params=no_decay, weight_decay=0.0)]
         kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[hp.optimizer]
         extra = dict(momentum=hp.momentum, nesterov=hp.momentum > 0) if hp.optimizer == "sgd" else {}
-        opt = kind(groups, lr=hp.lr, fused=use_fused(self, self._trainer), **extra)
+        opt = kind(optimizer_groups(self.model, hp.lr, hp.weight_decay), lr=hp.lr, fused=use_fused(self, self._trainer),
+                   **extra)
         if hp.scheduler == "none":
             return opt
         total = self.trainer.estimated_stepping_batches
@@ -360,10 +387,105 @@ class ZooModule(L.LightningModule):
         if hp.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         elif hp.scheduler == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total)
+            peaks = [g["lr"] for g in opt.param_groups]  # each group's own (lr_scale)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=total)
+        elif hp.scheduler == "triangle":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, Triangle(total))
         else:
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, [total // 2, total * 3 // 4], gamma=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_epoch_start(self) -> None:
+        freeze_finished_groups(self.trainer.optimizers[0], self.current_epoch)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.hparams.lookahead:
+            self._lookahead.step(self.model, self.global_step, int(self.trainer.estimated_stepping_batches))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.hparams.lookahead and checkpoint.get("lookahead") is not None:
+            self._lookahead = Lookahead.from_state(checkpoint["lookahead"])  # the slow weights: an exact resume
+
+
+class Triangle:
+    """airbench94's learning-rate factor at step s of `total`: linear from `start` up to 1 at `peak` of the
+    way, then down to `end`. A class, not a lambda, so LambdaLR saves nothing that will not load."""
+
+    def __init__(self, total: int, start: float = 0.2, peak: float = 0.23, end: float = 0.07):
+        self.total, self.start, self.peak, self.end = total, start, peak, end
+
+    def __call__(self, step: int) -> float:
+        top = max(1, int(self.peak * self.total))
+        if step <= top:
+            return self.start + (1 - self.start) * step / top
+        return 1 + (self.end - 1) * min(1.0, (step - top) / max(1, self.total - top))
+
+
+class Lookahead:
+    """The slow copy of a network's floating-point state (weights and BatchNorm statistics), pulled
+    towards the fast weights every `every` steps and copied back into them, as airbench94 does."""
+
+    def __init__(self, net: torch.nn.Module, every: int = 5):
+        self.every = every
+        self.slow = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Lookahead":
+        out = cls.__new__(cls)
+        out.every, out.slow = int(state["every"]), dict(state["slow"])
+        return out
+
+    def state(self) -> dict:
+        return {"every": self.every, "slow": self.slow}
+
+    @torch.no_grad()
+    def step(self, net: torch.nn.Module, step: int, total: int) -> None:
+        """After optimizer step number `step` (1-based) of `total`."""
+        if step % self.every == 0:
+            self._pull(net, 0.95**self.every * (step / total) ** 3)
+        if step >= total:
+            self._pull(net, 1.0)  # the run ends on the slow weights
+
+    def _pull(self, net: torch.nn.Module, keep: float) -> None:
+        state = net.state_dict()
+        for k, slow in self.slow.items():
+            if slow.device != state[k].device:  # restored from a checkpoint on the CPU: moved once
+                slow = self.slow[k] = slow.to(state[k].device)
+            slow.lerp_(state[k], 1 - keep)
+            state[k].copy_(slow)
+
+
+def freeze_finished_groups(optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    """Parameter groups a network trains for its first epochs only (`train_epochs`: airbench94's whitening
+    bias) train in `epoch` or not: from then on they get no gradient, so the optimizer skips them
+    (momentum included). Set from the epoch number, so a resume anywhere agrees."""
+    for group in optimizer.param_groups:
+        if group.get("train_epochs") is not None:
+            for p in group["params"]:
+                p.requires_grad_(epoch < group["train_epochs"])
+
+
+def optimizer_groups(net: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """The optimizer's parameter groups. A network may declare its own with `optimizer_groups()`: a list
+    of dicts with `params` and optionally `lr_scale` (x lr), `weight_decay_scale` (x weight_decay) and
+    `train_epochs` (trained for that many epochs, then frozen): airbench94 gives its BatchNorm biases 64x
+    the learning rate. Otherwise: no weight decay on biases and norm parameters (the usual practice; it
+    helps short schedules)."""
+    declared = getattr(net, "optimizer_groups", None)
+    if declared is None:
+        params = [p for p in net.parameters() if p.requires_grad]
+        return [dict(params=[p for p in params if p.dim() > 1], lr=lr, weight_decay=weight_decay),
+                dict(params=[p for p in params if p.dim() <= 1], lr=lr, weight_decay=0.0)]
+    groups = []
+    for spec in declared():
+        unknown = set(spec) - {"params", "lr_scale", "weight_decay_scale", "train_epochs"}
+        if unknown:
+            raise ZooError(f"{type(net).__name__}.optimizer_groups(): unknown key(s) {', '.join(sorted(unknown))}; a "
+                           f"group takes params, lr_scale, weight_decay_scale and train_epochs.")
+        groups.append(dict(params=list(spec["params"]), lr=lr * spec.get("lr_scale", 1.0),
+                           weight_decay=weight_decay * spec.get("weight_decay_scale", 1.0),
+                           train_epochs=spec.get("train_epochs")))
+    return groups
 
 
 def use_fused(module: torch.nn.Module, trainer=None) -> bool | None:

@@ -11,7 +11,8 @@ download option is ignored.
 
 Where the datamodule says only its first N test images have the original pixels (`exact_test`: the
 project's rebuilt CIFAR-10), the accuracy on those N is reported too, from the same pass. `--tta flip`
-predicts from each test image and its mirror; every number then uses it, and the report says so.
+predicts from each test image and its mirror (`flip_translate`: also two 1-pixel shifts and their
+mirrors, airbench94's); every number then uses it, and the report says so.
 """
 
 import json
@@ -33,7 +34,9 @@ from zoo.weights import pick_device
 # checkpoint is evaluated: `evaluate.py --help` and a mistyped option answer without it (issue 18's start-up).
 
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")
-TTA = Literal["none", "flip"]  # test-time augmentation: none, or the mean softmax of image and mirror
+# Test-time augmentation: none; the mean softmax of image and mirror; or also of two 1-pixel shifts
+# and their mirrors (airbench94's). zoo.module.ZooModule._tta says how the views are weighted.
+TTA = Literal["none", "flip", "flip_translate"]
 
 
 def rebuild_datamodule(ckpt: dict, data_dir: str | None = None, path: str | Path = "the checkpoint"):
@@ -78,8 +81,8 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto", preci
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
     shape = ckpt["hyper_parameters"]["input_shape"]
-    if tta == "flip" and len(shape) != 3:
-        raise ZooError(f"{ckpt_path}: --tta flip mirrors images left to right, but this model takes flat features "
+    if tta != "none" and len(shape) != 3:
+        raise ZooError(f"{ckpt_path}: --tta {tta} mirrors images left to right, but this model takes flat features "
                        f"(input {list(shape)}, {ckpt.get('data_name')}), which have no mirror image. Fix: evaluate "
                        f"it without --tta (or --tta none).")
     from lightning.pytorch import Trainer  # here, not at the top: start-up (see the note there)
@@ -125,7 +128,8 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto", preci
     }
 
 
-TTA_NOTE = {"none": "no test-time augmentation", "flip": "tta flip: mean softmax of each image and its mirror"}
+TTA_NOTE = {"none": "no test-time augmentation", "flip": "tta flip: mean softmax of each image and its mirror",
+            "flip_translate": "tta flip_translate: mean softmax over image, mirror and two 1-px shifts of each"}
 
 
 def report(r: dict) -> str:
@@ -157,8 +161,9 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--precision", type=Literal[PRECISIONS], default="auto",
                         help="auto (as the run was trained: bf16-mixed, 16-mixed or 32), bf16-mixed, 16-mixed or 32.")
     parser.add_argument("--tta", type=TTA, default="none",
-                        help="Test-time augmentation: none, or flip (average the softmax of each image and its "
-                             "left-right mirror; images only). Every number then uses it, and the report says so.")
+                        help="Test-time augmentation: none; flip (average the softmax of each image and its "
+                             "left-right mirror); or flip_translate (also two 1-pixel shifts and their mirrors, "
+                             "airbench94's). Images only. Every number then uses it, and the report says so.")
     parser.add_argument("--json", type=str | None, default=None, help="Also write all numbers to this JSON file.")
     parser.add_argument("--png", type=bool, default=True, help="Save confusion_matrix.png beside each checkpoint.")
     parser.add_argument("--debug", type=bool, default=False, help="Show tracebacks.")
@@ -182,7 +187,7 @@ def main(args: list[str] | None = None) -> int:
             png = Path(r["checkpoint"]).with_name(Path(r["checkpoint"]).stem + "_confusion.png")
             try:
                 title = f"{r['model']} on {r['data']}: test acc {r['test_acc']:.4f}"  # as fit titles it
-                title += ", tta flip" if r["tta"] == "flip" else ""
+                title += f", tta {r['tta']}" if r["tta"] != "none" else ""
                 from zoo import insight  # matplotlib and Lightning: only when there is a picture to draw
 
                 insight.confusion_figure(torch.tensor(r["confusion_matrix"]), r["class_names"], title).savefig(png)
@@ -191,10 +196,10 @@ def main(args: list[str] | None = None) -> int:
                 print(f"warning: could not write {png}: {e.strerror or e}", file=sys.stderr)
     if len(results) > 1:
         # "exact px": accuracy on the original-pixel test images, where the data has such a subset
-        print(f"{'model':<14}{'data':<15}{'test acc':>9}{'exact px':>9}  {'tta':<5} checkpoint")
+        print(f"{'model':<14}{'data':<15}{'test acc':>9}{'exact px':>9}  {'tta':<14} checkpoint")
         for r in results:
             exact = f"{r['test_acc_exact']:>9.4f}" if r["n_exact"] else f"{'-':>9}"
-            print(f"{r['model']:<14}{r['data']:<15}{r['test_acc']:>9.4f}{exact}  {r['tta']:<5} {r['checkpoint']}")
+            print(f"{r['model']:<14}{r['data']:<15}{r['test_acc']:>9.4f}{exact}  {r['tta']:<14} {r['checkpoint']}")
     if cfg.json:
         try:
             atomic_write_bytes(cfg.json, json.dumps(results if len(results) > 1 else results[0], indent=2).encode())

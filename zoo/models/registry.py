@@ -3,9 +3,11 @@
 A builder is `builder(input_shape, num_classes, **its_own_options) -> nn.Module`; the module maps
 float input of shape (B, *input_shape) to logits (B, num_classes). `flat_ok=True` marks builders that
 also take flat feature vectors such as two-moons' input_shape=(2,); the others need (C, H, W).
-`recipe=dict(...)` is the model's default training recipe (optimizer, lr, weight_decay, scheduler);
-keys left out, or no recipe at all, take DEFAULT_RECIPE (Adam at 1e-3, no schedule). The batch size
-and epochs are the dataset's, in configs/<dataset>.yaml; zoo.module.resolve_recipe puts both together.
+`recipe=dict(...)` is the model's default training recipe (optimizer, lr, weight_decay, scheduler,
+momentum, label_smoothing, lookahead); keys left out, or no recipe at all, take DEFAULT_RECIPE (Adam
+at 1e-3, no schedule). The batch size and epochs are the dataset's, in configs/<dataset>.yaml, unless
+the recipe declares its own (RUN_KEYS: a speedrun's schedule is part of the model's recipe), with the
+datamodule options it trains with; zoo.module.resolve_recipe puts them together.
 
     @register_model("resnet20", recipe=dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, scheduler="cosine"))
     def resnet20(input_shape, num_classes): ...
@@ -26,15 +28,19 @@ from zoo.errors import ZooError
 # Choices and ranges as types: jsonargparse checks them on the command line and lists them in
 # --help, and zoo.checkpoint checks a checkpoint's values against the same types.
 Optimizer = Literal["sgd", "adam", "adamw"]
-Scheduler = Literal["none", "cosine", "onecycle", "step"]
+Scheduler = Literal["none", "cosine", "onecycle", "step", "triangle"]
 Fraction = restricted_number_type("Fraction", float, [(">=", 0), ("<", 1)])  # [0, 1): dropout, momentum, ...
 OPTIMIZERS, SCHEDULERS = get_args(Optimizer), get_args(Scheduler)
 # What a model trains with when its registration names no recipe: the small nets are happy with
 # Adam at 1e-3 and no schedule (the lecture's setting).
-DEFAULT_RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none")
+DEFAULT_RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none", momentum=0.9, label_smoothing=0.0,
+                      lookahead=False)
+# What a recipe may declare beyond the optimizer: the batch size and epochs it was tuned for, and
+# datamodule options ({"translate": 2, "alternate_flip": True}); these beat the dataset's config.
+RUN_KEYS = ("batch_size", "max_epochs", "data")
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
-RECIPES: dict[str, dict] = {}  # name -> its full default recipe (DEFAULT_RECIPE's keys)
+RECIPES: dict[str, dict] = {}  # name -> its full default recipe (DEFAULT_RECIPE's keys, and RUN_KEYS it declares)
 _FLAT_OK: set[str] = set()
 
 
@@ -57,16 +63,22 @@ def register_model(name: str, flat_ok: bool = False, recipe: dict | None = None)
 
 def full_recipe(name: str, recipe: dict) -> dict:
     """`recipe` over DEFAULT_RECIPE, if every key is a recipe's and every value one training accepts."""
-    unknown = [key for key in recipe if key not in DEFAULT_RECIPE]
+    unknown = [key for key in recipe if key not in (*DEFAULT_RECIPE, *RUN_KEYS)]
     if unknown:
         raise ZooError(f"model '{name}': unknown recipe key(s) {', '.join(map(repr, unknown))}; a recipe takes "
-                       f"{', '.join(DEFAULT_RECIPE)}.")
+                       f"{', '.join((*DEFAULT_RECIPE, *RUN_KEYS))}.")
     r = {**DEFAULT_RECIPE, **recipe}
-    numbers = all(isinstance(r[k], (int, float)) and not isinstance(r[k], bool) for k in ("lr", "weight_decay"))
+    numbers = all(isinstance(r[k], (int, float)) and not isinstance(r[k], bool)
+                  for k in ("lr", "weight_decay", "momentum", "label_smoothing"))
+    counts = all(isinstance(r.get(k, 1), int) and not isinstance(r.get(k, 1), bool) and r.get(k, 1) > 0
+                 for k in ("batch_size", "max_epochs"))
     if not (r["optimizer"] in OPTIMIZERS and r["scheduler"] in SCHEDULERS and numbers and r["lr"] > 0
-            and r["weight_decay"] >= 0):
+            and r["weight_decay"] >= 0 and 0 <= r["momentum"] < 1 and 0 <= r["label_smoothing"] < 1
+            and isinstance(r["lookahead"], bool) and counts and isinstance(r.get("data", {}), dict)):
         raise ZooError(f"model '{name}': recipe {recipe} is not one training accepts: optimizer one of "
-                       f"{', '.join(OPTIMIZERS)}, scheduler one of {', '.join(SCHEDULERS)}, lr > 0, weight_decay >= 0.")
+                       f"{', '.join(OPTIMIZERS)}, scheduler one of {', '.join(SCHEDULERS)}, lr > 0, weight_decay >= 0, "
+                       f"momentum and label_smoothing in [0, 1), lookahead a bool, batch_size and max_epochs positive "
+                       f"integers, data a dict of datamodule options.")
     return r
 
 
@@ -118,9 +130,10 @@ class HParams:
     optimizer: Optimizer | None = None
     lr: PositiveFloat | None = None
     weight_decay: NonNegativeFloat | None = None
-    momentum: Fraction = 0.9
+    momentum: Fraction | None = None
     scheduler: Scheduler | None = None
-    label_smoothing: Fraction = 0.0
+    label_smoothing: Fraction | None = None
+    lookahead: bool | None = None
     channels_last: bool | None = None
     pretrained: str | None = None
     compile: bool = False

@@ -1,0 +1,134 @@
+"""zoo/module.py's training extensions that a recipe can switch on: parameter groups a network
+declares (their own learning rate and weight decay, trained for the first epochs only), the triangle
+schedule and Lookahead, including an exact resume with Lookahead's slow weights."""
+
+import os
+import signal
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+import train
+from zoo import ZooError
+from zoo.checkpoint import load_checkpoint
+from zoo.module import Lookahead, Triangle, ZooModule, freeze_finished_groups, optimizer_groups
+
+
+class Net(nn.Module):
+    def __init__(self, groups=None):
+        super().__init__()
+        self.conv, self.norm, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2)
+        if groups is not None:
+            self.optimizer_groups = groups
+
+
+def test_default_groups_leave_biases_and_norms_undecayed_and_skip_frozen_parameters():
+    net = Net()
+    net.conv.bias.requires_grad_(False)
+    decay, no_decay = optimizer_groups(net, lr=0.1, weight_decay=0.01)
+    assert {id(p) for p in decay["params"]} == {id(net.conv.weight), id(net.head.weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(net.norm.weight), id(net.norm.bias), id(net.head.bias)}
+    assert (decay["weight_decay"], no_decay["weight_decay"], decay["lr"]) == (0.01, 0.0, 0.1)
+
+
+def test_declared_groups_scale_lr_and_decay_and_unknown_keys_are_refused():
+    net = Net()
+    net = Net(lambda: [dict(params=[net.norm.bias], lr_scale=64.0, weight_decay_scale=1 / 64),
+                       dict(params=[net.conv.weight], train_epochs=3)])
+    biases, conv = optimizer_groups(net, lr=1.5, weight_decay=0.02)
+    assert biases["lr"] == 96.0 and biases["weight_decay"] == pytest.approx(0.02 / 64)
+    assert biases["lr"] * biases["weight_decay"] == pytest.approx(1.5 * 0.02)  # the same decay per step
+    assert conv["train_epochs"] == 3 and biases["train_epochs"] is None and conv["lr"] == 1.5
+    bad = Net()
+    bad.optimizer_groups = lambda: [dict(params=[], lr_mult=2)]
+    with pytest.raises(ZooError, match="lr_mult"):
+        optimizer_groups(bad, 0.1, 0.0)
+
+
+def test_a_group_trains_for_its_epochs_then_freezes_and_sgd_leaves_it_alone():
+    net = Net()
+    net.optimizer_groups = lambda: [dict(params=[net.head.bias], train_epochs=2),
+                                    dict(params=[p for n, p in net.named_parameters() if n != "head.bias"])]
+    opt = torch.optim.SGD(optimizer_groups(net, 0.1, 0.0), lr=0.1, momentum=0.9)
+    x = torch.randn(4, 3, 5, 5)
+    history = []
+    for epoch in range(4):
+        freeze_finished_groups(opt, epoch)
+        opt.zero_grad(set_to_none=True)
+        net.head(net.norm(net.conv(x)).mean((2, 3)))[:, 0].sum().backward()
+        opt.step()
+        history.append(net.head.bias.detach().clone())
+    assert not torch.equal(history[0], history[1])  # epochs 0 and 1 train it
+    assert torch.equal(history[1], history[2]) and torch.equal(history[2], history[3])  # then: frozen, no momentum
+    freeze_finished_groups(opt, 1)  # a resume into epoch 1 trains it again: set from the epoch alone
+    assert net.head.bias.requires_grad
+
+
+def test_triangle_is_airbench94s_schedule():
+    t = Triangle(1000)
+    assert t(0) == pytest.approx(0.2) and t(230) == pytest.approx(1.0) and t(1000) == pytest.approx(0.07)
+    assert t(115) == pytest.approx(0.6) and t(615) == pytest.approx((1 + 0.07) / 2)
+    assert all(t(s) <= t(s + 1) for s in range(230)) and all(t(s) >= t(s + 1) for s in range(230, 1000))
+
+
+def test_lookahead_pulls_every_5_steps_and_ends_on_the_slow_weights():
+    net = nn.Linear(3, 2)
+    la = Lookahead(net)
+    start = net.weight.detach().clone()
+    for step in range(1, 5):
+        net.weight.data += 1.0  # the optimizer's steps
+        la.step(net, step, total=12)
+        assert torch.allclose(net.weight, start + step)  # no pull before step 5
+    net.weight.data += 1.0
+    la.step(net, 5, total=12)
+    keep = 0.95**5 * (5 / 12) ** 3
+    expected = start * keep + (start + 5) * (1 - keep)  # slow.lerp_(fast, 1 - keep), copied back
+    assert torch.allclose(net.weight, expected) and torch.allclose(la.slow["weight"], expected)
+    for step in range(6, 13):
+        net.weight.data += 1.0
+        la.step(net, step, total=12)
+    assert torch.equal(net.weight, la.slow["weight"])  # step 10 pulled; step 12 ends on the slow weights
+    assert not torch.allclose(net.weight, start + 12)
+
+
+class SigintAt(Callback):
+    """Ctrl-C after optimizer step `step`, as a user would press it: the run saves at the next step boundary."""
+
+    def __init__(self, step: int = 1) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+LOOKAHEAD = ["--data", "moons", "--model.lookahead", "true", "--model.scheduler", "triangle", "--quiet", "true",
+             "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4", "--patience", "0"]
+
+
+def test_lookahead_run_resumed_mid_epoch_is_exact(tmp_path):
+    assert train.main(["fit", *LOOKAHEAD, "--runs_root", str(tmp_path / "a")]) == 0
+    (full,) = (tmp_path / "a").glob("moons/mlp/*")
+    rc = train.main(["fit", *LOOKAHEAD, "--runs_root", str(tmp_path / "b"),
+                     "--trainer.callbacks+=test_module.SigintAt", "--trainer.callbacks.step", "6"])
+    (part,) = (tmp_path / "b").glob("moons/mlp/*")
+    stopped = load_checkpoint(part / "last.ckpt")
+    assert rc != 0 and stopped["global_step"] == 6 and set(stopped["lookahead"]["slow"]) == {
+        k[len("model."):] for k in stopped["state_dict"] if k.startswith("model.")}
+    assert train.main(["fit", *LOOKAHEAD, "--runs_root", str(tmp_path / "b"), "--ckpt_path", "last"]) == 0
+    a, b = load_checkpoint(full / "last.ckpt"), load_checkpoint(part / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 12
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for key, value in a["lookahead"]["slow"].items():
+        assert torch.equal(value, b["lookahead"]["slow"][key]), key
+    assert a["hyper_parameters"]["lookahead"] is True
+
+
+def test_recipe_keys_resolve_and_old_checkpoints_keep_their_values():
+    m = ZooModule("mlp")
+    assert (m.hparams.momentum, m.hparams.label_smoothing, m.hparams.lookahead) == (0.9, 0.0, False)
+    m = ZooModule("mlp", momentum=0.5, label_smoothing=0.1, lookahead=True)
+    assert (m.hparams.momentum, m.hparams.label_smoothing, m.hparams.lookahead) == (0.5, 0.1, True)
