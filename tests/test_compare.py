@@ -15,6 +15,7 @@ import torch
 
 import train
 from zoo.commands.baselines import knn, majority, vote
+from zoo.commands.compare import recipe_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -197,3 +198,13 @@ def test_a_damaged_history_is_named_not_a_traceback(compared, tmp_path, capsys):
     assert train.main(["compare", "--from_runs", str(copy), "--out", str(tmp_path / "rebuilt")]) == 2
     err = capsys.readouterr().err
     assert "history.csv is not a history written by train.py fit" in err and "Traceback" not in err
+
+
+def test_recipe_text_names_every_departure_from_the_defaults():
+    airbench = {"model": {"arch": "airbench94"}, "data": {"init_args": {"translate": 2, "alternate_flip": True}}}
+    text = recipe_text("cifar10", airbench)
+    for words in ("sgd lr 1.5", "triangle", "momentum 0.85", "label smoothing 0.2", "lookahead", "batch 1024",
+                  "augmented (translate 2), alternating flip"):
+        assert words in text, (words, text)
+    plain = recipe_text("cifar10", {"model": {"arch": "resnet20"}, "data": {"init_args": {}}})
+    assert plain == "sgd lr 0.1, wd 0.0005, cosine, batch 128, augmented"

@@ -477,12 +477,17 @@ def recipe_text(data: str, config: dict) -> str:
     r = resolve_recipe(m["arch"], data, batch_size=d.get("batch_size"), **{k: m.get(k) for k in RECIPE_KEYS})
     wd, sched = r["weight_decay"], r["scheduler"]
     parts = [f"{r['optimizer']} lr {r['lr']:g}"] + ([f"wd {wd:g}"] if wd else []) + ([sched] if sched != "none" else [])
+    if r["optimizer"] == "sgd" and r["momentum"] != 0.9:
+        parts.append(f"momentum {r['momentum']:g}")
+    parts += [f"label smoothing {r['label_smoothing']:g}"] if r["label_smoothing"] else []
+    parts += ["lookahead"] if r["lookahead"] else []
     parts.append(f"batch {r['batch_size']}")
     if m.get("hidden"):
         parts.append(f"hidden {m['hidden']}")
     augment = d.get("augment")
     if augment or (augment is None and get_datamodule_class(data).augment_default):
-        parts.append("augmented")
+        parts.append("augmented" + (f" (translate {d['translate']})" if d.get("translate") is not None else "")
+                     + (", alternating flip" if d.get("alternate_flip") else ""))
     if d.get("train_fraction", 1.0) < 1:
         parts.append(f"{d['train_fraction']:g} of train")
     if config.get("patience"):
