@@ -5,7 +5,8 @@
     python bench/run.py --quick --out /tmp/bench.md  # a smoke test of every benchmark (seconds per benchmark)
     python bench/run.py --threads 1                  # one torch thread everywhere: stable on a shared machine
 
-Benchmarks: textbook (1), overhead (2), peak (3), cifar (4), scaling (5), memory (6), options (7).
+Benchmarks: textbook (1), overhead (2), peak (3), cifar (4), scaling (5), memory (6), options (7),
+startup (8), firststep (9).
 A quick run writes no file unless --out is given. A benchmark that fails is reported in the file
 and the command exits with status 1 after running the others.
 """
@@ -32,6 +33,7 @@ BENCHMARKS = {  # name -> module with run(quick: bool) -> Section
     "memory": "bench.memory",
     "options": "bench.options",
     "startup": "bench.startup",
+    "firststep": "bench.firststep",
 }
 
 

@@ -13,9 +13,9 @@ sys.path.insert(0, str(REPO))  # bench/ is a folder of scripts, not an installed
 
 # Two halves at once: the suite's smoke is mostly process start-ups and data loading, and the
 # machine has two cores.
-HALVES = ("textbook,scaling,peak,memory", "overhead,cifar,options,startup")  # about 110 and 100 s of work
+HALVES = ("textbook,scaling,peak,memory,firststep", "overhead,cifar,options,startup")  # about 110 and 100 s of work
 SECTIONS = {"textbook": "1.", "overhead": "2.", "peak": "3.", "cifar": "4.", "scaling": "5.", "memory": "6.",
-            "options": "7.", "startup": "8."}
+            "options": "7.", "startup": "8.", "firststep": "9."}
 
 
 def tables(markdown: str) -> list[list[str]]:
