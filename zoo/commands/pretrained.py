@@ -68,13 +68,17 @@ def save_pretrained(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, co
     return entry
 
 
+CLEAR_MARGIN = 0.02  # a shipped network beats its dataset's linear model by at least this much test accuracy
+
+
 def build_from_results(results: str | os.PathLike = "results", out_dir: str | os.PathLike = WEIGHTS_DIR,
                        budget_bytes: int = 30_000_000) -> list[dict]:
     """Ship the best checkpoint of every row of the committed comparison tables: per (dataset,
     model), the seed with the best validation score (never chosen by test accuracy), as float16
     when that keeps the test accuracy within 0.1 point of the run's, else float32. Rows whose
-    checkpoints are gone (a clean clone has only metrics.json) are skipped, and so are files that
-    would take the set past `budget_bytes`; both are printed."""
+    checkpoints are gone (a clean clone has only metrics.json) are skipped, and so are networks that
+    do not beat their dataset's linear model by CLEAR_MARGIN (a download that guesses helps no one)
+    and files that would take the set past `budget_bytes`; all are printed."""
     best: dict[tuple[str, str], tuple[float, dict, Path]] = {}
     for path in sorted(Path(results).glob("*/runs/*/*/seed*/metrics.json")):
         m = json.loads(path.read_text())
@@ -85,7 +89,13 @@ def build_from_results(results: str | os.PathLike = "results", out_dir: str | os
         if key not in best or score > best[key][0]:
             best[key] = (score, m, path.parent)
     entries, used = [], 0
+    linear = {data: m["test_acc"] for (data, model), (_, m, _) in best.items() if model == "linear"}
     for (data, model), (_, m, run) in sorted(best.items(), key=lambda kv: kv[1][1]["params"]):
+        if model != "linear" and data in linear and not m["test_acc"] > linear[data] + CLEAR_MARGIN:
+            print(f"skip {model} on {data}: test acc {m['test_acc']:.4f} does not beat linear ({linear[data]:.4f}) "
+                  f"by {CLEAR_MARGIN:.0%}")
+            remove_entry(model, data, out_dir)
+            continue
         ckpt = Path(m["best_ckpt"])
         if not ckpt.is_file():
             print(f"skip {model} on {data}: its checkpoint {ckpt} is not here (train it with the table's command)")
