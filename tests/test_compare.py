@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import train
+from conftest import require_data
+from zoo.commands import evaluate
 from zoo.commands.baselines import knn, majority, vote
 from zoo.commands.compare import recipe_text
 
@@ -208,3 +210,24 @@ def test_recipe_text_names_every_departure_from_the_defaults():
         assert words in text, (words, text)
     plain = recipe_text("cifar10", {"model": {"arch": "resnet20"}, "data": {"init_args": {}}})
     assert plain == "sgd lr 0.1, wd 0.0005, cosine, batch 128, augmented"
+
+
+def test_tta_is_its_own_column_beside_the_headline(tmp_path):
+    require_data("fashion_mnist")
+    args = ["compare", "--models", "[linear]", "--datasets", "[fashion_mnist]", "--seeds", "[0]", "--epochs", "1",
+            "--train_fraction", "0.05", "--baselines", "false", "--tta", "flip", "--out", str(tmp_path / "out"),
+            "--runs_root", str(tmp_path / "runs")]
+    assert train.main(args) == 0
+    tta = json.loads((tmp_path / "out/runs/fashion_mnist/linear/seed0/tta_flip.json").read_text())
+    metrics = json.loads((tmp_path / "out/runs/fashion_mnist/linear/seed0/metrics.json").read_text())
+    again = evaluate.evaluate(metrics["best_ckpt"], device="cpu", tta="flip")
+    assert tta["tta"] == "flip" and tta["test_acc"] == again["test_acc"] != metrics["test_acc"]
+    md = (tmp_path / "out/fashion_mnist.md").read_text()
+    header = md.splitlines()[2].split(" | ")
+    assert header.index("test acc % with TTA") == header.index("test acc %") + 1
+    assert f"| {metrics['test_acc'] * 100:.2f} | {tta['test_acc'] * 100:.2f} (flip) |" in md and "**with TTA**" in md
+    row = read_csv(tmp_path / "out/fashion_mnist.csv")["linear"]
+    assert row["tta"] == "flip" and float(row["test_acc_tta_mean"]) == pytest.approx(tta["test_acc"])
+    # rebuilt from the committed copies alone: the column stays
+    assert train.main(["compare", "--from_runs", str(tmp_path / "out"), "--baselines", "false"]) == 0
+    assert "test acc % with TTA" in (tmp_path / "out/fashion_mnist.md").read_text()

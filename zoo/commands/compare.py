@@ -25,6 +25,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import lightning
 import yaml
@@ -36,6 +37,7 @@ from zoo import cli, insight
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.commands.baselines import knn_baseline, majority
 from zoo.commands.doctor import cpu_name
+from zoo.commands.evaluate import TTA, evaluate
 from zoo.errors import ZooError
 from zoo.models.profile import format_count, profile
 from zoo.models.registry import MODELS, create_model
@@ -73,6 +75,7 @@ def compare(
     runs_root: str | None = None,
     from_runs: str | None = None,
     baselines: bool = True,
+    tta: TTA = "none",
     verbose: bool = False,
     command: str = "",
 ) -> int:
@@ -94,6 +97,8 @@ def compare(
         runs_root: Where the runs (with checkpoints) go (default: checkpoints/compare/<name of out>).
         from_runs: Rebuild the tables from a compare output directory (or a runs root), no training.
         baselines: Include the majority-class and k-NN baselines.
+        tta: Also evaluate each run's best checkpoint with this test-time augmentation (evaluate.py --tta:
+            flip or flip_translate) and show it in its own column beside the plain one, which stays the headline.
         verbose: Show each run's progress bar and model summary.
     """
     start = time.perf_counter()
@@ -124,7 +129,7 @@ def compare(
                              args_for or {}, root)
         meta["command"] = command
         meta.setdefault("skipped", {}).update(skipped)
-        stats = run_jobs(jobs, out_dir / "runs", verbose)
+        stats = run_jobs(jobs, out_dir / "runs", verbose, tta)
         if stats is None:
             return 1
         runs = {(d, m): [] for d in datasets for m in models if m not in skipped[d]}
@@ -232,7 +237,7 @@ def check_same_args(job: Job) -> None:
                        f"{job.run} to retrain it.")
 
 
-def run_jobs(jobs: list[Job], copies: Path, verbose: bool) -> dict | None:
+def run_jobs(jobs: list[Job], copies: Path, verbose: bool, tta: str = "none") -> dict | None:
     """Train what is missing, one run after the other, printing progress; None when a run failed."""
     todo = [j for j in jobs if j.state != "done"]
     counts = {s: sum(j.state == s for j in jobs) for s in ("done", "resume", "new")}
@@ -266,13 +271,30 @@ def run_jobs(jobs: list[Job], copies: Path, verbose: bool) -> dict | None:
                       flush=True)
                 return None
             durations.append(time.perf_counter() - t)
+        if tta != "none" and not (job.run / f"tta_{tta}.json").is_file():
+            evaluate_tta(job.run, tta)
         copy = copies / job.data / job.model / f"seed{job.seed}"
         copy.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.json", "config.yaml", "history.csv"):
-            if name == "history.csv" and not (job.run / name).is_file():  # runs from before it was written
-                continue
+        for name in ("metrics.json", "config.yaml", "history.csv", *TTA_FILES):
+            if name != "metrics.json" and name != "config.yaml" and not (job.run / name).is_file():
+                continue  # history.csv: runs from before it was written; TTA: only where asked for
             shutil.copyfile(job.run / name, copy / name)
     return dict(trained=counts["new"], resumed=counts["resume"], reused=counts["done"])
+
+
+TTA_FILES = tuple(f"tta_{t}.json" for t in get_args(TTA) if t != "none")
+
+
+def evaluate_tta(run: Path, tta: str) -> None:
+    """The run's tested checkpoint evaluated again with test-time augmentation: tta_<kind>.json beside
+    metrics.json (accuracy on the full test set, and on the original-pixel images where there are some)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    ckpt = metrics.get("best_ckpt") if Path(metrics.get("best_ckpt") or "").is_file() else run / "last.ckpt"
+    r = evaluate(str(ckpt), device="cpu", tta=tta)
+    out = {"tta": tta, "test_acc": r["test_acc"], "test_acc_exact": r["test_acc_exact"], "n_exact": r["n_exact"],
+           "checkpoint": str(ckpt)}
+    atomic_write_bytes(run / f"tta_{tta}.json", json.dumps(out, indent=1).encode())
+    print(f"  test-time augmentation {tta}: test acc {r['test_acc']:.4f}", flush=True)
 
 
 def discover(runs_dir: Path, models: list[str], datasets: list[str]) -> dict[tuple[str, str], list[Path]]:
@@ -366,6 +388,9 @@ class Row:
     acc_std: float
     recipe: str
     acc_exact: float | None = None  # on the test images with original pixels (CIFAR-10's first 1,017), if any
+    tta: str = ""  # the test-time augmentation of acc_tta, where every run has one (compare --tta)
+    acc_tta: float | None = None
+    acc_exact_tta: float | None = None
     delta_majority_pp: float | None = None
     delta_knn_pp: float | None = None
     delta_linear_pp: float | None = None
@@ -388,6 +413,8 @@ class Row:
             "reference_source": self.reference_source, "delta_reference_pp": self.delta_reference_pp,
             "recipe": self.recipe,
             **({"test_acc_exact_mean": self.acc_exact} if self.acc_exact is not None else {}),
+            **({"tta": self.tta, "test_acc_tta_mean": self.acc_tta, "test_acc_exact_tta_mean": self.acc_exact_tta}
+               if self.acc_tta is not None else {}),
         }
 
 
@@ -402,7 +429,9 @@ def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselin
                   for p in paths]
         runs_of[model] = loaded
         histories[model] = [read_history(p / "history.csv") for p in paths]
-        rows.append(model_row(data, model, loaded, measure_profile(data, loaded[0][1]["model"], meta)))
+        row = model_row(data, model, loaded, measure_profile(data, loaded[0][1]["model"], meta))
+        add_tta(row, paths)
+        rows.append(row)
     rows.sort(key=lambda r: (r.params, r.model))
     base = None
     if with_baselines:
@@ -452,6 +481,17 @@ def model_row(data: str, model: str, runs: list[tuple[dict, dict]], cost: dict) 
         acc_exact=(statistics.mean(m["test_acc_exact"] for m, _ in runs)
                    if all(m.get("test_acc_exact") is not None for m, _ in runs) else None),
     )
+
+
+def add_tta(row: Row, paths: list[Path]) -> None:
+    """The row's test-time-augmented accuracy, where every run of it was evaluated with the same kind."""
+    for name in TTA_FILES:
+        found = [json.loads((p / name).read_text()) for p in paths if (p / name).is_file()]
+        if found and len(found) == len(paths):
+            row.tta, row.acc_tta = found[0]["tta"], statistics.mean(f["test_acc"] for f in found)
+            if all(f.get("test_acc_exact") is not None for f in found):
+                row.acc_exact_tta = statistics.mean(f["test_acc_exact"] for f in found)
+            return
 
 
 def baseline_rows(data: str, base: dict) -> list[Row]:
@@ -510,7 +550,8 @@ def csv_text(rows: list[Row]) -> str:
 
     buffer = io.StringIO()
     exact = ["test_acc_exact_mean"] if any(r.acc_exact is not None for r in rows) else []  # CIFAR-10 only
-    writer = csv.DictWriter(buffer, fieldnames=[*CSV_FIELDS, *exact], lineterminator="\n")
+    tta = ["tta", "test_acc_tta_mean", "test_acc_exact_tta_mean"] if any(r.acc_tta is not None for r in rows) else []
+    writer = csv.DictWriter(buffer, fieldnames=[*CSV_FIELDS, *exact, *tta], lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: num(v) for k, v in r.csv_fields().items()} for r in rows)
     return buffer.getvalue()
@@ -532,6 +573,10 @@ def markdown_text(table: dict, meta: dict, tail: str) -> str:
     exact = any(r.acc_exact is not None for r in rows)
     if exact:  # beside the headline column, never instead of it
         header.insert(header.index("test error %"), "original-pixel test acc %")
+    tta = any(r.acc_tta is not None for r in rows)
+    if tta:
+        header[header.index("test error %"):header.index("test error %")] = (
+            ["test acc % with TTA"] + (["original-pixel with TTA"] if exact else []))
     lines = [f"# {data}: test accuracy against model cost", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -552,6 +597,12 @@ def markdown_text(table: dict, meta: dict, tail: str) -> str:
         if exact:
             cells.insert(header.index("original-pixel test acc %"),
                          f"{r.acc_exact * 100:.2f}" if r.acc_exact is not None else "—")
+        if tta:
+            cells.insert(header.index("test acc % with TTA"),
+                         f"{r.acc_tta * 100:.2f} ({r.tta})" if r.acc_tta is not None else "—")
+            if exact:
+                cells.insert(header.index("original-pixel with TTA"),
+                             f"{r.acc_exact_tta * 100:.2f}" if r.acc_exact_tta is not None else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *notes(table, meta), "", tail, ""]
     return "\n".join(lines)
@@ -584,6 +635,10 @@ def notes(table: dict, meta: dict) -> list[str]:
                    "file have their original pixels (../shared/data/README.md). This column is the accuracy on those "
                    "1,017 test images: noisier (±1.5 points at 90%), but the one to set beside the papers' numbers. "
                    "The headline column is the full test set. Neither uses test-time augmentation.")
+    if any(r.acc_tta is not None for r in rows):
+        out.append("- **with TTA**: the same checkpoints evaluated with test-time augmentation (evaluate.py --tta; "
+                   "flip: the mean softmax of each image and its mirror; flip_translate: also two 1-pixel shifts and "
+                   "their mirrors, airbench94's evaluation). Beside the headline, which never uses it.")
     if any(r.reference is not None for r in rows):
         out.append("- **References**: lecture = the course lecture this project grew from (MNIST, Fashion-MNIST and "
                    "two-moons rows); He et al. 2015 = 'Deep Residual Learning for Image Recognition', Table 6 "
