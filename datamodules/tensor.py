@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -40,13 +41,13 @@ def mix_seed(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def random_crop(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
-    """Zero-pad a uint8 batch (B, C, H, W) by `pad` and cut a randomly shifted H x W window per
-    sample, all samples at once: one `gather` over flattened pixels (4x faster than 4-way advanced
-    indexing on CPU)."""
+def random_crop(x: Tensor, pad: int, generator: torch.Generator, mode: str = "zeros") -> Tensor:
+    """Pad a uint8 batch (B, C, H, W) by `pad` (with zeros, or by reflection: mode "reflect") and cut
+    a randomly shifted H x W window per sample, all samples at once: one `gather` over flattened
+    pixels (4x faster than 4-way advanced indexing on CPU)."""
     b, c, h, w = x.shape
     wp = w + 2 * pad
-    padded = F.pad(x, (pad, pad, pad, pad)).flatten(2)  # (B, C, (H+2p)*(W+2p))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect" if mode == "reflect" else "constant").flatten(2)
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
     window = torch.arange(h, device=x.device)[:, None] * wp + torch.arange(w, device=x.device)  # (H, W)
@@ -114,6 +115,7 @@ class TensorLoader:
         rank: this process's rank among `world_size` data-parallel processes.
         world_size: number of data-parallel processes.
         pad: random-crop padding in pixels (0: no crop).
+        pad_mode: how the crop pads: "zeros" or "reflect" (mirrored edge pixels, airbench's).
         flip: random horizontal flips.
         alternate_flip: with flip, airbench's derandomised flips instead: each image's flip is drawn
             once from the seed, used in even epochs and inverted in odd ones, so any two consecutive
@@ -136,12 +138,14 @@ class TensorLoader:
         flip: bool = False,
         alternate_flip: bool = False,
         drop_last_small: bool = False,
+        pad_mode: str = "zeros",
     ) -> None:
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed, self.epoch_fn = batch_size, shuffle, seed, epoch_fn
         self.start_fn = start_fn
         self.rank, self.world_size = rank, world_size
         self.pad, self.flip, self.alternate_flip, self.drop_last_small = pad, flip, alternate_flip, drop_last_small
+        self.pad_mode = pad_mode
         if flip and alternate_flip:  # one decision per image of x, indexed like x; (N,) bool
             g = torch.Generator().manual_seed(mix_seed(seed, FLIPS_STREAM))
             self.even_epoch_flips = (torch.rand(len(y), generator=g) < 0.5).to(x.device)
@@ -177,7 +181,7 @@ class TensorLoader:
                 continue  # trained before a mid-epoch stop (and no random draws to replay)
             x = self.x[batch]
             if self.pad:
-                x = random_crop(x, self.pad, g)
+                x = random_crop(x, self.pad, g, self.pad_mode)
             if self.flip and self.alternate_flip:
                 x = flip_where(x, self.even_epoch_flips[batch] ^ (epoch % 2 == 1))
             elif self.flip:
@@ -219,6 +223,8 @@ class TensorDataModule(L.LightningDataModule):
         translate: with augment, the random-crop padding in pixels: images shift by up to this many
             pixels each way (0: no crop). None uses the dataset's default (4 for cifar10, 2 for
             mnist and fashion_mnist).
+        pad_mode: how the random crop pads the image: zeros (black after normalisation's shift, the
+            usual CIFAR recipe) or reflect (mirrored edge pixels, airbench's).
         alternate_flip: with augment, on a dataset that flips (cifar10, fashion_mnist), flip each
             training image by one decision drawn once from the seed, inverted every other epoch, so
             any two consecutive epochs show it both ways (airbench's derandomised flip) instead of a
@@ -247,6 +253,7 @@ class TensorDataModule(L.LightningDataModule):
         split_seed: int | None = None,
         augment: bool | None = None,
         translate: int | None = None,
+        pad_mode: Literal["zeros", "reflect"] = "zeros",
         alternate_flip: bool = False,
         train_fraction: float = 1.0,
         download: bool = False,
@@ -257,7 +264,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.val_size = batch_size, eval_batch_size, val_size
         self.split_seed, self.train_fraction, self.download = split_seed, train_fraction, download
         self.augment = self.augment_default if augment is None else augment
-        self.translate, self.alternate_flip = translate, alternate_flip
+        self.translate, self.alternate_flip, self.pad_mode = translate, alternate_flip, pad_mode
         self.mean: Tensor | None = None  # (C,) from the training split, or restored from a checkpoint
         self.std: Tensor | None = None
         self.train_x: Tensor | None = None  # set by setup(); see also train_indices / val_indices
@@ -436,6 +443,7 @@ class TensorDataModule(L.LightningDataModule):
             flip=self.flip and augment,
             alternate_flip=self.alternate_flip,
             drop_last_small=shuffle,
+            pad_mode=self.pad_mode,
         )
 
     def _current_epoch(self) -> int:

@@ -90,6 +90,7 @@ def test_the_recipe_reaches_the_command_line_and_the_users_flags_win(capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["data"]["init_args"]["batch_size"] == 1024 and config["trainer"]["max_epochs"] == 10
     assert config["data"]["init_args"]["translate"] == 2 and config["data"]["init_args"]["alternate_flip"] is True
+    assert config["data"]["init_args"]["pad_mode"] == "reflect"
     assert config["model"]["lookahead"] is True and config["model"]["momentum"] == 0.85
     assert train.main(["fit", "--data", "cifar10", "--model", "airbench94", "--data.batch_size", "64",
                        "--trainer.max_epochs", "3", "--data.alternate_flip", "false", "--print_config"]) == 0

@@ -203,10 +203,11 @@ def test_a_damaged_history_is_named_not_a_traceback(compared, tmp_path, capsys):
 
 
 def test_recipe_text_names_every_departure_from_the_defaults():
-    airbench = {"model": {"arch": "airbench94"}, "data": {"init_args": {"translate": 2, "alternate_flip": True}}}
+    airbench = {"model": {"arch": "airbench94"},
+                "data": {"init_args": {"translate": 2, "pad_mode": "reflect", "alternate_flip": True}}}
     text = recipe_text("cifar10", airbench)
     for words in ("sgd lr 1.5", "triangle", "momentum 0.85", "label smoothing 0.2", "lookahead", "batch 1024",
-                  "augmented (translate 2), alternating flip"):
+                  "augmented (translate 2, reflection padding), alternating flip"):
         assert words in text, (words, text)
     plain = recipe_text("cifar10", {"model": {"arch": "resnet20"}, "data": {"init_args": {}}})
     assert plain == "sgd lr 0.1, wd 0.0005, cosine, batch 128, augmented"

@@ -334,6 +334,19 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     assert len({tuple(map(int, (out[i] == 0).flatten(1).sum(1))) for i in range(64)}) > 3  # shifts vary
 
 
+def test_reflect_padding_crops_from_the_mirrored_image_and_reaches_the_loader():
+    x = torch.randint(1, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop(x, 2, torch.Generator().manual_seed(0), mode="reflect")
+    padded = F.pad(x.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
+    windows = [padded[..., dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+    assert all(any(torch.equal(out[i], w[i]) for w in windows) for i in range(64))
+    assert not (out == 0).any()  # no black border: the pixels are 1..255
+    assert torch.equal(out, random_crop(x, 2, torch.Generator().manual_seed(0), mode="reflect"))  # seeded
+    assert not (random_crop(x, 2, torch.Generator().manual_seed(0)) != 0).all()  # zeros, the default
+    dm = TinyCrop(batch_size=8, translate=2, pad_mode="reflect")
+    assert dm.train_dataloader().pad_mode == "reflect" and dm.hparams.pad_mode == "reflect"
+
+
 @pytest.mark.parametrize("augment", [{}, dict(pad=2, flip=True), dict(pad=2, flip=True, alternate_flip=True),
                                      dict(flip=True, alternate_flip=True)],
                          ids=["plain", "crop+flip", "crop+alternate_flip", "alternate_flip"])

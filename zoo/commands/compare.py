@@ -526,7 +526,9 @@ def recipe_text(data: str, config: dict) -> str:
         parts.append(f"hidden {m['hidden']}")
     augment = d.get("augment")
     if augment or (augment is None and get_datamodule_class(data).augment_default):
-        parts.append("augmented" + (f" (translate {d['translate']})" if d.get("translate") is not None else "")
+        crop = ([f"translate {d['translate']}"] if d.get("translate") is not None else []) + (
+            ["reflection padding"] if d.get("pad_mode") == "reflect" else [])
+        parts.append("augmented" + (f" ({', '.join(crop)})" if crop else "")
                      + (", alternating flip" if d.get("alternate_flip") else ""))
     if d.get("train_fraction", 1.0) < 1:
         parts.append(f"{d['train_fraction']:g} of train")

@@ -113,10 +113,11 @@ class AirBench(nn.Module):
 # the mean; its weight decay, 0.0153 per 1024 examples and decoupled, is a decay of 0.0019957 of the
 # weights per step at peak: 0.0019957 / 1.5 = 0.0013305 as SGD's (coupled) weight_decay. Nesterov
 # momentum 0.85, label smoothing 0.2, the triangle schedule, Lookahead; 10 epochs (the paper: 9.9) of
-# batch 1024 with 2-pixel translation and the alternating flip. Test-time augmentation (mirror and
-# translate) is an evaluation option: evaluate.py --tta flip_translate.
-RECIPE = dict(optimizer="sgd", lr=1.5, weight_decay=0.0013305, momentum=0.85, label_smoothing=0.2, scheduler="triangle",
-              lookahead=True, batch_size=1024, max_epochs=10, data=dict(translate=2, alternate_flip=True))
+# batch 1024 with 2-pixel translation (reflection padding) and the alternating flip. Test-time
+# augmentation (mirror and translate) is an evaluation option: evaluate.py --tta flip_translate.
+RECIPE = dict(optimizer="sgd", lr=1.5, weight_decay=0.0013305, momentum=0.85, label_smoothing=0.2,
+              scheduler="triangle", lookahead=True, batch_size=1024, max_epochs=10,
+              data=dict(translate=2, pad_mode="reflect", alternate_flip=True))
 
 
 @register_model("airbench94", recipe=RECIPE)
