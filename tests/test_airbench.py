@@ -115,7 +115,7 @@ def test_one_epoch_of_the_full_recipe_on_a_subset(tmp_path):
                        "--runs_root", str(tmp_path)]) == 0
     (run,) = tmp_path.glob("cifar10/airbench94/*")
     ckpt = load_checkpoint(run / "last.ckpt")
-    assert ckpt["hyper_parameters"]["lookahead"] and ckpt["global_step"] == 2  # 225 images in batches of 100
+    assert ckpt["hyper_parameters"]["lookahead"] and ckpt["global_step"] == 3  # 225 images: batches of 100, 100, 25
     net = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     assert all(torch.equal(net[k], v) for k, v in ckpt["lookahead"]["slow"].items())  # ended on the slow weights
     config = yaml.safe_load((run / "config.yaml").read_text())
