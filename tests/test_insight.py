@@ -202,13 +202,3 @@ def test_one_confusion_and_one_boundary_picture_for_every_caller(monkeypatch, tm
     assert name == "decision_boundary_png" and args[-1] == f" (best checkpoint, seed {config['seed_everything']})"
     assert_png(tmp_path / "moons_boundary_mlp.png")
 
-
-def test_a_network_confident_by_design_is_not_warned_about():
-    model = torch.nn.Linear(4, 10)
-    with torch.no_grad():
-        model.weight.mul_(100)  # large logits: a loss far above ln(10)
-    x, y = torch.randn(32, 4), torch.randint(0, 10, (32,))
-    loss, warning = insight.init_loss_check(model, x, y, 10)
-    assert loss > 5 and "far above" in warning
-    model.confident_init = True  # as airbench94 declares it
-    assert insight.init_loss_check(model, x, y, 10) == (loss, None)

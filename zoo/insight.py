@@ -95,9 +95,7 @@ def init_loss_check(model: nn.Module, x: Tensor, y: Tensor, num_classes: int) ->
             state[name].copy_(b)
     expected = math.log(num_classes)
     tolerance = max(INIT_LOSS_TOLERANCE * expected, INIT_LOSS_MIN_TOLERANCE)
-    # A network may start confident by design (airbench94's unit-std head: ~4 on 10 classes) and say so.
-    confident = getattr(getattr(model, "model", model), "confident_init", False)
-    if not math.isfinite(loss) or (loss > expected + tolerance and not confident):
+    if not math.isfinite(loss) or loss > expected + tolerance:
         return loss, (f"initial loss {loss:.3g} is far above ln({num_classes}) = {expected:.3f}, the loss of a uniform "
                       f"guess: the network starts confidently wrong. Suspect the initialisation (final-layer "
                       f"weights too large), logits scaled up, unnormalised inputs, or labels that do not match.")
