@@ -182,6 +182,9 @@ DATASET_YAML = {
 }
 
 
+UNCHANGED = dict(momentum=0.9, label_smoothing=0.0, lookahead=False)  # recipe keys added later: as before
+
+
 def test_the_table_names_registered_models():
     assert set(TODAY) <= set(list_models())
 
@@ -189,7 +192,7 @@ def test_the_table_names_registered_models():
 @pytest.mark.parametrize("name", sorted(TODAY))
 def test_every_model_resolves_to_the_recipe_it_always_had(name):
     optimizer, lr, weight_decay, scheduler, channels_last, options = TODAY[name]
-    recipe = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler)
+    recipe = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, scheduler=scheduler, **UNCHANGED)
     assert registry.RECIPES[name] == recipe
     assert resolve_recipe(name) == {**recipe, "batch_size": None, "max_epochs": None}
     for data, from_yaml in DATASET_YAML.items():
@@ -204,9 +207,10 @@ def test_every_model_resolves_to_the_recipe_it_always_had(name):
 def test_a_model_registered_without_a_recipe_gets_the_default(scratch_registry):
     register_model("tiny")(lambda input_shape, num_classes: torch.nn.Flatten())
     register_model("tiny_sgd", recipe=dict(optimizer="sgd", lr=0.1))(lambda input_shape, num_classes: None)
-    assert registry.DEFAULT_RECIPE == dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none")
+    assert registry.DEFAULT_RECIPE == dict(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="none", **UNCHANGED)
     assert registry.RECIPES["tiny"] == registry.DEFAULT_RECIPE
-    assert registry.RECIPES["tiny_sgd"] == dict(optimizer="sgd", lr=0.1, weight_decay=0.0, scheduler="none")
+    assert registry.RECIPES["tiny_sgd"] == dict(optimizer="sgd", lr=0.1, weight_decay=0.0, scheduler="none",
+                                                **UNCHANGED)
 
 
 @pytest.mark.parametrize("recipe,match", [
@@ -227,8 +231,11 @@ def test_resolve_recipe_order_given_then_dataset_then_model():
     assert resolve_recipe("resnet20", "moons", lr=None)["lr"] == 0.01  # None: not given
     assert resolve_recipe("resnet20", "cifar10", max_epochs=3)["max_epochs"] == 3
     assert resolve_recipe("mlp", "docs.examples.digits.DigitsDataModule") == resolve_recipe("mlp")  # no YAML
-    with pytest.raises(ZooError, match="no recipe key momentum"):
-        resolve_recipe("mlp", momentum=0.9)
+    with pytest.raises(ZooError, match="no recipe key nesterov"):
+        resolve_recipe("mlp", nesterov=True)
+    # A model's own batch size and epochs (airbench94's) beat the dataset's; the command line beats both.
+    assert resolve_recipe("airbench94", "cifar10")["batch_size"] == 1024
+    assert resolve_recipe("airbench94", "cifar10", batch_size=64)["batch_size"] == 64
 
 
 def test_profile_counts_and_leaves_the_model_alone():
