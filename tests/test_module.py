@@ -132,3 +132,20 @@ def test_recipe_keys_resolve_and_old_checkpoints_keep_their_values():
     assert (m.hparams.momentum, m.hparams.label_smoothing, m.hparams.lookahead) == (0.9, 0.0, False)
     m = ZooModule("mlp", momentum=0.5, label_smoothing=0.1, lookahead=True)
     assert (m.hparams.momentum, m.hparams.label_smoothing, m.hparams.lookahead) == (0.5, 0.1, True)
+
+
+@pytest.mark.parametrize("damage", ["missing key", "wrong shape", "not a dict", "bad every"])
+def test_damaged_lookahead_state_is_refused_in_one_paragraph(damage):
+    net = nn.Linear(3, 2)
+    state = Lookahead(net).state()
+    if damage == "missing key":
+        state["slow"].pop("bias")
+    elif damage == "wrong shape":
+        state["slow"]["weight"] = torch.zeros(5, 5)
+    elif damage == "not a dict":
+        state = ["weight"]
+    else:
+        state["every"] = "5"
+    with pytest.raises(ZooError, match="Lookahead state.*does not fit this model"):
+        Lookahead.from_state(state, net)
+    assert torch.equal(Lookahead.from_state(Lookahead(net).state(), net).slow["weight"], net.weight)

@@ -404,7 +404,7 @@ class ZooModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.hparams.lookahead and checkpoint.get("lookahead") is not None:
-            self._lookahead = Lookahead.from_state(checkpoint["lookahead"])  # the slow weights: an exact resume
+            self._lookahead = Lookahead.from_state(checkpoint["lookahead"], self.model)  # slow weights: exact resume
 
 
 class Triangle:
@@ -430,9 +430,20 @@ class Lookahead:
         self.slow = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
 
     @classmethod
-    def from_state(cls, state: dict) -> "Lookahead":
+    def from_state(cls, state: dict, net: torch.nn.Module) -> "Lookahead":
+        """The slow weights a checkpoint saved, if they are the floating-point state of `net`, name by name
+        and shape by shape (a file may be damaged or hostile)."""
+        expected = {k: v.shape for k, v in net.state_dict().items() if v.is_floating_point()}
+        slow = state.get("slow") if isinstance(state, dict) else None
+        every = state.get("every") if isinstance(state, dict) else None
+        if not (isinstance(every, int) and not isinstance(every, bool) and every > 0 and isinstance(slow, dict)
+                and set(slow) == set(expected) and all(isinstance(v, torch.Tensor) and v.is_floating_point()
+                                                       and v.shape == expected[k] for k, v in slow.items())):
+            raise ZooError("The checkpoint's Lookahead state (its 'lookahead' entry: the slow weights) does not fit "
+                           "this model. Resume from a checkpoint that train.py fit wrote with --model.lookahead on "
+                           "(or retrain); do not edit checkpoints by hand.")
         out = cls.__new__(cls)
-        out.every, out.slow = int(state["every"]), dict(state["slow"])
+        out.every, out.slow = every, dict(slow)
         return out
 
     def state(self) -> dict:
