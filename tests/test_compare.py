@@ -17,7 +17,8 @@ import train
 from conftest import require_data
 from zoo.commands import evaluate
 from zoo.commands.baselines import knn, majority, vote
-from zoo.commands.compare import recipe_text
+from zoo.commands.compare import read_tta, recipe_text
+from zoo.errors import ZooError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -232,3 +233,13 @@ def test_tta_is_its_own_column_beside_the_headline(tmp_path):
     # rebuilt from the committed copies alone: the column stays
     assert train.main(["compare", "--from_runs", str(tmp_path / "out"), "--baselines", "false"]) == 0
     assert "test acc % with TTA" in (tmp_path / "out/fashion_mnist.md").read_text()
+
+
+def test_a_damaged_tta_result_is_named_not_a_traceback(tmp_path):
+    path = tmp_path / "tta_flip.json"
+    for text in ("{not json", '["tta"]', '{"tta": "flip", "test_acc": "0.9"}'):
+        path.write_text(text)
+        with pytest.raises(ZooError, match="not a test-time-augmentation result"):
+            read_tta(path)
+    path.write_text('{"tta": "flip", "test_acc": 0.9, "test_acc_exact": null}')
+    assert read_tta(path)["test_acc"] == 0.9

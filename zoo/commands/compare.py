@@ -486,12 +486,25 @@ def model_row(data: str, model: str, runs: list[tuple[dict, dict]], cost: dict) 
 def add_tta(row: Row, paths: list[Path]) -> None:
     """The row's test-time-augmented accuracy, where every run of it was evaluated with the same kind."""
     for name in TTA_FILES:
-        found = [json.loads((p / name).read_text()) for p in paths if (p / name).is_file()]
+        found = [read_tta(p / name) for p in paths if (p / name).is_file()]
         if found and len(found) == len(paths):
             row.tta, row.acc_tta = found[0]["tta"], statistics.mean(f["test_acc"] for f in found)
             if all(f.get("test_acc_exact") is not None for f in found):
                 row.acc_exact_tta = statistics.mean(f["test_acc_exact"] for f in found)
             return
+
+
+def read_tta(path: Path) -> dict:
+    """A tta_<kind>.json as evaluate_tta writes it; anything else named in one paragraph."""
+    try:
+        out = json.loads(path.read_text())
+        if isinstance(out, dict) and isinstance(out.get("tta"), str) and isinstance(out.get("test_acc"), float) and (
+                out.get("test_acc_exact") is None or isinstance(out["test_acc_exact"], float)):
+            return out
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass
+    raise ZooError(f"{path} is not a test-time-augmentation result written by compare --tta (tta, test_acc). Fix: "
+                   f"restore it (git checkout -- {path}), or delete it and run compare --tta again.")
 
 
 def baseline_rows(data: str, base: dict) -> list[Row]:
