@@ -21,6 +21,7 @@ from bench.common import REPO, Section, body, callback, load, med, read_metrics,
 from bench.loops import BareLoop, setup_data
 
 ARCHS = ("mlp", "lenet5")
+CHUNK = 10  # --steps_per_execution for the "ours, in chunks" rows
 QUICK_LIMITS = ["--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "1",
                 "--trainer.limit_test_batches", "1"]
 
@@ -231,18 +232,20 @@ def run(quick: bool) -> Section:
     steps = 5 if quick else len(BareLoop(dm, "linear").loader())  # training steps per epoch
     archs = ARCHS[:1] if quick else ARCHS
     for arch in archs:
-        samples = {"bare": [], "floor": [], "quiet": [], "rich": []}
+        samples = {"bare": [], "floor": [], "quiet": [], "rich": [], "chunks": []}
         for _ in range(repeats):  # alternate them, so load changes hit all alike
             samples["bare"] += bare(dm, arch, epochs, quick)[1:]
             samples["floor"] += lightning_floor(dm, arch, epochs, quick)[1:]
             samples["quiet"] += ours(arch, epochs, quick)[0][1:]
             samples["rich"] += ours(arch, epochs, quick, rich=True)[0][1:]
+            samples["chunks"] += ours(arch, epochs, quick, extra=("--steps_per_execution", str(CHUNK)))[0][1:]
         results[arch] = samples
         base = {k: med([e[k] for e in samples["bare"]]) for k in ("train", "val", "total")}
         for key, label in (("bare", "bare PyTorch loop"),
                            ("floor", "Lightning alone: no callbacks/loggers/checkpoints, step = forward + loss"),
                            ("quiet", "ours, --quiet (no bar)"),
-                           ("rich", "ours, Rich progress bar (default)")):
+                           ("rich", "ours, Rich progress bar (default)"),
+                           ("chunks", f"ours, --quiet --steps_per_execution {CHUNK}")):
             ep = samples[key]
             train, total = med([e["train"] for e in ep]), med([e["total"] for e in ep])
             rows.append([arch, label, spread([e["train"] for e in ep], 3), spread([e["val"] for e in ep], 3),
@@ -256,7 +259,7 @@ def run(quick: bool) -> Section:
            "For the bare loop it is the training pass plus the validation pass.")
     for arch in archs:
         r = results[arch]
-        for key, label in (("quiet", "--quiet"), ("rich", "Rich bar")):
+        for key, label in (("quiet", "--quiet"), ("rich", "Rich bar"), ("chunks", f"--steps_per_execution {CHUNK}")):
             x = med([e["total"] for e in r[key]]) / med([e["total"] for e in r["bare"]])
             s.goal(f"2. epoch time vs bare loop, {arch} on MNIST, {label}", f"{x:.2f}x", "<= 1.10x", x <= 1.10)
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from bench.common import REPO, Section, load, machine, now_utc, table  # noqa: E402
+from zoo.module import skip_gpu_probes  # noqa: E402
 
 BENCHMARKS = {  # name -> module with run(quick: bool) -> Section
     "textbook": "bench.textbook",
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # subprocesses, and DDP workers, inherit it
         torch.set_num_threads(args.threads)
+    # As train.py does: where no GPU is visible, stop torch's per-step GPU probe that Lightning's import makes
+    # slow (zoo.module.skip_gpu_probes), for every loop measured here (the bare one too) and every subprocess.
+    skip_gpu_probes()
     command = "python bench/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     started, load_before, date = time.perf_counter(), load(), now_utc()
     sections, failed = [], []

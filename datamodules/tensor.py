@@ -121,6 +121,9 @@ class TensorLoader:
             once from the seed, used in even epochs and inverted in odd ones, so any two consecutive
             epochs show every image both ways.
         drop_last_small: drop a final batch of one sample (BatchNorm cannot train on one).
+        chunk: yield lists of this many consecutive batches (the last list may be shorter), one per
+            Lightning step, for `--steps_per_execution`; 1 yields the batches themselves. start_fn then
+            counts lists.
     """
 
     def __init__(
@@ -139,13 +142,14 @@ class TensorLoader:
         alternate_flip: bool = False,
         drop_last_small: bool = False,
         pad_mode: str = "zeros",
+        chunk: int = 1,
     ) -> None:
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed, self.epoch_fn = batch_size, shuffle, seed, epoch_fn
         self.start_fn = start_fn
         self.rank, self.world_size = rank, world_size
         self.pad, self.flip, self.alternate_flip, self.drop_last_small = pad, flip, alternate_flip, drop_last_small
-        self.pad_mode = pad_mode
+        self.pad_mode, self.chunk = pad_mode, chunk
         if flip and alternate_flip:  # one decision per image of x, indexed like x; (N,) bool
             g = torch.Generator().manual_seed(mix_seed(seed, FLIPS_STREAM))
             self.even_epoch_flips = (torch.rand(len(y), generator=g) < 0.5).to(x.device)
@@ -165,18 +169,35 @@ class TensorLoader:
             return (n - n % self.world_size) // self.world_size
         return len(range(self.rank, n, self.world_size))
 
-    def __len__(self) -> int:
+    def steps(self) -> int:
+        """Batches per epoch (optimizer steps, whatever the chunk)."""
         n = self._num_samples()
         if self.drop_last_small and n % self.batch_size == 1:
             return n // self.batch_size
         return math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __len__(self) -> int:
+        return math.ceil(self.steps() / self.chunk)
+
+    def __iter__(self) -> Iterator:
+        batches = self._batches(self.start_fn() * self.chunk)
+        if self.chunk == 1:
+            yield from batches
+            return
+        group = []
+        for batch in batches:
+            group.append(batch)
+            if len(group) == self.chunk:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _batches(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self.epoch_fn()
         order = self.indices(epoch).to(self.x.device)
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank, 1))
-        start = self.start_fn()
-        for i, batch in enumerate(order[: len(self) * self.batch_size].split(self.batch_size)):
+        for i, batch in enumerate(order[: self.steps() * self.batch_size].split(self.batch_size)):
             if i < start and not (self.pad or self.flip):
                 continue  # trained before a mid-epoch stop (and no random draws to replay)
             x = self.x[batch]
@@ -268,6 +289,9 @@ class TensorDataModule(L.LightningDataModule):
         self.mean: Tensor | None = None  # (C,) from the training split, or restored from a checkpoint
         self.std: Tensor | None = None
         self.train_x: Tensor | None = None  # set by setup(); see also train_indices / val_indices
+        # Training batches per Lightning step: set by train.py's --steps_per_execution (zoo.run), not an
+        # option of the data (the checkpoint records it with the model's state).
+        self.steps_per_execution = 1
 
     # --- what a dataset provides ------------------------------------------------------------
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -334,12 +358,12 @@ class TensorDataModule(L.LightningDataModule):
     def test_dataloader(self) -> TensorLoader:
         return self._loader("test", shuffle=False)
 
-    def on_after_batch_transfer(
-        self, batch: tuple[Tensor, ...] | Tensor, dataloader_idx: int
-    ) -> tuple[Tensor, ...] | Tensor:
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # Runs on the device, after Lightning moved the batch: uint8 -> normalised float there.
         if isinstance(batch, Tensor):  # predict on bare inputs
             return self.normalize(batch)
+        if isinstance(batch, list):  # a chunk of batches (--steps_per_execution)
+            return [self.on_after_batch_transfer(b, dataloader_idx) for b in batch]
         x, *rest = batch
         return (self.normalize(x), *rest)
 
@@ -444,7 +468,12 @@ class TensorDataModule(L.LightningDataModule):
             alternate_flip=self.alternate_flip,
             drop_last_small=shuffle,
             pad_mode=self.pad_mode,
+            chunk=self.steps_per_execution if shuffle else 1,
         )
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one training epoch on this rank (batches, not chunks of them)."""
+        return self._loader("train", shuffle=True).steps()
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0

@@ -4,6 +4,7 @@ and metrics accumulated per step but logged once per epoch. Each default must be
 run records, overridable, and must not break reproducibility: evaluate.py and `train.py test` use
 the precision a checkpoint was trained with."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import train
 import zoo.module
 from test_image_folder import make_folder
 from zoo import cli
+from zoo.checkpoint import load_checkpoint
 from zoo.module import ZooModule, bf16_native, default_precision, use_fused
 
 FAST = ["--quiet", "true", "--trainer.enable_model_summary", "false", "--patience", "0"]
@@ -140,3 +142,149 @@ def test_threads_option_sets_torch_and_the_workers_environment(tmp_path, monkeyp
     assert calls == [3]
     import os
     assert os.environ["OMP_NUM_THREADS"] == "3"
+
+
+# --steps_per_execution: K optimizer steps per Lightning step, each one the plain path's step.
+
+SPE = ["--data", "moons", "--model.hidden", "[32,32]", "--model.dropout", "0.2", "--model.lookahead", "true",
+       "--model.scheduler", "triangle", "--quiet", "true", "--trainer.max_epochs", "3", "--patience", "0"]
+
+
+def fit_moons(root: Path, *extra: str) -> Path:
+    assert train.main(["fit", *SPE, "--runs_root", str(root), *extra]) == 0
+    (run,) = root.glob("moons/mlp/*")
+    return run
+
+
+def same_training(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for key, value in (a.get("lookahead") or {"slow": {}})["slow"].items():
+        assert torch.equal(value, b["lookahead"]["slow"][key]), key
+    assert a["optimizer_states"][0]["param_groups"][0]["lr"] == b["optimizer_states"][0]["param_groups"][0]["lr"]
+
+
+@pytest.fixture(scope="module")
+def plain_moons(tmp_path_factory) -> Path:
+    return fit_moons(tmp_path_factory.mktemp("plain"))
+
+
+def test_several_steps_per_lightning_step_train_the_same_weights(plain_moons, tmp_path):
+    # 4 steps an epoch in chunks of 3: a full chunk and a short one, with dropout, a per-step schedule
+    # and Lookahead, all stepped inside the chunk as the plain path steps them.
+    run = fit_moons(tmp_path, "--steps_per_execution", "3")
+    a, b = load_checkpoint(plain_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt")
+    assert (a["steps_per_execution"], b["steps_per_execution"], b["global_step"]) == (1, 3, 12)
+    same_training(a, b)
+    history = [(plain_moons / "history.csv").read_text(), (run / "history.csv").read_text()]
+    assert [[row.split(",")[3:5] for row in h.splitlines()] for h in history][0] == \
+        [[row.split(",")[3:5] for row in h.splitlines()] for h in history][1]  # val loss and accuracy
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (plain_moons, run))
+    assert ma["test_acc"] == mb["test_acc"]
+
+
+def test_a_chunked_run_interrupted_mid_epoch_resumes_exactly(plain_moons, tmp_path, capsys):
+    rc = train.main(["fit", *SPE, "--runs_root", str(tmp_path), "--steps_per_execution", "3",
+                     "--trainer.callbacks+=test_module.SigintAt", "--trainer.callbacks.step", "7"])
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert rc != 0 and load_checkpoint(run / "last.ckpt")["global_step"] == 7  # one chunk into epoch 1
+    # A resume keeps the run's steps per Lightning step: another is refused before anything is written.
+    before = (run / "last.ckpt").read_bytes()
+    for other in (["--steps_per_execution", "2"], ["--steps_per_execution", "1"]):
+        assert train.main(["fit", *SPE, "--runs_root", str(tmp_path), "--ckpt_path", "last", *other]) != 0
+        err = capsys.readouterr().err
+        assert "--steps_per_execution 3" in err and "Traceback" not in err, err
+    assert (run / "last.ckpt").read_bytes() == before
+    assert train.main(["fit", *SPE, "--runs_root", str(tmp_path), "--ckpt_path", "last"]) == 0  # 3, from the file
+    same_training(load_checkpoint(plain_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt"))
+
+
+def test_images_in_chunks_train_the_same_weights(shapes, tmp_path):
+    # The image path: uint8 batches normalised after the transfer, channels_last, flips.
+    a = fit_lenet(shapes, tmp_path / "a", "--data.init_args.augment", "true", "--data.init_args.flip", "true")
+    b = fit_lenet(shapes, tmp_path / "b", "--data.init_args.augment", "true", "--data.init_args.flip", "true",
+                  "--steps_per_execution", "4")
+    same_training(load_checkpoint(a / "last.ckpt"), load_checkpoint(b / "last.ckpt"))
+
+
+@pytest.mark.parametrize("flag, words", [
+    (["--trainer.limit_train_batches", "2"], "limit_train_batches counts Lightning steps"),
+    (["--trainer.gradient_clip_val", "1.0"], "gradient clipping needs Lightning's automatic optimization"),
+    (["--trainer.accumulate_grad_batches", "2"], "accumulation needs"),
+])
+def test_options_that_count_lightning_steps_fall_back_with_one_line(tmp_path, capsys, flag, words):
+    run = fit_moons(tmp_path, "--steps_per_execution", "3", "--trainer.max_epochs", "1", *flag)
+    err = capsys.readouterr().err
+    notice = [line for line in err.splitlines() if line.startswith("--steps_per_execution 3:")]
+    assert len(notice) == 1 and words in notice[0] and "one step per Lightning step" in notice[0], err
+    assert load_checkpoint(run / "last.ckpt")["steps_per_execution"] == 1
+
+
+def test_nan_stop_names_the_step_inside_a_chunk(tmp_path, monkeypatch, capsys):
+    real = zoo.module.ZooModule.forward
+
+    def poisoned(self, x):  # step 21: the second step of epoch 5's first chunk
+        out = real(self, x)
+        return out * float("nan") if self.training and self.global_step == 21 else out
+
+    monkeypatch.setattr(zoo.module.ZooModule, "forward", poisoned)
+    rc = train.main(["fit", *SPE, "--runs_root", str(tmp_path), "--trainer.max_epochs", "10",
+                     "--steps_per_execution", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "step 21" in err and "learning rate" in err, err
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert load_checkpoint(run / "last.ckpt")["epoch"] == 4
+
+
+@pytest.mark.parametrize("value", ["3", -2, 2.5, None])
+def test_a_damaged_steps_per_execution_in_a_checkpoint_is_refused(plain_moons, tmp_path, capsys, value):
+    ckpt = torch.load(plain_moons / "last.ckpt", weights_only=True)
+    ckpt["steps_per_execution"] = value
+    bad = tmp_path / "bad.ckpt"
+    torch.save(ckpt, bad)
+    assert train.main(["fit", *SPE, "--runs_root", str(tmp_path), "--ckpt_path", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "steps_per_execution" in err and "do not edit checkpoints" in err and "Traceback" not in err, err
+
+
+def test_loader_chunks_batches_and_resumes_by_chunks():
+    from datamodules.tensor import TensorLoader
+
+    x, y = torch.arange(50).float()[:, None], torch.arange(50)
+    plain = list(TensorLoader(x, y, batch_size=8, shuffle=True))  # 7 batches: 6 of 8, one of 2
+    chunked = TensorLoader(x, y, batch_size=8, shuffle=True, chunk=3)
+    assert len(chunked) == 3 and chunked.steps() == 7
+    flat = [b for chunk in chunked for b in chunk]
+    assert [len(c) for c in chunked] == [3, 3, 1] and all(torch.equal(p[1], f[1]) for p, f in zip(plain, flat))
+    rest = [b for chunk in TensorLoader(x, y, batch_size=8, shuffle=True, chunk=3, start_fn=lambda: 1) for b in chunk]
+    assert all(torch.equal(p[1], f[1]) for p, f in zip(plain[3:], rest)) and len(rest) == 4
+
+
+def test_gpu_probe_is_skipped_only_where_no_gpu_is_visible(monkeypatch):
+    from zoo.module import skip_gpu_probes
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # (absent again after the test, whatever the fit set)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    skip_gpu_probes()
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # a GPU: nothing hidden
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    skip_gpu_probes()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"  # the user's own value stays
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    skip_gpu_probes()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_fit_without_a_gpu_makes_the_per_step_gpu_probe_cheap(tmp_path, monkeypatch):
+    # Lightning's import set PYTORCH_NVML_BASED_CUDA_CHECK=1: each torch.cuda.is_available() (Adam
+    # asks every step) then re-probes NVML, unless no device is declared.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # (absent again after the test, whatever the fit set)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: nothing to skip")
+    assert os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1"
+    assert train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST, "--trainer.max_epochs", "1"]) == 0
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""

@@ -182,9 +182,11 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
 def test_ddp_two_cpu_processes(tmp_path):
     cmd = [sys.executable, str(REPO / "train.py"), "fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST,
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--trainer.max_epochs", "5", "--data.init_args.n_samples", "400"]
+           "--trainer.max_epochs", "5", "--data.init_args.n_samples", "400", "--steps_per_execution", "3"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    # Chunks of steps are one process's fast path: DDP trains one step per Lightning step, said once.
+    assert out.stderr.count("--steps_per_execution 3: it runs on several processes (DDP)") == 1, out.stderr[-3000:]
     (run,) = tmp_path.glob("moons/mlp/*")
     check_distributed_run(run)
     # Numbers logged once per epoch are synced, and the confusion matrix is summed without the

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 from jsonargparse import ArgumentError
-from jsonargparse.typing import NonNegativeInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
@@ -34,6 +34,7 @@ from rich.text import Text
 from datamodules import DATAMODULES, TensorDataModule
 from zoo import ZooError, ZooModule, errors, insight, loggers
 from zoo.models.registry import RECIPES
+from zoo.module import skip_gpu_probes
 from zoo.run import Run, fill_in_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +111,10 @@ class ZooCLI(LightningCLI):
                             help="Metric for the best checkpoint and early stopping.")
         parser.add_argument("--patience", type=NonNegativeInt, default=10,
                             help="Early stopping patience in epochs; 0 turns it off.")
+        parser.add_argument("--steps_per_execution", type=PositiveInt | None, default=None,
+                            help="Optimizer steps per Lightning step (Keras's steps_per_execution): the loader hands "
+                                 "over K batches at once, so Lightning's per-step work is paid once per K steps. "
+                                 "Same steps, same weights. Default: 1, or what a resumed run used.")
         parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
         parser.add_argument("--threads", type=NonNegativeInt, default=0,
                             help="CPU threads per process (0: torch's default, one per core). 1 helps when other "
@@ -152,7 +157,10 @@ class ZooCLI(LightningCLI):
         # Plain ints, not jsonargparse's range-checked subclasses of int: EarlyStopping saves its patience
         # in checkpoints, which must hold plain values only (weights_only loading).
         cfg.patience, cfg.threads = int(cfg.patience), int(cfg.threads)
+        if cfg.get("steps_per_execution") is not None:
+            cfg.steps_per_execution = int(cfg.steps_per_execution)
         check_trainer_options(cfg)
+        skip_gpu_probes()
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
             os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # DDP workers started from here inherit it

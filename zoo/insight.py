@@ -178,7 +178,8 @@ def first_batch(trainer: Trainer, device: torch.device) -> tuple[Tensor, Tensor]
     """The first training batch of the current epoch as the loader yields it (augmented, uint8 for
     images), on `device`. The loader seeds its own generator per epoch, so reading it here does
     not shift the batches training will see."""
-    x, y = next(iter(trainer.datamodule.train_dataloader()))
+    batch = next(iter(trainer.datamodule.train_dataloader()))
+    x, y = batch[0] if isinstance(batch, list) else batch  # a chunk (--steps_per_execution): its first
     return x.to(device), y.to(device)
 
 
@@ -419,7 +420,6 @@ class TrainingPictures(Callback):
 
     def __init__(self, histograms: int = 0, log_graph: bool = False) -> None:
         self.histograms, self.log_graph = histograms, log_graph
-        self._last_batch = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
@@ -440,13 +440,11 @@ class TrainingPictures(Callback):
                 for m, training in modes.items():
                     m.train(training)
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self._last_batch = batch_idx == trainer.num_training_batches - 1
-
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         # The epoch's last step, before its update: later, validation sets the gradients to None.
         tb = tensorboard(trainer)
-        if (not self.histograms or not self._last_batch or (trainer.current_epoch + 1) % self.histograms
+        last = getattr(pl_module, "last_step_in_epoch", False)  # set by ZooModule before each step
+        if (not self.histograms or not last or (trainer.current_epoch + 1) % self.histograms
                 or tb is None or not trainer.is_global_zero):
             return
         for name, p in pl_module.model.named_parameters():

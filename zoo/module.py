@@ -207,6 +207,8 @@ class ZooModule(L.LightningModule):
         self.keep_test_correct = False  # True: test_correct collects, in test-set order, which rows were right
         self.test_correct: list[torch.Tensor] = []
         self._lookahead: Lookahead | None = None  # the slow weights (lookahead on), from the start of a fit
+        self.steps_per_execution = 1  # see use_steps_per_execution
+        self.last_step_in_epoch = False  # set before each training step (zoo.insight's histograms read it)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "ZooModule":
@@ -244,8 +246,15 @@ class ZooModule(L.LightningModule):
             self.__dict__["_compiled"] = torch.compile(self.model)
         return self.__dict__.get("_compiled", self.model)(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if not self.automatic_optimization:
+            return self._train_chunk(batch, batch_idx)
         x, y = batch
+        logits, loss = self._train_loss(x, y)
+        self._update("train", logits.detach(), y, loss.detach())
+        return loss
+
+    def _train_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         if not torch.isfinite(loss):
@@ -256,8 +265,43 @@ class ZooModule(L.LightningModule):
                 f"The training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}. "
                 f"Training stopped; {kept}. Try a smaller learning rate (now {self.hparams.lr}) or full precision "
                 f"(--trainer.precision 32).")
-        self._update("train", logits.detach(), y, loss.detach())
-        return loss
+        return logits, loss
+
+    def use_steps_per_execution(self, k: int) -> None:
+        """Train k optimizer steps per Lightning step (train.py's --steps_per_execution): the training
+        loader yields chunks of k batches and training_step steps through them with manual
+        optimization, so Lightning's per-step work (hooks, callbacks, progress) is paid once per chunk.
+        Every step is the plain path's: same order, dropout seeds, schedule and Lookahead steps."""
+        self.steps_per_execution, self.automatic_optimization = k, k == 1
+
+    def _train_chunk(self, batch: list, batch_idx: int) -> None:
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        total, last_chunk = self.total_steps(), batch_idx + 1 >= self.trainer.num_training_batches
+        outputs = []
+        for j, (x, y) in enumerate(batch):
+            self._reseed(batch_idx * self.steps_per_execution + j)
+            self.last_step_in_epoch = last_chunk and j == len(batch) - 1
+            logits, loss = self._train_loss(x, y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+            if sched is not None:  # then Lookahead: the order of Lightning's loop (schedule, on_train_batch_end)
+                sched.step()
+            if self._lookahead is not None:
+                self._lookahead.step(self.model, self.global_step, total)
+            outputs.append((logits.detach(), y, loss.detach()))
+        # One metric update per chunk: each update costs about as much as Lightning's per-step work.
+        logits, y, losses = zip(*outputs)
+        self.train_loss.update(torch.stack(losses), torch.tensor([len(t) for t in y], device=losses[0].device))
+        self.train_acc.update(torch.cat(logits), torch.cat(y))
+
+    def total_steps(self) -> int:
+        """Optimizer steps in the whole fit: what the learning-rate schedule and Lookahead plan for."""
+        if self.automatic_optimization:
+            return int(self.trainer.estimated_stepping_batches)
+        # Lightning counts chunks; zoo.run falls back to one step per Lightning step whenever the length
+        # is not epochs x batches (max_steps, limit_train_batches, ...), so this is exact.
+        return self.trainer.max_epochs * self.trainer.datamodule.steps_per_epoch()
 
     def _last_checkpoints(self) -> list[Path]:
         callbacks = self.trainer.checkpoint_callbacks if self._trainer else []
@@ -348,6 +392,11 @@ class ZooModule(L.LightningModule):
             self._lookahead = Lookahead(self.model)  # after the data initialisation, as the paper starts it
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.automatic_optimization:  # (chunks reseed per step in _train_chunk)
+            self._reseed(batch_idx)
+            self.last_step_in_epoch = batch_idx + 1 >= self.trainer.num_training_batches
+
+    def _reseed(self, batch_idx: int) -> None:
         # Dropout draws from the device's global RNG. Reseeding it from (seed, epoch, step, rank)
         # makes every step reproducible on its own, so a run resumed anywhere (after a crash at an
         # epoch's end, or Ctrl-C / SIGTERM mid-epoch) continues exactly as if never stopped.
@@ -369,6 +418,8 @@ class ZooModule(L.LightningModule):
         checkpoint["precision"] = str(self.trainer.precision) if self._trainer else None
         if self._lookahead is not None:
             checkpoint["lookahead"] = self._lookahead.state()
+        # Lightning's mid-epoch progress counts chunks of this many batches: a resume must keep it (zoo.run).
+        checkpoint["steps_per_execution"] = self.steps_per_execution
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -378,7 +429,7 @@ class ZooModule(L.LightningModule):
                    **extra)
         if hp.scheduler == "none":
             return opt
-        total = self.trainer.estimated_stepping_batches
+        total = self.trainer.estimated_stepping_batches if self.automatic_optimization else self.total_steps()
         if not math.isfinite(total):  # max_epochs -1 and no max_steps: a schedule needs an end
             raise ZooError(f"The {hp.scheduler} learning-rate schedule needs to know how long training lasts, but "
                            f"--trainer.max_epochs is -1 (no limit) and no --trainer.max_steps is set. Give one of "
@@ -399,8 +450,8 @@ class ZooModule(L.LightningModule):
         freeze_finished_groups(self.trainer.optimizers[0], self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.hparams.lookahead:
-            self._lookahead.step(self.model, self.global_step, int(self.trainer.estimated_stepping_batches))
+        if self.hparams.lookahead and self.automatic_optimization:
+            self._lookahead.step(self.model, self.global_step, self.total_steps())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.hparams.lookahead and checkpoint.get("lookahead") is not None:
@@ -532,3 +583,13 @@ def default_precision(arch: str, accelerator: str = "auto") -> str:
 def init_loss_expected(num_classes: int) -> float:
     """Cross-entropy of a uniform guess: what a well-initialised classifier should start near."""
     return math.log(num_classes)
+
+
+def skip_gpu_probes() -> None:
+    """Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so every torch.cuda.is_available()
+    asks NVML again; on a machine without an NVIDIA driver that is a failed dlopen of libnvidia-ml
+    (~160 us here), and torch's Adam and AdamW ask on every step (~10% of an MNIST MLP step). Where no
+    GPU is visible, CUDA_VISIBLE_DEVICES="" says so once and the check costs ~6 us. It hides nothing:
+    it is set only when CUDA already reports no device, and never over the user's own value."""
+    if "CUDA_VISIBLE_DEVICES" not in os.environ and not torch.cuda.is_available():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""

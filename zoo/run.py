@@ -57,6 +57,7 @@ class Run:
         self.ckpt_path: Path | None = None  # the checkpoint to resume or evaluate, resolved
         self.ckpt_hparams: dict | None = None
         self.ckpt_precision: str | None = None
+        self.ckpt_steps: tuple[int, int] = (1, 0)  # the checkpoint's (steps per execution, global step)
         self.dir: Path | None = None  # fit only
         self.made_dir = False  # made by this run: removed again if it ends before its first checkpoint
         self.lock: RunLock | None = None
@@ -89,6 +90,12 @@ class Run:
         ckpt = load_checkpoint(path)
         check_matches(ckpt, path, self.data, cfg.model)
         self.ckpt_path, self.ckpt_hparams, self.ckpt_precision = path, ckpt["hyper_parameters"], ckpt.get("precision")
+        k, step = ckpt.get("steps_per_execution", 1), ckpt.get("global_step", 0)
+        if not (type(k) is int and k >= 1 and type(step) is int and step >= 0):
+            raise ZooError(f"{path}: its steps_per_execution ({k!r}) or global_step ({step!r}) is not the positive "
+                           f"whole number train.py writes. Use best.ckpt or last.ckpt of a run written by train.py "
+                           f"fit (or retrain); do not edit checkpoints by hand.")
+        self.ckpt_steps = (k, step)
         if fit:
             self.dir = path.parent  # continue the same run: same directory, TensorBoard and W&B id
 
@@ -213,10 +220,33 @@ class Run:
                            f"Keep a validation split, or monitor a training metric (--monitor train/loss) and "
                            f"turn early stopping off (--patience 0).")
 
+    def set_steps_per_execution(self, trainer: Trainer, model, datamodule) -> None:
+        """--steps_per_execution K: K optimizer steps per Lightning step (ZooModule.use_steps_per_execution)
+        where every option of the run means the same with it; otherwise one step per Lightning step, said
+        in one line. A resumed run keeps its K: Lightning's saved progress counts chunks."""
+        saved, _ = self.ckpt_steps
+        asked = self.cfg.get("steps_per_execution")
+        k = int(asked) if asked is not None else saved if self.ckpt_path else 1
+        why = chunk_blocker(trainer, datamodule, self.cfg) if k > 1 else None
+        if why:
+            if trainer.is_global_zero:
+                print(f"--steps_per_execution {k}: {why}, so this run trains one step per Lightning step.",
+                      file=sys.stderr)
+            k = 1
+        if self.ckpt_path and k != saved:  # even at an epoch's end: Lightning's restart logic reads the count
+            raise ZooError(f"{self.ckpt_path} was trained {saved} step(s) per Lightning step and this resume would "
+                           f"train {k}: Lightning's saved progress counts those chunks, so the run would not continue "
+                           f"where it stopped. Resume with --steps_per_execution {saved} and the run's own options "
+                           f"(--config {self.dir / 'config.yaml'}), or start a new run.")
+        model.use_steps_per_execution(k)
+        if hasattr(datamodule, "steps_per_execution"):
+            datamodule.steps_per_execution = k
+
     def before_fit(self, trainer: Trainer, model, datamodule) -> None:
         self.check_checkpoint_fits(model)
         self.check_resume_matches(model)
         self.check_monitor(datamodule)
+        self.set_steps_per_execution(trainer, model, datamodule)
         if self.lock is not None and self.ckpt_hparams:
             for p in remove_stale_temp_files(self.dir):
                 print(f"Removed {p.name}, left by an interrupted save.", file=sys.stderr)
@@ -293,6 +323,26 @@ class Run:
 
 # ---------------------------------------------------------------------------------------------
 # Run directories and checkpoints to resume.
+
+def chunk_blocker(trainer: Trainer, datamodule, cfg) -> str | None:
+    """Why this run cannot train several steps per Lightning step, or None: the options whose meaning
+    is per Lightning step, or that need Lightning's automatic optimization."""
+    t = trainer
+    whole = isinstance(t.limit_train_batches, float) and t.limit_train_batches == 1.0
+    reasons = [
+        (not hasattr(datamodule, "steps_per_execution"), "the datamodule is not one of the zoo's tensor datamodules"),
+        (t.world_size > 1, "it runs on several processes (DDP)"),
+        (bool(t.gradient_clip_val), "gradient clipping needs Lightning's automatic optimization"),
+        (t.accumulate_grad_batches != 1, "gradient accumulation needs Lightning's automatic optimization"),
+        (t.val_check_interval != 1.0, "--trainer.val_check_interval counts Lightning steps"),
+        (t.max_steps != -1, "--trainer.max_steps could fall inside a chunk"),
+        (not whole, "--trainer.limit_train_batches counts Lightning steps"),
+        (bool(t.overfit_batches), "--trainer.overfit_batches counts Lightning steps"),
+        (bool(t.fast_dev_run), "--trainer.fast_dev_run counts Lightning steps"),
+        (bool(cfg.get("lr_find")), "the learning-rate finder steps through Lightning's automatic optimization"),
+    ]
+    return next((why for blocked, why in reasons if blocked), None)
+
 
 def inherited_run_dir() -> Path | None:
     """The parent's run directory when this process is a DDP worker that Lightning started by
