@@ -167,7 +167,7 @@ def same_training(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def plain_moons(tmp_path_factory) -> Path:
-    return fit_moons(tmp_path_factory.mktemp("plain"))
+    return fit_moons(tmp_path_factory.mktemp("plain"), "--steps_per_execution", "1")
 
 
 def test_several_steps_per_lightning_step_train_the_same_weights(plain_moons, tmp_path):
@@ -202,7 +202,8 @@ def test_a_chunked_run_interrupted_mid_epoch_resumes_exactly(plain_moons, tmp_pa
 
 def test_images_in_chunks_train_the_same_weights(shapes, tmp_path):
     # The image path: uint8 batches normalised after the transfer, channels_last, flips.
-    a = fit_lenet(shapes, tmp_path / "a", "--data.init_args.augment", "true", "--data.init_args.flip", "true")
+    a = fit_lenet(shapes, tmp_path / "a", "--data.init_args.augment", "true", "--data.init_args.flip", "true",
+                  "--steps_per_execution", "1")
     b = fit_lenet(shapes, tmp_path / "b", "--data.init_args.augment", "true", "--data.init_args.flip", "true",
                   "--steps_per_execution", "4")
     same_training(load_checkpoint(a / "last.ckpt"), load_checkpoint(b / "last.ckpt"))
@@ -235,6 +236,25 @@ def test_nan_stop_names_the_step_inside_a_chunk(tmp_path, monkeypatch, capsys):
     assert rc == 2 and "step 21" in err and "learning rate" in err, err
     (run,) = tmp_path.glob("moons/mlp/*")
     assert load_checkpoint(run / "last.ckpt")["epoch"] == 4
+
+
+def test_small_steps_come_in_chunks_of_10_by_default_and_large_ones_do_not(plain_moons, tmp_path, capsys):
+    run = fit_moons(tmp_path / "auto", "--trainer.max_epochs", "1")  # an MLP step: 1.2M FLOPs of forward work
+    assert load_checkpoint(run / "last.ckpt")["steps_per_execution"] == 10
+    assert json.loads((run / "metrics.json").read_text())["steps_per_execution"] == 10
+    run = fit_moons(tmp_path / "limited", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
+    assert load_checkpoint(run / "last.ckpt")["steps_per_execution"] == 1  # not asked for: no notice
+    assert "--steps_per_execution" not in capsys.readouterr().err
+    assert load_checkpoint(plain_moons / "last.ckpt")["steps_per_execution"] == 1  # asked for
+    from zoo.models import create_model, profile
+    from zoo.run import auto_steps_per_execution
+
+    def auto(arch: str, shape: list[int], batch: int) -> int:
+        return auto_steps_per_execution(profile(create_model(arch, shape, 10), shape)["flops"], batch)
+
+    assert auto("mlp", [1, 28, 28], 128) == auto("lenet5", [1, 28, 28], 128) == 10
+    assert auto("resnet20", [3, 32, 32], 128) == auto("airbench94", [3, 32, 32], 1024) == 1
+    assert auto_steps_per_execution(0, 128) == 1  # unknown cost: the plain path
 
 
 @pytest.mark.parametrize("value", ["3", -2, 2.5, None])

@@ -114,7 +114,8 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--steps_per_execution", type=PositiveInt | None, default=None,
                             help="Optimizer steps per Lightning step (Keras's steps_per_execution): the loader hands "
                                  "over K batches at once, so Lightning's per-step work is paid once per K steps. "
-                                 "Same steps, same weights. Default: 1, or what a resumed run used.")
+                                 "Same steps, same weights. Default: 10 for small steps (<= 1 GFLOP of forward work: "
+                                 "linear, MLP, LeNet-5), else 1; a resumed run keeps its own.")
         parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
         parser.add_argument("--threads", type=NonNegativeInt, default=0,
                             help="CPU threads per process (0: torch's default, one per core). 1 helps when other "

@@ -295,13 +295,16 @@ class ZooModule(L.LightningModule):
         self.train_loss.update(torch.stack(losses), torch.tensor([len(t) for t in y], device=losses[0].device))
         self.train_acc.update(torch.cat(logits), torch.cat(y))
 
-    def total_steps(self) -> int:
-        """Optimizer steps in the whole fit: what the learning-rate schedule and Lookahead plan for."""
+    def total_steps(self) -> int | float:
+        """Optimizer steps in the whole fit: what the learning-rate schedule and Lookahead plan for
+        (inf: no end, --trainer.max_epochs -1)."""
         if self.automatic_optimization:
-            return int(self.trainer.estimated_stepping_batches)
+            total = self.trainer.estimated_stepping_batches
+            return int(total) if math.isfinite(total) else total
         # Lightning counts chunks; zoo.run falls back to one step per Lightning step whenever the length
         # is not epochs x batches (max_steps, limit_train_batches, ...), so this is exact.
-        return self.trainer.max_epochs * self.trainer.datamodule.steps_per_epoch()
+        epochs = self.trainer.max_epochs
+        return math.inf if epochs is None or epochs < 0 else epochs * self.trainer.datamodule.steps_per_epoch()
 
     def _last_checkpoints(self) -> list[Path]:
         callbacks = self.trainer.checkpoint_callbacks if self._trainer else []
@@ -429,7 +432,7 @@ class ZooModule(L.LightningModule):
                    **extra)
         if hp.scheduler == "none":
             return opt
-        total = self.trainer.estimated_stepping_batches if self.automatic_optimization else self.total_steps()
+        total = self.total_steps()
         if not math.isfinite(total):  # max_epochs -1 and no max_steps: a schedule needs an end
             raise ZooError(f"The {hp.scheduler} learning-rate schedule needs to know how long training lasts, but "
                            f"--trainer.max_epochs is -1 (no limit) and no --trainer.max_steps is set. Give one of "

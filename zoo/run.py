@@ -46,6 +46,12 @@ from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale
 # in Run.start, read only by such a worker (inherited_run_dir), removed again by Run.close.
 RUN_DIR_ENV = "ZOO_RUN_DIR"
 
+# --steps_per_execution when not given: chunks of AUTO_CHUNK steps where a step's forward work is at most
+# SMALL_STEP_FLOPS (the MLP and LeNet-5 at their batch sizes: 26M and 110M; ResNet-20 at batch 128 is 10G).
+# There Lightning's ~1 ms per step is 15-40% of an epoch (results/bench.md, section 2); a chunk of 10 such
+# steps still ends within about a second of Ctrl-C on a CPU.
+AUTO_CHUNK, SMALL_STEP_FLOPS = 10, 1e9
+
 
 class Run:
     """A command of train.py (fit, validate, test) as one object, built once from its parsed config
@@ -222,14 +228,17 @@ class Run:
 
     def set_steps_per_execution(self, trainer: Trainer, model, datamodule) -> None:
         """--steps_per_execution K: K optimizer steps per Lightning step (ZooModule.use_steps_per_execution)
-        where every option of the run means the same with it; otherwise one step per Lightning step, said
-        in one line. A resumed run keeps its K: Lightning's saved progress counts chunks."""
+        where every option of the run means the same with it, else one (said in one line when K was asked
+        for). Not given: AUTO_CHUNK for small steps (at most SMALL_STEP_FLOPS of forward work per step, where
+        Lightning's per-step work weighs most), else 1. A resumed run keeps its K: Lightning's saved progress
+        counts chunks."""
         saved, _ = self.ckpt_steps
         asked = self.cfg.get("steps_per_execution")
-        k = int(asked) if asked is not None else saved if self.ckpt_path else 1
+        auto = auto_steps_per_execution(self.stats["flops"], getattr(datamodule, "batch_size", 0))
+        k = int(asked) if asked is not None else saved if self.ckpt_path else auto
         why = chunk_blocker(trainer, datamodule, self.cfg) if k > 1 else None
         if why:
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and asked is not None:
                 print(f"--steps_per_execution {k}: {why}, so this run trains one step per Lightning step.",
                       file=sys.stderr)
             k = 1
@@ -246,11 +255,11 @@ class Run:
         self.check_checkpoint_fits(model)
         self.check_resume_matches(model)
         self.check_monitor(datamodule)
-        self.set_steps_per_execution(trainer, model, datamodule)
         if self.lock is not None and self.ckpt_hparams:
             for p in remove_stale_temp_files(self.dir):
                 print(f"Removed {p.name}, left by an interrupted save.", file=sys.stderr)
         self.stats = profile(model.model, model.hparams.input_shape)
+        self.set_steps_per_execution(trainer, model, datamodule)
         if trainer.is_global_zero:
             print(f"{self.arch} on {self.data}: {self.stats['params']:,} parameters, "
                   f"{self.stats['flops']:,} FLOPs per sample ({self.stats['macs']:,} MACs). Run: {self.dir}")
@@ -294,6 +303,7 @@ class Run:
             "fit_seconds": round(self.run_info.fit_seconds, 3), "fit_parts": self.run_info.fit_parts,
             "device": device_name(trainer), "devices": trainer.world_size,
             "precision": str(trainer.precision), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            "steps_per_execution": model.steps_per_execution,
             "run_dir": str(self.dir), "best_ckpt": best,
             "versions": {"torch": torch.__version__, "lightning": __import__("lightning").__version__},
         }
@@ -323,6 +333,11 @@ class Run:
 
 # ---------------------------------------------------------------------------------------------
 # Run directories and checkpoints to resume.
+
+def auto_steps_per_execution(flops_per_sample: int, batch_size: int) -> int:
+    """--steps_per_execution when not given (see AUTO_CHUNK)."""
+    return AUTO_CHUNK if 0 < flops_per_sample * batch_size <= SMALL_STEP_FLOPS else 1
+
 
 def chunk_blocker(trainer: Trainer, datamodule, cfg) -> str | None:
     """Why this run cannot train several steps per Lightning step, or None: the options whose meaning
