@@ -1,6 +1,8 @@
 """Shared test fixtures: where the real datasets live, and how tests that need them behave when
 they are absent (skip on a laptop, fail in CI, where missing data is a setup bug)."""
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,31 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+SMOKE = "test_quick_suite_runs_every_benchmark_and_writes_a_well_formed_report"  # tests/test_bench.py
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The bench smoke test goes last, and its benchmark process starts now, so it runs beside the rest
+    of the suite (which uses one thread) instead of after it."""
+    smoke = [item for item in items if item.name == SMOKE]
+    if not smoke or config.getoption("collectonly"):
+        return
+    items.remove(smoke[0])
+    items.append(smoke[0])
+    if all((data_root() / name).exists() for name in ("MNIST", "FashionMNIST", "cifar-10-batches-py")):
+        from test_bench import start_smoke
+
+        report = Path(tempfile.mkdtemp(prefix="bench_smoke_")) / "bench.md"
+        config.bench_smoke = (start_smoke(report), report)
+
+
+def pytest_unconfigure(config):
+    """However the run ended (-x, Ctrl-C), no benchmark process outlives it."""
+    proc, report = getattr(config, "bench_smoke", (None, None))
+    if proc is not None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        shutil.rmtree(report.parent, ignore_errors=True)
