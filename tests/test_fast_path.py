@@ -257,10 +257,12 @@ def test_small_steps_come_in_chunks_of_10_by_default_and_large_ones_do_not(plain
     assert auto_steps_per_execution(0, 128) == 1  # unknown cost: the plain path
 
 
-@pytest.mark.parametrize("value", ["3", -2, 2.5, None])
-def test_a_damaged_steps_per_execution_in_a_checkpoint_is_refused(plain_moons, tmp_path, capsys, value):
+@pytest.mark.parametrize("key, value", [("steps_per_execution", "3"), ("steps_per_execution", -2),
+                                        ("steps_per_execution", 2.5), ("steps_per_execution", None),
+                                        ("global_step", "12")])
+def test_a_damaged_steps_per_execution_in_a_checkpoint_is_refused(plain_moons, tmp_path, capsys, key, value):
     ckpt = torch.load(plain_moons / "last.ckpt", weights_only=True)
-    ckpt["steps_per_execution"] = value
+    ckpt[key] = value
     bad = tmp_path / "bad.ckpt"
     torch.save(ckpt, bad)
     assert train.main(["fit", *SPE, "--runs_root", str(tmp_path), "--ckpt_path", str(bad)]) != 0
