@@ -276,7 +276,9 @@ class ZooModule(L.LightningModule):
 
     def _train_chunk(self, batch: list, batch_idx: int) -> None:
         opt, sched = self.optimizers(), self.lr_schedulers()
-        total, last_chunk = self.total_steps(), batch_idx + 1 >= self.trainer.num_training_batches
+        last_chunk = batch_idx + 1 >= self.trainer.num_training_batches
+        # (only Lookahead needs the total: it is worked out from the datamodule, not on every chunk otherwise)
+        total = self.total_steps() if self._lookahead is not None else None
         outputs = []
         for j, (x, y) in enumerate(batch):
             self._reseed(batch_idx * self.steps_per_execution + j)
