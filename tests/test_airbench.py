@@ -8,6 +8,7 @@ import yaml
 
 import train
 from conftest import require_data
+from zoo import cli
 from zoo.checkpoint import load_checkpoint
 from zoo.models import create_model, profile
 from zoo.module import ZooModule, optimizer_groups
@@ -106,6 +107,37 @@ def test_the_recipe_reaches_the_command_line_and_the_users_flags_win(capsys):
     assert train.main(["fit", "--data", "cifar10", "--model", "resnet20", "--print_config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)  # other models: the dataset's recipe, as before
     assert config["data"]["init_args"]["batch_size"] == 128 and config["trainer"]["max_epochs"] == 30
+
+
+def test_the_recipe_applies_when_the_model_is_named_only_in_a_config_file(capsys, tmp_path):
+    def printed(*args):
+        assert train.main(["fit", *args, "--print_config"]) == 0
+        config = yaml.safe_load(capsys.readouterr().out)
+        return config["data"]["init_args"], config["trainer"]["max_epochs"]
+
+    full = tmp_path / "full.yaml"  # a config naming both the model and the datamodule by class path
+    full.write_text("model:\n  arch: airbench94\ndata:\n  class_path: datamodules.cifar10.CIFAR10DataModule\n")
+    data, epochs = printed("--config", str(full))
+    assert (data["batch_size"], epochs, data["translate"], data["alternate_flip"]) == (1024, 10, 2, True)
+    model_only = tmp_path / "model.yaml"  # jsonargparse's --model FILE: the model's options at the top
+    model_only.write_text("arch: airbench94\n")
+    assert printed("--data", "cifar10", "--model", str(model_only))[0]["batch_size"] == 1024
+    data, _ = printed("--data.class_path", "datamodules.cifar10.CIFAR10DataModule", "--model.arch", "airbench94")
+    assert data["alternate_flip"] is True
+    # The user's own values win, in the file or after it; the last model named decides.
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model:\n  arch: airbench94\ndata:\n  class_path: datamodules.cifar10.CIFAR10DataModule\n"
+                    "  init_args:\n    batch_size: 256\n")
+    assert printed("--config", str(mine))[0]["batch_size"] == 256
+    assert printed("--config", str(mine), "--data.batch_size", "32")[0]["batch_size"] == 32
+    data, epochs = printed("--config", str(full), "--model.arch", "resnet20")
+    assert (data["batch_size"], data["alternate_flip"]) == (128, False)
+    # Files that name nothing usable name no model: the parser (or check_config_files) reports them.
+    for text in ("- a list\n", "model: 3\n", "model:\n  arch: [x]\n", "model:\n  init_args: 3\n"):
+        odd = tmp_path / "odd.yaml"
+        odd.write_text(text)
+        assert cli.named_arch(["--config", str(odd)]) is None and cli.named_dataset(["--config", str(odd)]) is None
+    assert cli.named_arch(["fit", "--config", str(tmp_path / "absent.yaml")]) is None
 
 
 def test_one_epoch_of_the_full_recipe_on_a_subset(tmp_path):

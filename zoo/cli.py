@@ -249,27 +249,61 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
     if not named and out and out[0] in ("fit", "validate", "test"):
         recipes, dataset = ["--config", str(CONFIGS / "moons.yaml")], "moons"
     if out and out[0] in ("fit", "validate", "test"):
-        recipes += model_recipe_flags(named_arch(out), dataset)
+        recipes += model_recipe_flags(named_arch(out), dataset or named_dataset(out))
     return out[:1] + recipes + out[1:] if out and not out[0].startswith("-") else recipes + out
 
 
 def named_arch(args: list[str]) -> str | None:
-    """The model a command line names with --model.arch (the last one wins, as in jsonargparse)."""
+    """The model a command line names: `--model.arch NAME`, or `arch` inside a config file given with
+    --config (model: {arch: ...}) or --model (arch: ...). The last one wins, as in jsonargparse, so a
+    recipe applies whether the model is named by flag or only in the user's config file."""
     arch = None
     for flag, value in zip(args, [*args[1:], ""]):
+        flag, eq, inline = flag.partition("=")
+        value = inline if eq else value
         if flag == "--model.arch":
             arch = value
-        elif flag.startswith("--model.arch="):
-            arch = flag.split("=", 1)[1]
+        elif flag in ("--config", "-c", "--model"):
+            model = read_config(value) if flag == "--model" else read_config(value).get("model")
+            model = model if isinstance(model, dict) else {}
+            model = model.get("init_args") if isinstance(model.get("init_args"), dict) else model
+            arch = model.get("arch") if isinstance(model.get("arch"), str) else arch
     return arch
+
+
+def named_dataset(args: list[str]) -> str | None:
+    """The registered dataset whose datamodule is selected by class path: `--data.class_path PATH`,
+    `--data PATH`, or data: {class_path: PATH} in a --config file (the last one wins)."""
+    dataset = None
+    for flag, value in zip(args, [*args[1:], ""]):
+        flag, eq, inline = flag.partition("=")
+        value = inline if eq else value
+        if flag in ("--config", "-c"):
+            data = read_config(value).get("data")
+            value = data.get("class_path") if isinstance(data, dict) else None
+        elif flag not in ("--data", "--data.class_path"):
+            continue
+        name = value.rpartition(".")[2] if isinstance(value, str) else None
+        dataset = next((k for k, cls in DATAMODULES.items() if cls.__name__ == name), dataset)
+    return dataset
+
+
+def read_config(path: str) -> dict:
+    """A YAML config file as a dict; {} for anything missing, unreadable or not a mapping (the parser
+    reports those itself, later)."""
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def model_recipe_flags(arch: str | None, dataset: str | None) -> list[str]:
     """The batch size, epochs and datamodule options a model's recipe declares (airbench94's batch 1024,
     10 epochs, 2-pixel translation and alternating flip), as flags placed after the dataset's config and
     before the user's own, which win. A data option goes only to a dataset it means something for: the
-    flip to one that flips (not digits), the translation to one that crops; one whose datamodule is
-    given by class path or a config file gets neither."""
+    flip to one that flips (not digits), the translation to one that crops; a datamodule that is not
+    one of the registered ones gets neither."""
     recipe = RECIPES.get(arch or "", {})
     flags = []
     if recipe.get("batch_size"):
