@@ -5,6 +5,7 @@ run records, overridable, and must not break reproducibility: evaluate.py and `t
 the precision a checkpoint was trained with."""
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,15 @@ def test_progress_bar_redraws_at_most_every_interval(monkeypatch):
     for i in range(5):
         bar.on_train_batch_end(trainer, None, None, None, i)
     assert drawn == [0, 2, 4]  # 1 and 3 came too soon; the epoch's last batch always draws
+
+
+def test_progress_bar_counts_optimizer_steps_not_chunks(capsys, tmp_path):
+    def counts(k: str) -> set[str]:
+        assert train.main(["fit", "--runs_root", str(tmp_path), "--trainer.max_epochs", "1", "--trainer.logger",
+                           "false", "--trainer.enable_model_summary", "false", "--steps_per_execution", k]) == 0
+        return set(re.findall(r"Epoch 0/0 .*? (\d+/\d+) ", capsys.readouterr().out))
+    # Moons: 4 steps an epoch, so K=3 makes a chunk of 3 and one of 1; the bar still ends at 4/4.
+    assert counts("1") == counts("3") == {"4/4"}
 
 
 @pytest.fixture(scope="module")
