@@ -187,6 +187,8 @@ def test_several_steps_per_lightning_step_train_the_same_weights(plain_moons, tm
     a, b = load_checkpoint(plain_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt")
     assert (a["steps_per_execution"], b["steps_per_execution"], b["global_step"]) == (1, 3, 12)
     same_training(a, b)
+    for key, slow in b["lookahead"]["slow"].items():  # the fit's length was right: it ended on the slow weights
+        assert torch.equal(b["state_dict"][f"model.{key}"], slow), key
     history = [(plain_moons / "history.csv").read_text(), (run / "history.csv").read_text()]
     assert [[row.split(",")[3:5] for row in h.splitlines()] for h in history][0] == \
         [[row.split(",")[3:5] for row in h.splitlines()] for h in history][1]  # val loss and accuracy

@@ -124,6 +124,7 @@ def test_lookahead_run_resumed_mid_epoch_is_exact(tmp_path):
         assert torch.equal(value, b["state_dict"][key]), key
     for key, value in a["lookahead"]["slow"].items():
         assert torch.equal(value, b["lookahead"]["slow"][key]), key
+        assert torch.equal(b["state_dict"][f"model.{key}"], value), key  # the last step pulled all the way
     assert a["hyper_parameters"]["lookahead"] is True
 
 

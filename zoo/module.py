@@ -207,6 +207,7 @@ class ZooModule(L.LightningModule):
         self.keep_test_correct = False  # True: test_correct collects, in test-set order, which rows were right
         self.test_correct: list[torch.Tensor] = []
         self._lookahead: Lookahead | None = None  # the slow weights (lookahead on), from the start of a fit
+        self._fit_total_steps: int | float | None = None  # set with it, in on_fit_start
         self.steps_per_execution = 1  # see use_steps_per_execution
         self.last_step_in_epoch = False  # set before each training step (zoo.insight's histograms read it)
 
@@ -277,8 +278,6 @@ class ZooModule(L.LightningModule):
     def _train_chunk(self, batch: list, batch_idx: int) -> None:
         opt, sched = self.optimizers(), self.lr_schedulers()
         last_chunk = batch_idx + 1 >= self.trainer.num_training_batches
-        # (only Lookahead needs the total: it is worked out from the datamodule, not on every chunk otherwise)
-        total = self.total_steps() if self._lookahead is not None else None
         outputs = []
         for j, (x, y) in enumerate(batch):
             self._reseed(batch_idx * self.steps_per_execution + j)
@@ -290,7 +289,7 @@ class ZooModule(L.LightningModule):
             if sched is not None:  # then Lookahead: the order of Lightning's loop (schedule, on_train_batch_end)
                 sched.step()
             if self._lookahead is not None:
-                self._lookahead.step(self.model, self.global_step, total)
+                self._lookahead.step(self.model, self.global_step, self._fit_total_steps)
             outputs.append((logits.detach(), y, loss.detach()))
         # One metric update per chunk: each update costs about as much as Lightning's per-step work.
         logits, y, losses = zip(*outputs)
@@ -395,6 +394,8 @@ class ZooModule(L.LightningModule):
             init(x.to(memory_format=torch.channels_last) if self.hparams.channels_last and x.dim() == 4 else x)
         if self.hparams.lookahead and self._lookahead is None:  # (a resume restored it in on_load_checkpoint)
             self._lookahead = Lookahead(self.model)  # after the data initialisation, as the paper starts it
+        # The fit's length, which Lookahead's schedule reads every step: worked out once per fit.
+        self._fit_total_steps = self.total_steps() if self._lookahead is not None else None
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.automatic_optimization:  # (chunks reseed per step in _train_chunk)
@@ -456,7 +457,7 @@ class ZooModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.hparams.lookahead and self.automatic_optimization:
-            self._lookahead.step(self.model, self.global_step, self.total_steps())
+            self._lookahead.step(self.model, self.global_step, self._fit_total_steps)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.hparams.lookahead and checkpoint.get("lookahead") is not None:
