@@ -37,7 +37,8 @@ def setup_data(name: str, batch_size: int | None = None):
 
 class BareLoop:
     def __init__(self, dm, arch: str, *, total_steps: int = 1, channels_last: bool | None = None,
-                 bf16: bool | None = None, compile: bool = False, fused: bool | None = None, seed: int = 42) -> None:
+                 bf16: bool | None = None, compile: bool | str = False, fused: bool | None = None,
+                 seed: int = 42) -> None:
         # None: what train.py does by default on this CPU (channels_last for conv nets, bf16 autocast
         # where default_precision picks it, the fused optimizer step), so both sides run the same math.
         conv = convolutional(arch) and len(dm.input_shape) == 3
@@ -49,7 +50,7 @@ class BareLoop:
         self.model = create_model(arch, list(dm.input_shape), dm.num_classes)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.forward = torch.compile(self.model) if compile is True else self.model
         r = resolve_recipe(arch, dm.name)  # what train.py uses for this model on this dataset
         decay = [p for p in self.model.parameters() if p.dim() > 1]
         no_decay = [p for p in self.model.parameters() if p.dim() <= 1]
@@ -60,6 +61,12 @@ class BareLoop:
             self.opt = torch.optim.Adam(groups, lr=r["lr"], fused=fused)
         self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, total_steps))
                       if r["scheduler"] == "cosine" else None)
+        # compile="step": the whole step in compiled graphs (normalisation, forward, loss and their
+        # backward in one, the optimizer update in another); only the backward call stays in Python.
+        self.compiled_step = compile == "step"
+        if self.compiled_step:
+            self._loss = torch.compile(self._loss)
+            self._update = torch.compile(self.opt.step)
 
     def loader(self, split: str = "train", epoch: int = 0, batch_size: int | None = None) -> TensorLoader:
         dm, train = self.dm, split == "train"
@@ -92,13 +99,16 @@ class BareLoop:
     def autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
+    def _loss(self, x: Tensor, y: Tensor) -> Tensor:
+        with self.autocast():
+            return F.cross_entropy(self.forward(self.inputs(x)), y)
+
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """One training step on a uint8 (or feature) batch, as Lightning's automatic optimisation does it."""
-        with self.autocast():
-            loss = F.cross_entropy(self.forward(self.inputs(x)), y)
+        loss = self._loss(x, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt.step()
+        self._update() if self.compiled_step else self.opt.step()
         if self.sched is not None:
             self.sched.step()
         return loss
