@@ -110,30 +110,31 @@ def test_the_recipe_reaches_the_command_line_and_the_users_flags_win(capsys):
 
 
 def test_the_recipe_applies_when_the_model_is_named_only_in_a_config_file(capsys, tmp_path):
-    def printed(*args):
-        assert train.main(["fit", *args, "--print_config"]) == 0
-        config = yaml.safe_load(capsys.readouterr().out)
-        return config["data"]["init_args"], config["trainer"]["max_epochs"]
-
     full = tmp_path / "full.yaml"  # a config naming both the model and the datamodule by class path
     full.write_text("model:\n  arch: airbench94\ndata:\n  class_path: datamodules.cifar10.CIFAR10DataModule\n")
-    data, epochs = printed("--config", str(full))
-    assert (data["batch_size"], epochs, data["translate"], data["alternate_flip"]) == (1024, 10, 2, True)
+    assert train.main(["fit", "--config", str(full), "--print_config"]) == 0  # end to end, once
+    config = yaml.safe_load(capsys.readouterr().out)
+    data = config["data"]["init_args"]
+    assert (data["batch_size"], config["trainer"]["max_epochs"], data["translate"], data["alternate_flip"]) == (
+        1024, 10, 2, True)
+    # The parts, without the parser: which model and which registered dataset a command line names.
     model_only = tmp_path / "model.yaml"  # jsonargparse's --model FILE: the model's options at the top
     model_only.write_text("arch: airbench94\n")
-    assert printed("--data", "cifar10", "--model", str(model_only))[0]["batch_size"] == 1024
-    data, _ = printed("--data.class_path", "datamodules.cifar10.CIFAR10DataModule", "--model.arch", "airbench94")
-    assert data["alternate_flip"] is True
-    # The user's own values win, in the file or after it; the last model named decides.
+    assert cli.named_arch(["fit", "--data", "cifar10", "--model", str(model_only)]) == "airbench94"
+    assert cli.named_arch(["fit", f"--config={full}", "--model.arch", "resnet20"]) == "resnet20"  # the last wins
+    assert cli.named_arch(["fit", "--model.arch=resnet20", "--config", str(full)]) == "airbench94"
+    assert cli.named_dataset(["--data.class_path", "datamodules.cifar10.CIFAR10DataModule"]) == "cifar10"
+    assert cli.named_dataset(["--data", "CIFAR10DataModule"]) == "cifar10"
+    assert cli.named_dataset(["--config", str(full)]) == "cifar10"
+    assert "--data.init_args.alternate_flip" in cli.model_recipe_flags("airbench94", "cifar10")
+    # The user's own values win, in the file or after it: the recipe's flags go before both.
     mine = tmp_path / "mine.yaml"
     mine.write_text("model:\n  arch: airbench94\ndata:\n  class_path: datamodules.cifar10.CIFAR10DataModule\n"
                     "  init_args:\n    batch_size: 256\n")
-    assert printed("--config", str(mine))[0]["batch_size"] == 256
-    assert printed("--config", str(mine), "--data.batch_size", "32")[0]["batch_size"] == 32
-    data, epochs = printed("--config", str(full), "--model.arch", "resnet20")
-    assert (data["batch_size"], data["alternate_flip"]) == (128, False)
+    args = cli.expand_data_shorthand(["fit", "--config", str(mine)])
+    assert args[:3] == ["fit", "--data.init_args.batch_size", "1024"] and args[-2:] == ["--config", str(mine)]
     # Files that name nothing usable name no model: the parser (or check_config_files) reports them.
-    for text in ("- a list\n", "model: 3\n", "model:\n  arch: [x]\n", "model:\n  init_args: 3\n"):
+    for text in ("- a list\n", "model: 3\n", "model:\n  arch: [x]\n", "model:\n  init_args: 3\n", "data: [1]\n"):
         odd = tmp_path / "odd.yaml"
         odd.write_text(text)
         assert cli.named_arch(["--config", str(odd)]) is None and cli.named_dataset(["--config", str(odd)]) is None
