@@ -19,8 +19,8 @@ VARIANTS = {
     "fp32 NCHW": dict(channels_last=False, bf16=False),
     "fp32 CL": dict(channels_last=True, bf16=False),
     "bf16 CL": dict(channels_last=True, bf16=True),
-    "fp32 NCHW compile": dict(channels_last=False, bf16=False, compile=True),
-    "fp32 CL compile": dict(channels_last=True, bf16=False, compile=True),
+    "fp32 NCHW compile": dict(channels_last=False, bf16=False, compile="model"),
+    "fp32 CL compile": dict(channels_last=True, bf16=False, compile="model"),
 }
 
 if __name__ == "__main__":

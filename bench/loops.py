@@ -37,7 +37,7 @@ def setup_data(name: str, batch_size: int | None = None):
 
 class BareLoop:
     def __init__(self, dm, arch: str, *, total_steps: int = 1, channels_last: bool | None = None,
-                 bf16: bool | None = None, compile: bool | str = False, fused: bool | None = None,
+                 bf16: bool | None = None, compile: str = "none", fused: bool | None = None,
                  seed: int = 42) -> None:
         # None: what train.py does by default on this CPU (channels_last for conv nets, bf16 autocast
         # where default_precision picks it, the fused optimizer step), so both sides run the same math.
@@ -50,7 +50,9 @@ class BareLoop:
         self.model = create_model(arch, list(dm.input_shape), dm.num_classes)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if compile is True else self.model
+        if compile not in ("none", "model", "step"):
+            raise ValueError(f"BareLoop compile={compile!r}: use 'none', 'model' or 'step'.")
+        self.forward = torch.compile(self.model) if compile == "model" else self.model
         r = resolve_recipe(arch, dm.name)  # what train.py uses for this model on this dataset
         decay = [p for p in self.model.parameters() if p.dim() > 1]
         no_decay = [p for p in self.model.parameters() if p.dim() <= 1]
@@ -61,8 +63,9 @@ class BareLoop:
             self.opt = torch.optim.Adam(groups, lr=r["lr"], fused=fused)
         self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, total_steps))
                       if r["scheduler"] == "cosine" else None)
-        # compile="step": the whole step in compiled graphs (normalisation, forward, loss and their
-        # backward in one, the optimizer update in another); only the backward call stays in Python.
+        # compile="model": torch.compile(model), as --model.compile true. compile="step": the whole
+        # step in compiled graphs (normalisation, forward, loss and their backward in one, the
+        # optimizer update in another); only the backward call stays in Python.
         self.compiled_step = compile == "step"
         if self.compiled_step:
             self._loss = torch.compile(self._loss)

@@ -7,6 +7,7 @@ the machine's load hits them alike. Accuracy checks run `train.py fit` in this p
 import contextlib
 import os
 import time
+from unittest import mock
 
 import torch
 
@@ -68,11 +69,11 @@ def compiled(s: Section, data: dict, quick: bool, repeats: int) -> None:
         dm, steps = data[MODELS[arch]], 2 if quick else STEPS[arch]
         eager = BareLoop(dm, arch, total_steps=10**6)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_patch(inductor, "force_disable_caches", True))  # cold, as a user's first run
+            stack.enter_context(inductor.patch(force_disable_caches=True))  # cold, as a user's first run
             if quick:  # the smoke test checks the code path, not the (slow) compiler
-                stack.enter_context(_patch(torch, "compile", lambda fn, **kw: fn))
+                stack.enter_context(mock.patch.object(torch, "compile", lambda fn, **kw: fn))
             # The compiled optimizer update replaces the fused kernel: it is generated code itself.
-            comp = BareLoop(dm, arch, total_steps=10**6, compile=True if what == "model" else "step",
+            comp = BareLoop(dm, arch, total_steps=10**6, compile=what,
                             fused=None if what == "model" else False)
             x, y = next(iter(comp.loader()))
             start = time.perf_counter()
@@ -95,16 +96,6 @@ def compiled(s: Section, data: dict, quick: bool, repeats: int) -> None:
            "is 2,200 steps" + (" [quick: not compiled, the code path only]" if quick else "") + ":")
     s.table(["model", "compiled", "eager ms/step", "compiled ms/step", "speed-up", "compile s",
              "steps to break even", "load avg"], rows)
-
-
-@contextlib.contextmanager
-def _patch(obj, name, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
 
 
 def threads(s: Section, data: dict, quick: bool, repeats: int) -> None:

@@ -55,6 +55,11 @@ def get_datamodule_class(name: str):
     return registered[name]
 
 
+def registered_name(class_name: str) -> str | None:
+    """The registry name of a datamodule class given by its name ("CIFAR10DataModule" -> "cifar10")."""
+    return next((key for key, cls in __getattr__("DATAMODULES").items() if cls.__name__ == class_name), None)
+
+
 def create_datamodule(name: str, **kwargs):
     """Build the datamodule registered as `name` with its keyword options (batch_size=..., ...)."""
     return get_datamodule_class(name)(**kwargs)
@@ -63,4 +68,5 @@ def create_datamodule(name: str, **kwargs):
 __all__ = [
     "CIFAR10DataModule", "DATAMODULES", "FashionMNISTDataModule", "ImageFolderDataModule", "MNISTDataModule",
     "MoonsDataModule", "TensorDataModule", "TensorLoader", "create_datamodule", "get_datamodule_class", "list_datasets",
+    "registered_name",
 ]

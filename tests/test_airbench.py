@@ -120,12 +120,12 @@ def test_the_recipe_applies_when_the_model_is_named_only_in_a_config_file(capsys
     # The parts, without the parser: which model and which registered dataset a command line names.
     model_only = tmp_path / "model.yaml"  # jsonargparse's --model FILE: the model's options at the top
     model_only.write_text("arch: airbench94\n")
-    assert cli.named_arch(["fit", "--data", "cifar10", "--model", str(model_only)]) == "airbench94"
-    assert cli.named_arch(["fit", f"--config={full}", "--model.arch", "resnet20"]) == "resnet20"  # the last wins
-    assert cli.named_arch(["fit", "--model.arch=resnet20", "--config", str(full)]) == "airbench94"
-    assert cli.named_dataset(["--data.class_path", "datamodules.cifar10.CIFAR10DataModule"]) == "cifar10"
-    assert cli.named_dataset(["--data", "CIFAR10DataModule"]) == "cifar10"
-    assert cli.named_dataset(["--config", str(full)]) == "cifar10"
+    named = cli.named_model_and_data
+    assert named(["fit", "--data", "cifar10", "--model", str(model_only)]) == ("airbench94", None)
+    assert named(["fit", f"--config={full}", "--model.arch", "resnet20"]) == ("resnet20", "cifar10")  # the last wins
+    assert named(["fit", "--model.arch=resnet20", "--config", str(full)]) == ("airbench94", "cifar10")
+    assert named(["--data.class_path", "datamodules.cifar10.CIFAR10DataModule"]) == (None, "cifar10")
+    assert named(["--data", "CIFAR10DataModule", "--data", "my.Unknown"]) == (None, "cifar10")
     assert "--data.init_args.alternate_flip" in cli.model_recipe_flags("airbench94", "cifar10")
     # The user's own values win, in the file or after it: the recipe's flags go before both.
     mine = tmp_path / "mine.yaml"
@@ -137,8 +137,8 @@ def test_the_recipe_applies_when_the_model_is_named_only_in_a_config_file(capsys
     for text in ("- a list\n", "model: 3\n", "model:\n  arch: [x]\n", "model:\n  init_args: 3\n", "data: [1]\n"):
         odd = tmp_path / "odd.yaml"
         odd.write_text(text)
-        assert cli.named_arch(["--config", str(odd)]) is None and cli.named_dataset(["--config", str(odd)]) is None
-    assert cli.named_arch(["fit", "--config", str(tmp_path / "absent.yaml")]) is None
+        assert named(["--config", str(odd)]) == (None, None)
+    assert named(["fit", "--config", str(tmp_path / "absent.yaml")]) == (None, None)
 
 
 def test_one_epoch_of_the_full_recipe_on_a_subset(tmp_path):

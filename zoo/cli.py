@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks.progress.rich_progress import ProcessingSpeedCo
 from lightning.pytorch.cli import LightningCLI
 from rich.text import Text
 
-from datamodules import DATAMODULES, TensorDataModule
+from datamodules import DATAMODULES, TensorDataModule, registered_name
 from zoo import ZooError, ZooModule, errors, insight, loggers
 from zoo.models.registry import RECIPES
 from zoo.module import skip_gpu_probes
@@ -262,43 +262,36 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
     if not named and out and out[0] in ("fit", "validate", "test"):
         recipes, dataset = ["--config", str(CONFIGS / "moons.yaml")], "moons"
     if out and out[0] in ("fit", "validate", "test"):
-        recipes += model_recipe_flags(named_arch(out), dataset or named_dataset(out))
+        arch, data_named = named_model_and_data(out)
+        recipes += model_recipe_flags(arch, dataset or data_named)
     return out[:1] + recipes + out[1:] if out and not out[0].startswith("-") else recipes + out
 
 
-def named_arch(args: list[str]) -> str | None:
-    """The model a command line names: `--model.arch NAME`, or `arch` inside a config file given with
-    --config (model: {arch: ...}) or --model (arch: ...). The last one wins, as in jsonargparse, so a
+def named_model_and_data(args: list[str]) -> tuple[str | None, str | None]:
+    """The model and the registered dataset a command line names, reading each config file once.
+
+    Model: `--model.arch NAME`, or `arch` inside a file given with --config (model: {arch: ...}) or
+    --model (arch: ...). Dataset: a registered datamodule's class path in `--data.class_path`,
+    `--data` or a --config file (data: {class_path: ...}). The last one wins, as in jsonargparse, so a
     recipe applies whether the model is named by flag or only in the user's config file."""
-    arch = None
+    arch = dataset = None
     for flag, value in zip(args, [*args[1:], ""]):
         flag, eq, inline = flag.partition("=")
         value = inline if eq else value
         if flag == "--model.arch":
             arch = value
+        elif flag in ("--data", "--data.class_path"):
+            dataset = registered_name(value.rpartition(".")[2]) or dataset
         elif flag in ("--config", "-c", "--model"):
-            model = read_config(value) if flag == "--model" else read_config(value).get("model")
+            cfg = read_config(value)
+            model = cfg if flag == "--model" else cfg.get("model")
             model = model if isinstance(model, dict) else {}
             model = model.get("init_args") if isinstance(model.get("init_args"), dict) else model
             arch = model.get("arch") if isinstance(model.get("arch"), str) else arch
-    return arch
-
-
-def named_dataset(args: list[str]) -> str | None:
-    """The registered dataset whose datamodule is selected by class path: `--data.class_path PATH`,
-    `--data PATH`, or data: {class_path: PATH} in a --config file (the last one wins)."""
-    dataset = None
-    for flag, value in zip(args, [*args[1:], ""]):
-        flag, eq, inline = flag.partition("=")
-        value = inline if eq else value
-        if flag in ("--config", "-c"):
-            data = read_config(value).get("data")
-            value = data.get("class_path") if isinstance(data, dict) else None
-        elif flag not in ("--data", "--data.class_path"):
-            continue
-        name = value.rpartition(".")[2] if isinstance(value, str) else None
-        dataset = next((k for k, cls in DATAMODULES.items() if cls.__name__ == name), dataset)
-    return dataset
+            data = cfg.get("data") if flag != "--model" else None
+            path = data.get("class_path") if isinstance(data, dict) else None
+            dataset = (registered_name(path.rpartition(".")[2]) if isinstance(path, str) else None) or dataset
+    return arch, dataset
 
 
 def read_config(path: str) -> dict:

@@ -32,7 +32,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from datamodules import DATAMODULES
+from datamodules import registered_name
 from zoo import checkpoint as zoo_checkpoint
 from zoo import insight, loggers
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
@@ -443,9 +443,8 @@ def data_name(data_cfg) -> str:
     """The dataset name (mnist, ...) of the datamodule a config selects: its registry name, else the
     class's own `name` (what its checkpoints record), else the class name."""
     module, _, class_name = data_cfg.get("class_path").rpartition(".")  # jsonargparse may shorten the module
-    for name, cls in DATAMODULES.items():
-        if cls.__name__ == class_name:
-            return name
+    if name := registered_name(class_name):
+        return name
     try:  # a datamodule of your own, given by class path: parsing has imported it already
         return getattr(importlib.import_module(module), class_name).name or class_name
     except (ImportError, AttributeError, ValueError):
