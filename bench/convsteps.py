@@ -3,7 +3,9 @@ channels_last, eager or torch.compile (its compile time printed apart). The bare
 (the recipe's optimizer, fused step, data from the in-memory loader), batch 128, after 2 warm-up steps.
 A probe for issue 16, not yet a section of bench.md:
 
-    python bench/convsteps.py resnet20 [THREADS] [VARIANTS]     # e.g. mobilenetv2 2 "fp32 CL,bf16 CL"
+    python bench/convsteps.py resnet20 [THREADS] [VARIANTS] [profile]   # e.g. mobilenetv2 2 "fp32 CL,bf16 CL"
+
+`profile` adds torch.profiler's table of one step per variant: where the step's time goes, by op.
 """
 import sys
 import time
@@ -37,3 +39,7 @@ if __name__ == "__main__":
         s = loop.seconds_per_step(steps, warmup=0)
         print(f"{arch:12s} {name:20s} {128 / s:7.1f} img/s  (warm-up + compile {warm:.1f} s), "
               f"{torch.get_num_threads()} threads", flush=True)
+        if sys.argv[4:5] == ["profile"]:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                loop.seconds_per_step(1, warmup=0)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)

@@ -89,3 +89,21 @@ def test_table_is_markdown_with_numbers_right_aligned():
     t = table(["a", "b"], [["x|y", 1.5]])
     assert t.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1.5 |"]
     assert cells(t.splitlines()[2]) == 2
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_depthwise_probe_computes_a_depthwise_convolution(stride):
+    """bench/depthwise.py times its nine-shift depthwise conv against torch's: they must agree."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.depthwise import ShiftDepthwise
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 9, requires_grad=True).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 3, 3, requires_grad=True)
+    ref = F.conv2d(x, w, None, stride, 1, 1, 8)
+    got = ShiftDepthwise.apply(x, w, stride)
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), (x, w)) for out in (ref, got)]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
