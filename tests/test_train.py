@@ -155,6 +155,20 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, args, words):
         assert word in err, (word, err)
 
 
+@pytest.mark.parametrize("form", ["--config PATH", "--config=PATH", "-c PATH"])
+def test_a_missing_or_broken_config_file_is_named(tmp_path, capsys, form):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  arch: [mlp\n")
+    for path, words in [(tmp_path / "nope.yaml", ["Config file not found", "nope.yaml"]),
+                        (broken, ["broken.yaml", "is not valid YAML", "line"])]:
+        flag = form.replace("PATH", str(path)).split(" ")
+        rc = train.main(["fit", *flag, "--runs_root", str(tmp_path), *FAST])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+        for word in words:
+            assert word in err, (word, err)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -274,6 +274,9 @@ def named_model_and_data(args: list[str]) -> tuple[str | None, str | None]:
     --model (arch: ...). Dataset: a registered datamodule's class path in `--data.class_path`,
     `--data` or a --config file (data: {class_path: ...}). The last one wins, as in jsonargparse, so a
     recipe applies whether the model is named by flag or only in the user's config file."""
+    def name_of(class_path) -> str | None:  # "datamodules.cifar10.CIFAR10DataModule" -> "cifar10"
+        return registered_name(class_path.rpartition(".")[2]) if isinstance(class_path, str) else None
+
     arch = dataset = None
     for flag, value in zip(args, [*args[1:], ""]):
         flag, eq, inline = flag.partition("=")
@@ -281,7 +284,7 @@ def named_model_and_data(args: list[str]) -> tuple[str | None, str | None]:
         if flag == "--model.arch":
             arch = value
         elif flag in ("--data", "--data.class_path"):
-            dataset = registered_name(value.rpartition(".")[2]) or dataset
+            dataset = name_of(value) or dataset
         elif flag in ("--config", "-c", "--model"):
             cfg = read_config(value)
             model = cfg if flag == "--model" else cfg.get("model")
@@ -289,8 +292,7 @@ def named_model_and_data(args: list[str]) -> tuple[str | None, str | None]:
             model = model.get("init_args") if isinstance(model.get("init_args"), dict) else model
             arch = model.get("arch") if isinstance(model.get("arch"), str) else arch
             data = cfg.get("data") if flag != "--model" else None
-            path = data.get("class_path") if isinstance(data, dict) else None
-            dataset = (registered_name(path.rpartition(".")[2]) if isinstance(path, str) else None) or dataset
+            dataset = name_of(data.get("class_path") if isinstance(data, dict) else None) or dataset
     return arch, dataset
 
 
@@ -347,9 +349,10 @@ def expand_name_shorthand(args: list[str]) -> list[str]:
 
 def check_config_files(args: list[str]) -> None:
     """A missing or broken --config file named in one sentence (jsonargparse would not name it)."""
-    for flag, value in zip(args, args[1:]):
-        if flag in ("--config", "-c"):
-            path = Path(value)
+    for flag, value in zip(args, [*args[1:], ""]):
+        flag, eq, inline = flag.partition("=")
+        if flag in ("--config", "-c") and (inline if eq else value):  # a bare --config: the parser says so
+            path = Path(inline if eq else value)
             if not path.is_file():
                 raise ZooError(f"Config file not found: {path}. Check the path (dataset configs are in "
                                f"{CONFIGS}, a run's resolved config is <run dir>/config.yaml).")
