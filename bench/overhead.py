@@ -5,7 +5,7 @@ fused optimizer step). MNIST, batch 128, validation on 5,000 images every epoch 
 
 Ours is `train.py fit` run in this process (zoo.cli.cli_main) with a timing callback: `--quiet true`
 (no progress bar, as scripts run it) and without --quiet (the default Rich bar, made to render as in
-an interactive terminal), both with the defaults (10 optimizer steps per Lightning step for these small
+an interactive terminal), both with the defaults (50 optimizer steps per Lightning step for these small
 nets), and `--quiet` with `--steps_per_execution 1` (one step per Lightning step, the plain path).
 Between them, Lightning alone: a Trainer with nothing added, whose module
 steps are forward + loss, the floor any Lightning harness stands on. Epoch 0 (warm-up) is dropped;
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from bench.common import REPO, Section, body, callback, load, med, read_metrics, run_cli, spread, timeit, tmpdir
 from bench.loops import BareLoop, setup_data
+from zoo.run import AUTO_CHUNK
 
 ARCHS = ("mlp", "lenet5")
 PLAIN = ("--steps_per_execution", "1")  # one optimizer step per Lightning step (the defaults chunk these nets)
@@ -246,7 +247,7 @@ def run(quick: bool) -> Section:
         for key, label in (("bare", "bare PyTorch loop"),
                            ("floor", "Lightning alone: no callbacks/loggers/checkpoints, step = forward + loss"),
                            ("plain", "ours, --quiet, one step per Lightning step (--steps_per_execution 1)"),
-                           ("quiet", "ours, --quiet (defaults: 10 steps per Lightning step for these nets)"),
+                           ("quiet", f"ours, --quiet (defaults: {AUTO_CHUNK} steps per Lightning step for these nets)"),
                            ("rich", "ours, Rich progress bar (defaults)")):
             ep = samples[key]
             train, total = med([e["train"] for e in ep]), med([e["total"] for e in ep])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch import Callback
 
 import evaluate
 import train
@@ -18,7 +19,7 @@ import zoo.module
 from test_image_folder import make_folder
 from zoo import cli
 from zoo.checkpoint import load_checkpoint
-from zoo.module import ZooModule, bf16_native, default_precision, use_fused
+from zoo.module import ZooModule, bf16_native, default_precision, steps_directly, use_fused
 
 FAST = ["--quiet", "true", "--trainer.enable_model_summary", "false", "--patience", "0"]
 
@@ -195,6 +196,64 @@ def test_several_steps_per_lightning_step_train_the_same_weights(plain_moons, tm
     assert ma["test_acc"] == mb["test_acc"]
 
 
+class StepHooks(Callback):
+    """Records the per-step hooks a fit calls, in order, with the step count each one sees."""
+    seen: list[tuple] = []
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        StepHooks.seen.append(("before_backward", trainer.global_step, loss.requires_grad))
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        StepHooks.seen.append(("after_backward", trainer.global_step))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = all(p.grad is not None for p in pl_module.parameters())
+        StepHooks.seen.append(("before_optimizer_step", trainer.global_step, type(optimizer).__name__, grads))
+
+
+def test_chunks_step_directly_and_call_the_hooks_a_callback_listens_to(plain_moons, tmp_path, monkeypatch):
+    hooks = ["--trainer.callbacks+=test_fast_path.StepHooks"]
+    seen = []
+    for k in ("1", "3"):
+        StepHooks.seen = []
+        fit_moons(tmp_path / k, "--steps_per_execution", k, *hooks)
+        seen.append(StepHooks.seen)
+    assert len(seen[0]) == 3 * 12 and seen[0] == seen[1]  # every step's three hooks, as the plain path calls them
+    assert seen[0][-1] == ("before_optimizer_step", 11, "Adam", True)
+    # With no listener (the defaults), a chunk calls neither manual_backward nor a per-step hook.
+    dispatched = []
+    real = zoo.module.call._call_callback_hooks
+    monkeypatch.setattr(zoo.module.call, "_call_callback_hooks",
+                        lambda trainer, name, *a, **k: dispatched.append(name) or real(trainer, name, *a, **k))
+    monkeypatch.setattr(ZooModule, "manual_backward", lambda self, loss: pytest.fail("manual_backward called"))
+    run = fit_moons(tmp_path / "quiet", "--steps_per_execution", "3")
+    assert not set(dispatched) & set(zoo.module.STEP_HOOKS), dispatched
+    same_training(load_checkpoint(plain_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt"))
+
+
+def test_steps_directly_only_where_the_backward_and_step_are_plain():
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    def trainer(plugin, strategy=None, module=None):
+        strategy = strategy or SingleDeviceStrategy("cpu")
+        module = module or ZooModule("mlp", num_classes=2, input_shape=[2])
+        return type("T", (), {"precision_plugin": plugin, "strategy": strategy, "lightning_module": module})()
+
+    assert steps_directly(trainer(Precision()))
+    assert steps_directly(trainer(MixedPrecision("bf16-mixed", "cpu")))
+    scaled = MixedPrecision("bf16-mixed", "cpu")
+    scaled.scaler = object()  # 16-mixed's gradient scaler: its backward and step are not the plain ones
+    assert not steps_directly(trainer(scaled))
+    assert not steps_directly(trainer(Precision(), strategy=DDPStrategy()))
+
+    class OwnBackward(ZooModule):
+        def backward(self, loss, *args, **kwargs):
+            loss.backward()
+
+    assert not steps_directly(trainer(Precision(), module=OwnBackward("mlp", num_classes=2, input_shape=[2])))
+
+
 def test_a_chunked_run_interrupted_mid_epoch_resumes_exactly(plain_moons, tmp_path, capsys):
     rc = train.main(["fit", *SPE, "--runs_root", str(tmp_path), "--steps_per_execution", "3",
                      "--trainer.callbacks+=test_module.SigintAt", "--trainer.callbacks.step", "7"])
@@ -249,10 +308,10 @@ def test_nan_stop_names_the_step_inside_a_chunk(tmp_path, monkeypatch, capsys):
     assert load_checkpoint(run / "last.ckpt")["epoch"] == 4
 
 
-def test_small_steps_come_in_chunks_of_10_by_default_and_large_ones_do_not(plain_moons, tmp_path, capsys):
+def test_small_steps_come_in_chunks_of_50_by_default_and_large_ones_do_not(plain_moons, tmp_path, capsys):
     run = fit_moons(tmp_path / "auto", "--trainer.max_epochs", "1")  # an MLP step: 1.2M FLOPs of forward work
-    assert load_checkpoint(run / "last.ckpt")["steps_per_execution"] == 10
-    assert json.loads((run / "metrics.json").read_text())["steps_per_execution"] == 10
+    assert load_checkpoint(run / "last.ckpt")["steps_per_execution"] == 50
+    assert json.loads((run / "metrics.json").read_text())["steps_per_execution"] == 50
     run = fit_moons(tmp_path / "limited", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2")
     assert load_checkpoint(run / "last.ckpt")["steps_per_execution"] == 1  # not asked for: no notice
     assert "--steps_per_execution" not in capsys.readouterr().err
@@ -263,7 +322,7 @@ def test_small_steps_come_in_chunks_of_10_by_default_and_large_ones_do_not(plain
     def auto(arch: str, shape: list[int], batch: int) -> int:
         return auto_steps_per_execution(profile(create_model(arch, shape, 10), shape)["flops"], batch)
 
-    assert auto("mlp", [1, 28, 28], 128) == auto("lenet5", [1, 28, 28], 128) == 10
+    assert auto("mlp", [1, 28, 28], 128) == auto("lenet5", [1, 28, 28], 128) == 50
     assert auto("resnet20", [3, 32, 32], 128) == auto("airbench94", [3, 32, 32], 1024) == 1
     assert auto_steps_per_execution(0, 128) == 1  # unknown cost: the plain path
 

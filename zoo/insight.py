@@ -69,7 +69,9 @@ def callbacks(cfg, run_dir: Path) -> list[Callback]:
         out.append(LRFinder(run_dir, quiet=cfg.quiet))
     if cfg.sanity or cfg.overfit_batch:
         out.append(SanityCheck(init_loss=cfg.sanity, overfit_batch=cfg.overfit_batch, quiet=cfg.quiet))
-    out.append(TrainingPictures(histograms=cfg.histograms, log_graph=cfg.log_graph))
+    out.append(TrainingPictures(log_graph=cfg.log_graph))
+    if cfg.histograms:  # only then: a callback that listens to every optimizer step costs each step
+        out.append(Histograms(every=cfg.histograms))
     out.append(TestPictures(run_dir, embedding=cfg.embedding))
     return out
 
@@ -416,10 +418,10 @@ def safe_tag(name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 class TrainingPictures(Callback):
-    """Sample images and the graph when a fresh run starts; histograms every `histograms` epochs."""
+    """Sample images and the graph when a fresh run starts."""
 
-    def __init__(self, histograms: int = 0, log_graph: bool = False) -> None:
-        self.histograms, self.log_graph = histograms, log_graph
+    def __init__(self, log_graph: bool = False) -> None:
+        self.log_graph = log_graph
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
@@ -440,12 +442,18 @@ class TrainingPictures(Callback):
                 for m, training in modes.items():
                     m.train(training)
 
+
+class Histograms(Callback):
+    """TensorBoard histograms of the weights and gradients every `every` epochs (--histograms)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         # The epoch's last step, before its update: later, validation sets the gradients to None.
         tb = tensorboard(trainer)
         last = getattr(pl_module, "last_step_in_epoch", False)  # set by ZooModule before each step
-        if (not self.histograms or not last or (trainer.current_epoch + 1) % self.histograms
-                or tb is None or not trainer.is_global_zero):
+        if not last or (trainer.current_epoch + 1) % self.every or tb is None or not trainer.is_global_zero:
             return
         for name, p in pl_module.model.named_parameters():
             tb.experiment.add_histogram(f"weights/{name}", p.detach(), trainer.global_step)
