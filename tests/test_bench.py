@@ -107,3 +107,14 @@ def test_the_depthwise_probe_computes_a_depthwise_convolution(stride):
     assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5)
     grads = [torch.autograd.grad(out.square().sum(), (x, w)) for out in (ref, got)]
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
+
+
+def test_the_chunk_probe_measures_every_variant_and_restores_the_direct_step():
+    """bench/chunks.py (issue 18): a few steps of each variant, smoke only (the numbers are results/')."""
+    import zoo.module
+    from bench.chunks import VARIANTS, run
+
+    direct = zoo.module.steps_directly
+    times = run(1, "mlp", epochs=2, quick=True)
+    assert list(times) == ["bare loop", *VARIANTS] and all(len(t) == 1 and t[0] > 0 for t in times.values())
+    assert zoo.module.steps_directly is direct
