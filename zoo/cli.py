@@ -354,14 +354,22 @@ def check_config_files(args: list[str]) -> None:
         if flag in ("--config", "-c") and (inline if eq else value):  # a bare --config: the parser says so
             path = Path(inline if eq else value)
             if not path.is_file():
-                raise ZooError(f"Config file not found: {path}. Check the path (dataset configs are in "
+                what = "is a directory, not a file" if path.is_dir() else "not found"
+                raise ZooError(f"Config file {path}: {what}. Check the path (dataset configs are in "
                                f"{CONFIGS}, a run's resolved config is <run dir>/config.yaml).")
             try:
-                yaml.safe_load(path.read_text())
+                cfg = yaml.safe_load(path.read_text())
             except yaml.YAMLError as e:
                 where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
                 raise ZooError(f"Config file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}. "
                                f"Fix the file (indentation, brackets, colons).") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise ZooError(f"Config file {path} cannot be read as text ({e.__class__.__name__}). "
+                               f"A config file is a YAML text file: check the path.") from None
+            if cfg is not None and not isinstance(cfg, dict):  # else the parser echoes the whole file
+                raise ZooError(f"Config file {path} holds a YAML {type(cfg).__name__}, not a mapping of options. "
+                               f"A config maps option names to values, e.g. `model: {{arch: mlp}}`: check "
+                               f"the path (dataset configs are in {CONFIGS}).")
 
 
 def not_our_optimizer_flag(key: str) -> ZooError:

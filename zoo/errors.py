@@ -58,7 +58,9 @@ def one_paragraph(message: str) -> str:
         literal = re.fullmatch(r"typing\.Literal\[(.*)\]", r)
         restriction = re.search(r"restriction (.*)", r)
         words.append(f"one of {literal.group(1)}" if literal else
-                     f"a number with {restriction.group(1)}" if restriction else r)
+                     f"a number with {restriction.group(1)}" if restriction else
+                     "a whole number" if r.startswith("invalid literal for int()") else
+                     "a number" if r.startswith("could not convert string to float") else r)
     nullable = "NoneType" in message
     return (f"--{key.group(1)} {given.group(1).strip()}: not a valid value; it must be {' or '.join(words)}"
             f"{' (or null: the default)' if nullable else ''}.")
