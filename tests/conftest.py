@@ -51,9 +51,14 @@ def require_data(name: str) -> Path:
 # and with whatever else runs; oversubscribed OpenMP threads spin-wait and make small models 10x
 # slower. Subprocesses inherit it through the environment.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+import lightning.pytorch  # noqa: E402,F401  (see below)
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+# train.py imports Lightning lazily, so without the import above the first test to fit would import
+# it under capsys, and Lightning's console log handler would keep that test's captured stderr, closed
+# after it: later tests then print "--- Logging error ---" tracebacks. Imported here, the handler
+# writes to the session's stream, whatever tests run and in whatever order.
 
 
 SMOKE = "test_quick_suite_runs_every_benchmark_and_writes_a_well_formed_report"  # tests/test_bench.py
