@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -278,9 +279,7 @@ def named_model_and_data(args: list[str]) -> tuple[str | None, str | None]:
         return registered_name(class_path.rpartition(".")[2]) if isinstance(class_path, str) else None
 
     arch = dataset = None
-    for flag, value in zip(args, [*args[1:], ""]):
-        flag, eq, inline = flag.partition("=")
-        value = inline if eq else value
+    for flag, value in flags_with_values(args):
         if flag == "--model.arch":
             arch = value
         elif flag in ("--data", "--data.class_path"):
@@ -294,6 +293,14 @@ def named_model_and_data(args: list[str]) -> tuple[str | None, str | None]:
             data = cfg.get("data") if flag != "--model" else None
             dataset = name_of(data.get("class_path") if isinstance(data, dict) else None) or dataset
     return arch, dataset
+
+
+def flags_with_values(args: list[str]) -> Iterator[tuple[str, str]]:
+    """Each argument as (flag, value): `--flag=value` split at the "=", else the next argument ("" after
+    the last one). Non-flags come through too; callers match only the flags they read."""
+    for arg, following in zip(args, [*args[1:], ""]):
+        flag, eq, inline = arg.partition("=")
+        yield flag, inline if eq else following
 
 
 def read_config(path: str) -> dict:
@@ -349,10 +356,9 @@ def expand_name_shorthand(args: list[str]) -> list[str]:
 
 def check_config_files(args: list[str]) -> None:
     """A missing or broken --config file named in one sentence (jsonargparse would not name it)."""
-    for flag, value in zip(args, [*args[1:], ""]):
-        flag, eq, inline = flag.partition("=")
-        if flag in ("--config", "-c") and (inline if eq else value):  # a bare --config: the parser says so
-            path = Path(inline if eq else value)
+    for flag, value in flags_with_values(args):
+        if flag in ("--config", "-c") and value:  # a bare --config: the parser says so
+            path = Path(value)
             if not path.is_file():
                 what = "is a directory, not a file" if path.is_dir() else "not found"
                 raise ZooError(f"Config file {path}: {what}. Check the path (dataset configs are in "
