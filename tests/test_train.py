@@ -146,6 +146,8 @@ def test_lenet5_on_mnist_fraction_of_an_epoch(tmp_path):
     (["fit", "--data", "moons", "--ckpt_path", "/nonexistent/last.ckpt"], ["not found", "/nonexistent"]),
     (["fit", "--data", "moons", "--model.arch", "linear", "--ckpt_path", "last"], ["no run", "linear"]),
     (["fit", "--data", "moons", "--steps_per_execution", "abc"], ["--steps_per_execution abc", "a whole number"]),
+    (["fit", "--data", "moons", "--histograms", "abc"], ["--histograms abc", "a whole number"]),
+    (["fit", "--data", "moons", "--histograms", "-1"], ["--histograms -1", "v>=0"]),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, capsys, args, words):
     rc = train.main([*args, "--runs_root", str(tmp_path), *FAST])

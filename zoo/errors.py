@@ -47,7 +47,9 @@ def one_paragraph(message: str) -> str:
     `--model.lr -0.1: not a valid value; it must be a number with v>0 (or null)`. Other messages as they are."""
     key = re.search(r'Parser key "([^"]+)"', message)
     given = (re.search(r"Given value: (.*)", message) or re.search(r"Got value: (.*)", message)
-             or re.search(r"Not of type \w+: (\S+) does not conform", message))
+             or re.search(r"Not of type \w+: (\S+) does not conform", message)
+             or re.search(r"(?:invalid literal for int\(\) with base 10|could not convert string to float): '(.*)'",
+                          message))
     reasons = [re.sub(r"\. Got value: .*$", "", r).strip()
                for r in re.findall(r"^\s*-?\s*(?:Not of type \w+: |Expected a )(.*)$", message, re.M)
                if "NoneType" not in r]
@@ -59,8 +61,9 @@ def one_paragraph(message: str) -> str:
         restriction = re.search(r"restriction (.*)", r)
         words.append(f"one of {literal.group(1)}" if literal else
                      f"a number with {restriction.group(1)}" if restriction else
-                     "a whole number" if r.startswith("invalid literal for int()") else
-                     "a number" if r.startswith("could not convert string to float") else r)
+                     "a whole number" if r.startswith("invalid literal for int()") or r == "<class 'int'>" else
+                     "a number" if r.startswith("could not convert string to float") or r == "<class 'float'>"
+                     else r)
     nullable = "NoneType" in message
     return (f"--{key.group(1)} {given.group(1).strip()}: not a valid value; it must be {' or '.join(words)}"
             f"{' (or null: the default)' if nullable else ''}.")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateFinder
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -54,7 +55,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr_find", type=bool, default=False,
                         help="Run Lightning's learning-rate range test before training, train with its suggestion "
                              "and save the plot as lr_find.png in the run directory.")
-    parser.add_argument("--histograms", type=int, default=0,
+    parser.add_argument("--histograms", type=NonNegativeInt, default=0,
                         help="Log weight and gradient histograms to TensorBoard every N epochs (0: off).")
     parser.add_argument("--log_graph", type=bool, default=False, help="Log the model graph to TensorBoard.")
     parser.add_argument("--embedding", type=bool, default=False,
