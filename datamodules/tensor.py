@@ -200,15 +200,17 @@ class TensorLoader:
         for i, batch in enumerate(order[: self.steps() * self.batch_size].split(self.batch_size)):
             if i < start and not (self.pad or self.flip):
                 continue  # trained before a mid-epoch stop (and no random draws to replay)
-            x = self.x[batch]
+            # index_select, not x[batch]: the same gather, ~6x cheaper per call on CPU (advanced indexing's
+            # overhead was ~0.1 ms of a ~1.5 ms MLP step).
+            x = self.x.index_select(0, batch)
             if self.pad:
                 x = random_crop(x, self.pad, g, self.pad_mode)
             if self.flip and self.alternate_flip:
-                x = flip_where(x, self.even_epoch_flips[batch] ^ (epoch % 2 == 1))
+                x = flip_where(x, self.even_epoch_flips.index_select(0, batch) ^ (epoch % 2 == 1))
             elif self.flip:
                 x = random_flip(x, g)
             if i >= start:
-                yield x, self.y[batch]
+                yield x, self.y.index_select(0, batch)
 
     # Lightning asks loaders for these to resume mid-epoch. This one needs nothing saved: its order
     # and augmentation follow from (seed, epoch, rank), and its position comes from start_fn, which
