@@ -19,7 +19,7 @@ import zoo.module
 from test_image_folder import make_folder
 from zoo import cli
 from zoo.checkpoint import load_checkpoint
-from zoo.module import ZooModule, bf16_native, default_precision, steps_directly, use_fused
+from zoo.module import ZooModule, bf16_native, default_precision, fused_adam_step, steps_directly, use_fused
 
 FAST = ["--quiet", "true", "--trainer.enable_model_summary", "false", "--patience", "0"]
 
@@ -226,8 +226,11 @@ def test_chunks_step_directly_and_call_the_hooks_a_callback_listens_to(plain_moo
     monkeypatch.setattr(zoo.module.call, "_call_callback_hooks",
                         lambda trainer, name, *a, **k: dispatched.append(name) or real(trainer, name, *a, **k))
     monkeypatch.setattr(ZooModule, "manual_backward", lambda self, loss: pytest.fail("manual_backward called"))
+    direct = []  # fused_adam_step's answers: the first step creates Adam's state through opt.step()
+    monkeypatch.setattr(zoo.module, "fused_adam_step", lambda opt: direct.append(fused_adam_step(opt)) or direct[-1])
     run = fit_moons(tmp_path / "quiet", "--steps_per_execution", "3")
     assert not set(dispatched) & set(zoo.module.STEP_HOOKS), dispatched
+    assert direct == [False] + [True] * 11
     same_training(load_checkpoint(plain_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt"))
 
 
@@ -252,6 +255,59 @@ def test_steps_directly_only_where_the_backward_and_step_are_plain():
             loss.backward()
 
     assert not steps_directly(trainer(Precision(), module=OwnBackward("mlp", num_classes=2, input_shape=[2])))
+
+
+def adam_pair(kind, **options):
+    """Two identical MLPs, each with its own optimizer of `kind`: two groups (their own lr and weight
+    decay), a cosine schedule."""
+    torch.manual_seed(0)
+    nets = [zoo.module.create_model("mlp", [1, 8, 8], 10) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [kind([dict(params=list(n.parameters())[:2], weight_decay=0.05),
+                  dict(params=list(n.parameters())[2:], weight_decay=0.0, lr=3e-3)], lr=1e-3, **options) for n in nets]
+    return nets, opts, [torch.optim.lr_scheduler.CosineAnnealingLR(o, 10) for o in opts]
+
+
+def backward(net, x, y):
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+
+
+@pytest.mark.parametrize("kind", [torch.optim.Adam, torch.optim.AdamW])
+def test_the_direct_fused_adam_step_is_torchs_step(kind):
+    nets, opts, scheds = adam_pair(kind, fused=True)
+    answers = []  # the first is False: no state yet, which opt.step() creates
+    for _ in range(10):
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            backward(net, x, y)
+        opts[0].step()
+        answers.append(fused_adam_step(opts[1]))
+        if not answers[-1]:
+            opts[1].step()
+        for s in scheds:
+            s.step()
+    assert answers == [False] + [True] * 9
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+    states = [o.state_dict()["state"] for o in opts]
+    assert all(torch.equal(states[0][i][k], states[1][i][k])
+               for i in states[0] for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+@pytest.mark.parametrize("case", ["sgd", "foreach", "amsgrad", "hook", "tensor lr"])
+def test_the_direct_fused_adam_step_leaves_other_optimizers_to_torch(case):
+    kind = torch.optim.SGD if case == "sgd" else torch.optim.Adam
+    options = {"foreach": dict(foreach=True), "amsgrad": dict(fused=True, amsgrad=True)}.get(case, dict(fused=True))
+    (net, _), (opt, _), _ = adam_pair(kind, **options)
+    backward(net, torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+    opt.step()  # the state exists
+    if case == "hook":
+        opt.register_step_post_hook(lambda *a: None)
+    if case == "tensor lr":
+        opt.param_groups[0]["lr"] = torch.tensor(1e-3)
+    before = [p.clone() for p in net.parameters()]
+    assert not fused_adam_step(opt)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # nothing was done
 
 
 def test_a_chunked_run_interrupted_mid_epoch_resumes_exactly(plain_moons, tmp_path, capsys):

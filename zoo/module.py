@@ -322,7 +322,8 @@ class ZooModule(L.LightningModule):
         hook("on_after_backward")
         opt._on_before_step()  # what LightningOptimizer.step does around the step: count it
         hook("on_before_optimizer_step", raw)
-        raw.step()
+        if not fused_adam_step(raw):
+            raw.step()
         opt._on_after_step()
 
     def total_steps(self) -> int | float:
@@ -603,6 +604,48 @@ def steps_directly(trainer) -> bool:
         type(plugin) is MixedPrecision and plugin.scaler is None)
     return (plain and type(trainer.strategy) is SingleDeviceStrategy
             and type(trainer.lightning_module).backward is L.LightningModule.backward)
+
+
+def fused_adam_step(opt: torch.optim.Optimizer) -> bool:
+    """Adam's or AdamW's fused step straight into torch's kernel: what `opt.step()` runs once every
+    parameter has its state, without its per-call Python (hook and profiler dispatch, lazy-state
+    checks, grouping by device), which costs more than the kernel itself for a small model (bench/
+    hotpath.py). Same kernel, arguments and order, so the same weights (tests/test_fast_path.py).
+    Returns False, having done nothing, wherever that is not plainly so (another optimizer, an option
+    this call does not pass, a hook, a state still to create, mixed devices); the caller steps then."""
+    from torch.optim import optimizer as torch_optimizer
+
+    if (type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or opt._optimizer_step_pre_hooks
+            or opt._optimizer_step_post_hooks or torch_optimizer._global_optimizer_pre_hooks
+            or torch_optimizer._global_optimizer_post_hooks or getattr(opt, "grad_scale", None) is not None
+            or getattr(opt, "found_inf", None) is not None):
+        return False
+    calls = []
+    for group in opt.param_groups:
+        if (not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]
+                or group["differentiable"] or any(isinstance(group[k], torch.Tensor) for k in ("lr", "eps"))
+                or any(isinstance(b, torch.Tensor) for b in group["betas"])):
+            return False
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [opt.state.get(p) for p in params]
+        if not all(states):
+            return False
+        tensors = [params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
+        steps = [s["step"] for s in states]
+        devices, dtypes = {t.device for ts in (*tensors, steps) for t in ts}, {t.dtype for ts in tensors for t in ts}
+        if len(devices) > 1 or len(dtypes) > 1 or any(p.is_complex() or p.grad.is_sparse for p in params):
+            return False
+        calls.append((group, tensors, steps))
+    with torch.no_grad():
+        for group, tensors, steps in calls:
+            if not steps:
+                continue
+            torch._foreach_add_(steps, 1)
+            kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+            beta1, beta2 = group["betas"]
+            kernel(*tensors, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                   weight_decay=group["weight_decay"], maximize=False, grad_scale=None, found_inf=None)
+    return True
 
 
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
