@@ -6,6 +6,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -86,6 +87,20 @@ def test_confusion_matrix_png_and_overfit_report(mnist_run):
     width, height = assert_png(run / "confusion_matrix.png")
     assert width > 500 and height > 400
     assert "overfit one batch: 100% of 128 examples after" in out
+
+
+def test_samples_picture_shows_each_image_with_its_label():
+    x = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    picture = insight.samples_picture(x, torch.arange(40) % 10, [f"class {k}" for k in range(10)])
+    # 4 rows x 8 columns of 28-pixel images with 2-pixel gaps, 3x larger, under an 18-pixel title
+    assert picture.dtype == np.uint8 and picture.shape == (18 + 122 * 3, 242 * 3, 3)
+    yellow = (picture[..., 0] > 200) & (picture[..., 1] > 200) & (picture[..., 2] < 80)  # grey images never are
+    for i in range(32):
+        r, c = divmod(i, 8)
+        top, left = 18 + (r * 30 + 2) * 3, (c * 30 + 2) * 3
+        assert yellow[top: top + 20, left: left + 60].any(), i  # its label, at the top left
+        # its bottom right pixel, where no label is: the image's own, 3x3 pixels large
+        assert (picture[top + 81: top + 84, left + 81: left + 84] == int(x[i, 0, 27, 27])).all(), i
 
 
 def test_init_loss_check_warns_on_a_misinitialised_model(capsys):
