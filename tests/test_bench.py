@@ -118,3 +118,14 @@ def test_the_chunk_probe_measures_every_variant_and_restores_the_direct_step():
     times = run(1, "mlp", epochs=2, quick=True)
     assert list(times) == ["bare loop", *VARIANTS] and all(len(t) == 1 and t[0] > 0 for t in times.values())
     assert zoo.module.steps_directly is direct
+
+
+def test_the_hot_path_probe_times_each_piece_and_its_reference(capsys):
+    """bench/hotpath.py (issue 18): one round, smoke only; the two pictures are both drawn."""
+    from bench.hotpath import main, variants
+
+    work = variants()
+    assert all(f() > 0 for _, f in work.values())
+    main(1)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(work) and all(float(r.split("|")[3].split()[0]) > 0 for r in rows[1:])
