@@ -73,12 +73,13 @@ def run(quick: bool) -> Section:
             col(chunked, "test_acc", 100), col(chunked, "load")]] if chunked else []),
     ])
     bound = med([r["train_seconds"] for r in textbook]) / med([r["train_seconds"] for r in compute])
-    s.text(f"What limits the speed-up: the same 4 epochs in the bare loop over in-memory tensors (no Lightning, no "
-           f"validation, no checkpoints; in this process; scaled to the textbook's 60,000 images) take "
-           f"{col(compute, 'train_seconds')} s (load "
-           f"{col(compute, 'load')}): the model's own forward, backward and Adam steps, which every loop pays. "
-           f"No loop over this data can beat the textbook's training time by more than {bound:.1f}x on this machine "
-           f"without changing the recipe (batch size, optimizer) or the arithmetic (precision, fused kernels).")
+    s.text(f"The eager ceiling (issue 18's 'at the least'): the same 4 epochs in the bare loop over in-memory "
+           f"tensors (no Lightning, no validation, no checkpoints; in this process; scaled to the textbook's 60,000 "
+           f"images) take {col(compute, 'train_seconds')} s (load {col(compute, 'load')}): the model's own forward "
+           f"and backward and torch.optim's fused Adam step, {bound:.1f}x faster than the textbook's training. A loop "
+           f"passes it only with less Python per step or other arithmetic: inside a chunk, ours calls the fused Adam "
+           f"kernel directly (zoo.module.fused_adam_step, results/hotpath.txt), and does the validation, checkpoints "
+           f"and pictures the bare loop leaves out.")
     fastest = med([r["train_seconds"] for r in textbook]) / med([r["train_seconds"] for r in compiled])
     s.text(f"The same bare loop with the whole step compiled (torch.compile: normalisation, forward, loss and "
            f"their backward in one graph, the Adam update in another), cold cache, the compile time included: "
@@ -96,7 +97,8 @@ def run(quick: bool) -> Section:
     if chunked:
         x = med([r["train_seconds"] for r in textbook]) / med([r["train_seconds"] for r in chunked])
         s.goal(f"1. ... with {' '.join(CHUNK)}", f"{x:.2f}x", ">= 10x", x >= 10)
-    s.goal("1. ... the most any loop could reach (textbook training / bare compute)", f"{bound:.1f}x", "(limit)", None)
+    s.goal("1. ... the eager ceiling: the bare loop (textbook training / bare loop's)", f"{bound:.1f}x",
+           "ours >= it", speed_train >= bound)
     s.goal("1. ... the bare loop with its whole step compiled, cold (textbook training / that)", f"{fastest:.1f}x",
            ">= 10x", None if quick else fastest >= 10)
     s.goal("1. our test accuracy, Fashion-MNIST MLP 4 epochs", f"{acc:.2%}", ">= 87%", None if quick else acc >= 0.87)
