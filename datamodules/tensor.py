@@ -212,6 +212,10 @@ class TensorLoader:
             if i >= start:
                 yield x, self.y.index_select(0, batch)
 
+    def first(self) -> tuple[Tensor, Tensor]:
+        """The current epoch's first batch as iteration yields it, alone (not its whole chunk)."""
+        return next(self._batches(0))
+
     # Lightning asks loaders for these to resume mid-epoch. This one needs nothing saved: its order
     # and augmentation follow from (seed, epoch, rank), and its position comes from start_fn, which
     # TensorDataModule reads from the trainer's restored progress (exact; a loader-side count would

@@ -407,6 +407,13 @@ def test_loader_chunks_batches_and_resumes_by_chunks():
     assert [len(c) for c in chunked] == [3, 3, 1] and all(torch.equal(p[1], f[1]) for p, f in zip(plain, flat))
     rest = [b for chunk in TensorLoader(x, y, batch_size=8, shuffle=True, chunk=3, start_fn=lambda: 1) for b in chunk]
     assert all(torch.equal(p[1], f[1]) for p, f in zip(plain[3:], rest)) and len(rest) == 4
+    # first(): the epoch's first batch alone, as iteration yields it, augmentation included
+    images = torch.randint(0, 256, (50, 1, 6, 6), dtype=torch.uint8)
+    for chunk in (1, 3):
+        loader = TensorLoader(images, y, batch_size=8, shuffle=True, pad=2, flip=True, chunk=chunk)
+        batch = next(iter(loader))
+        batch = batch[0] if chunk > 1 else batch
+        assert all(torch.equal(a, b) for a, b in zip(loader.first(), batch))
 
 
 def test_gpu_probe_is_skipped_only_where_no_gpu_is_visible(monkeypatch):

@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
+from datamodules.tensor import TensorLoader
 from zoo.checkpoint import atomic_write_bytes
 
 INIT_LOSS_TOLERANCE = 0.25  # relative to ln(C) ...
@@ -181,7 +182,8 @@ def first_batch(trainer: Trainer, device: torch.device) -> tuple[Tensor, Tensor]
     """The first training batch of the current epoch as the loader yields it (augmented, uint8 for
     images), on `device`. The loader seeds its own generator per epoch, so reading it here does
     not shift the batches training will see."""
-    batch = next(iter(trainer.datamodule.train_dataloader()))
+    loader = trainer.datamodule.train_dataloader()
+    batch = loader.first() if isinstance(loader, TensorLoader) else next(iter(loader))
     x, y = batch[0] if isinstance(batch, list) else batch  # a chunk (--steps_per_execution): its first
     return x.to(device), y.to(device)
 

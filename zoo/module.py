@@ -316,7 +316,12 @@ class ZooModule(L.LightningModule):
                 call._call_callback_hooks(trainer, name, *args)
                 call._call_lightning_module_hook(trainer, name, *args)
 
-        raw.zero_grad()
+        if type(raw).zero_grad is torch.optim.Optimizer.zero_grad:  # its set_to_none, without its profiler range
+            for group in raw.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+        else:
+            raw.zero_grad()
         hook("on_before_backward", loss)
         loss.backward()
         hook("on_after_backward")
