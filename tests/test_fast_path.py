@@ -294,7 +294,7 @@ def test_the_direct_fused_adam_step_is_torchs_step(kind):
                for i in states[0] for k in ("step", "exp_avg", "exp_avg_sq"))
 
 
-@pytest.mark.parametrize("case", ["sgd", "foreach", "amsgrad", "hook", "tensor lr"])
+@pytest.mark.parametrize("case", ["sgd", "foreach", "amsgrad", "hook", "tensor lr", "state without moments"])
 def test_the_direct_fused_adam_step_leaves_other_optimizers_to_torch(case):
     kind = torch.optim.SGD if case == "sgd" else torch.optim.Adam
     options = {"foreach": dict(foreach=True), "amsgrad": dict(fused=True, amsgrad=True)}.get(case, dict(fused=True))
@@ -305,6 +305,8 @@ def test_the_direct_fused_adam_step_leaves_other_optimizers_to_torch(case):
         opt.register_step_post_hook(lambda *a: None)
     if case == "tensor lr":
         opt.param_groups[0]["lr"] = torch.tensor(1e-3)
+    if case == "state without moments":  # e.g. another optimizer's state in a checkpoint
+        opt.state[next(net.parameters())] = {"momentum_buffer": torch.zeros(1)}
     before = [p.clone() for p in net.parameters()]
     assert not fused_adam_step(opt)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # nothing was done

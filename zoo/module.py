@@ -633,7 +633,7 @@ def fused_adam_step(opt: torch.optim.Optimizer) -> bool:
             return False
         params = [p for p in group["params"] if p.grad is not None]
         states = [opt.state.get(p) for p in params]
-        if not all(states):
+        if not all(s and {"step", "exp_avg", "exp_avg_sq"} <= s.keys() for s in states):
             return False
         tensors = [params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
         steps = [s["step"] for s in states]
