@@ -258,18 +258,21 @@ class ZooModule(L.LightningModule):
         self._update("train", logits.detach(), y, loss.detach())
         return loss
 
-    def _train_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_loss(self, x: torch.Tensor, y: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        if not torch.isfinite(loss):
-            saved = [p for p in self._last_checkpoints() if p.is_file()]
-            kept = (f"the last good checkpoint {saved[0]} (end of the previous epoch) is kept" if saved else
-                    "no checkpoint was saved (it diverged before the first epoch ended)")
-            raise NonFiniteLossError(
-                f"The training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}. "
-                f"Training stopped; {kept}. Try a smaller learning rate (now {self.hparams.lr}) or full precision "
-                f"(--trainer.precision 32).")
+        if check and not torch.isfinite(loss):
+            self._stop_non_finite(loss, self.global_step)
         return logits, loss
+
+    def _stop_non_finite(self, loss: torch.Tensor, step: int) -> None:
+        saved = [p for p in self._last_checkpoints() if p.is_file()]
+        kept = (f"the last good checkpoint {saved[0]} (end of the previous epoch) is kept" if saved else
+                "no checkpoint was saved (it diverged before the first epoch ended)")
+        raise NonFiniteLossError(
+            f"The training loss became {loss.item()} at epoch {self.current_epoch}, step {step}. "
+            f"Training stopped; {kept}. Try a smaller learning rate (now {self.hparams.lr}) or full precision "
+            f"(--trainer.precision 32).")
 
     def use_steps_per_execution(self, k: int) -> None:
         """Train k optimizer steps per Lightning step (train.py's --steps_per_execution): the training
@@ -283,11 +286,11 @@ class ZooModule(L.LightningModule):
         last_chunk = batch_idx + 1 >= self.trainer.num_training_batches
         direct = steps_directly(self.trainer)
         listened = listened_step_hooks(self.trainer) if direct else set()
-        outputs = []
+        outputs, first_step = [], self.global_step
         for j, (x, y) in enumerate(batch):
             self._reseed(batch_idx * self.steps_per_execution + j)
             self.last_step_in_epoch = last_chunk and j == len(batch) - 1
-            logits, loss = self._train_loss(x, y)
+            logits, loss = self._train_loss(x, y, check=False)  # checked below, for the whole chunk
             if direct:
                 self._step_directly(opt, loss, listened)
             else:
@@ -299,9 +302,17 @@ class ZooModule(L.LightningModule):
             if self._lookahead is not None:
                 self._lookahead.step(self.model, self.global_step, self._fit_total_steps)
             outputs.append((logits.detach(), y, loss.detach()))
-        # One metric update per chunk: each update costs about as much as Lightning's per-step work.
         logits, y, losses = zip(*outputs)
-        self.train_loss.update(torch.stack(losses), torch.tensor([len(t) for t in y], device=losses[0].device))
+        losses = torch.stack(losses)
+        # The NaN stop, once per chunk: one read of a device value instead of one per step (on a GPU
+        # each read waits for the queued work). It names the first bad step; the weights it kept are
+        # the last checkpoint's, which the steps after it in the chunk did not touch.
+        finite = torch.isfinite(losses)
+        if not finite.all():
+            j = int((~finite).nonzero()[0])
+            self._stop_non_finite(losses[j], first_step + j)
+        # One metric update per chunk: each update costs about as much as Lightning's per-step work.
+        self.train_loss.update(losses, torch.tensor([len(t) for t in y], device=losses.device))
         self.train_acc.update(torch.cat(logits), torch.cat(y))
 
     def _step_directly(self, opt, loss: torch.Tensor, listened: set[str]) -> None:
