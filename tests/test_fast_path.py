@@ -350,18 +350,22 @@ def test_options_that_count_lightning_steps_fall_back_with_one_line(tmp_path, ca
     assert load_checkpoint(run / "last.ckpt")["steps_per_execution"] == 1
 
 
-def test_nan_stop_names_the_step_inside_a_chunk(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("step, extra", [(21, []), (23, ["--histograms", "1"])])
+def test_nan_stop_names_the_step_inside_a_chunk(tmp_path, monkeypatch, capsys, step, extra):
+    # 4 steps an epoch in chunks of 3; epoch 5 (from 0) starts at step 20. Step 21: the middle of its first chunk,
+    # the NaN stop reads the chunk's losses at its end. Step 23: its last step, where --histograms draws the
+    # gradients, all NaN then (TensorBoard refused such a histogram, which hid the NaN stop).
     real = zoo.module.ZooModule.forward
 
-    def poisoned(self, x):  # step 21: the second step of epoch 5's first chunk
+    def poisoned(self, x):
         out = real(self, x)
-        return out * float("nan") if self.training and self.global_step == 21 else out
+        return out * float("nan") if self.training and self.global_step == step else out
 
     monkeypatch.setattr(zoo.module.ZooModule, "forward", poisoned)
     rc = train.main(["fit", *SPE, "--runs_root", str(tmp_path), "--trainer.max_epochs", "10",
-                     "--steps_per_execution", "3"])
+                     "--steps_per_execution", "3", *extra])
     err = capsys.readouterr().err
-    assert rc == 2 and "step 21" in err and "learning rate" in err, err
+    assert rc == 2 and f"step {step}" in err and "learning rate" in err, err
     (run,) = tmp_path.glob("moons/mlp/*")
     assert load_checkpoint(run / "last.ckpt")["epoch"] == 4
 

@@ -465,9 +465,12 @@ class Histograms(Callback):
         if not last or (trainer.current_epoch + 1) % self.every or tb is None or not trainer.is_global_zero:
             return
         for name, p in pl_module.model.named_parameters():
-            tb.experiment.add_histogram(f"weights/{name}", p.detach(), trainer.global_step)
-            if p.grad is not None:
-                tb.experiment.add_histogram(f"grads/{name}", p.grad, trainer.global_step)
+            for tag, values in ((f"weights/{name}", p.detach()), (f"grads/{name}", p.grad)):
+                # Finite values only: TensorBoard raises on a tensor with none (a diverged step, which the
+                # NaN stop then reports; an overflowed 16-mixed step, which the gradient scaler skips).
+                values = values[torch.isfinite(values)] if values is not None else None
+                if values is not None and values.numel():
+                    tb.experiment.add_histogram(tag, values, trainer.global_step)
 
 
 class TestPictures(Callback):
