@@ -255,15 +255,14 @@ class ZooModule(L.LightningModule):
             return self._train_chunk(batch, batch_idx)
         x, y = batch
         logits, loss = self._train_loss(x, y)
+        if not torch.isfinite(loss):  # (a chunk checks its losses together, in _train_chunk)
+            self._stop_non_finite(loss, self.global_step)
         self._update("train", logits.detach(), y, loss.detach())
         return loss
 
-    def _train_loss(self, x: torch.Tensor, y: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def _train_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        if check and not torch.isfinite(loss):
-            self._stop_non_finite(loss, self.global_step)
-        return logits, loss
+        return logits, F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
 
     def _stop_non_finite(self, loss: torch.Tensor, step: int) -> None:
         saved = [p for p in self._last_checkpoints() if p.is_file()]
@@ -290,7 +289,7 @@ class ZooModule(L.LightningModule):
         for j, (x, y) in enumerate(batch):
             self._reseed(batch_idx * self.steps_per_execution + j)
             self.last_step_in_epoch = last_chunk and j == len(batch) - 1
-            logits, loss = self._train_loss(x, y, check=False)  # checked below, for the whole chunk
+            logits, loss = self._train_loss(x, y)  # its NaN stop: below, for the whole chunk
             if direct:
                 self._step_directly(opt, loss, listened)
             else:

@@ -49,9 +49,9 @@ RUN_DIR_ENV = "ZOO_RUN_DIR"
 # --steps_per_execution when not given: chunks of AUTO_CHUNK steps where a step's forward work is at most
 # SMALL_STEP_FLOPS (the MLP and LeNet-5 at their batch sizes: 26M and 110M; ResNet-20 at batch 128 is 10G).
 # There Lightning's work per Lightning step is 15-40% of an epoch (results/lightning_tax.md, section 2).
-# Chunks of 50 bring the MNIST MLP epoch to 1.05-1.13x the bare loop's, against 1.20-1.26x with chunks
-# of 10 (results/chunks_mlp.txt); a chunk of 50 LeNet-5 steps (16 ms each on one CPU thread in
-# results/lightning_tax.md, 25 ms in its previous run) still ends within about 1.5 s of Ctrl-C.
+# Chunks of 50 brought the MNIST MLP epoch to 1.05-1.13x the bare loop's, against 1.20-1.26x with chunks
+# of 10 (results/chunks_mlp.txt, runs 1 and 2); a chunk of 50 LeNet-5 steps (15-25 ms each on one CPU
+# thread in results/lightning_tax.md and its earlier runs) still ends within about 1.5 s of Ctrl-C.
 AUTO_CHUNK, SMALL_STEP_FLOPS = 50, 1e9
 
 
