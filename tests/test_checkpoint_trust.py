@@ -11,6 +11,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -305,3 +306,37 @@ def test_predict_output_into_a_missing_folder_is_refused_up_front(ckpt, tmp_path
     captured = capsys.readouterr()
     assert str(out.parent) in one_paragraph(captured.err) and captured.out == ""
     assert not out.parent.exists()
+
+
+def moments(edit):
+    """A change to the first parameter's saved Adam state."""
+    return lambda c: edit(c["optimizer_states"][0]["state"][0])
+
+
+BAD_OPTIMIZER_STATES = {  # name: (change, what the message must name)
+    "moment of another shape": (moments(lambda s: s.update(exp_avg=torch.zeros(3))), "'exp_avg' of parameter 0 is [3]"),
+    "moment of one number": (moments(lambda s: s.update(exp_avg_sq=torch.zeros(1))), "'exp_avg_sq' of parameter 0"),
+    "step not a tensor": (moments(lambda s: s.update(step=[1, 2])), "'step' of parameter 0 is list"),
+    "state not a dict": (lambda c: c["optimizer_states"][0]["state"].update({0: [1]}),
+                         "state of parameter 0 is a list"),
+    "a group too many": (lambda c: c["optimizer_states"][0]["param_groups"].append({"params": [99]}),
+                         "parameter groups of"),
+    "state of no parameter": (lambda c: c["optimizer_states"][0]["state"].update({99: {}}), "no group holds"),
+    "two optimizers": (lambda c: c["optimizer_states"].append({}), "not the one optimizer's state"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_OPTIMIZER_STATES))
+def test_a_resume_refuses_optimizer_state_that_does_not_fit(tiny_moons_run, tmp_path, name, capsys):
+    """torch's optimizers take saved moments as they are, and the fused Adam kernel wrote past a
+    mis-shaped one: the resume died of a segfault or heap corruption at its first step."""
+    change, says = BAD_OPTIMIZER_STATES[name]
+    run_dir = tmp_path / "runs" / "moons" / "mlp" / tiny_moons_run.name
+    shutil.copytree(tiny_moons_run, run_dir, ignore=shutil.ignore_patterns(".lock"))
+    bad = craft(run_dir / "last.ckpt", run_dir / "last.ckpt", change)
+    before = {p.name: sha256(p) for p in run_dir.iterdir() if p.is_file()}
+    rc = train.main(["fit", "--runs_root", str(tmp_path / "runs"), "--quiet", "true", "--data", "moons",
+                     "--trainer.max_epochs", "5", "--ckpt_path", str(bad)])
+    err = one_paragraph(capsys.readouterr().err)
+    assert rc == 2 and says in err and "optimizer state does not fit" in err and str(bad) in err
+    assert {p.name: sha256(p) for p in run_dir.iterdir() if p.is_file()} == before  # nothing written

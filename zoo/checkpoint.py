@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooError
-from zoo.models.registry import HParams, convolutional, create_model, network_options
+from zoo.models.registry import HParams, convolutional, create_model, network_options, optimizer_groups
 
 MAX_PARAMS = 100_000_000  # 40x the largest zoo model (MobileNetV2, 2.2M); 400 MB of float32
 MAX_INPUT = 1 << 24  # numbers in one input (3 x 2364 x 2364): export and predict allocate batches of them
@@ -99,6 +99,8 @@ def check_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
             raise ZooError(f"{path}: '{key}' is {reprlib.repr(ckpt[key])}, not a name. {FIX}")
     net = check_hparams(ckpt["hyper_parameters"], path)
     check_weights(ckpt["state_dict"], net, path, ckpt["hyper_parameters"])
+    if ckpt.get("optimizer_states"):  # (none: weights only, or a run without an optimizer)
+        check_optimizer_state(ckpt["optimizer_states"], net, path, ckpt["hyper_parameters"])
     channels = ckpt["hyper_parameters"]["input_shape"][0]
     for key, state in ckpt.items():  # the datamodule's normalisation, used as it is by evaluate/predict/export
         if key.endswith("DataModule") and isinstance(state, dict):
@@ -106,6 +108,42 @@ def check_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
                 if stat in state and not (fits(state[stat], list[float]) and len(state[stat]) == channels):
                     raise ZooError(f"{path}: {key}['{stat}'] is {reprlib.repr(state[stat])}, not {channels} "
                                    f"numbers (one per input channel). {FIX}")
+
+
+def check_optimizer_state(states, net: nn.Module, path: str | os.PathLike, hp: dict) -> None:
+    """The saved optimizer state must fit the network's parameters in the optimizer's order (its groups,
+    zoo.models.registry.optimizer_groups): one state dict per parameter at most, its tensors the
+    parameter's shape (the step count: one number). torch's optimizers take them as they are, and the fused
+    kernels then read and write past the tensors' ends: a mis-shaped moment in a damaged or hostile
+    file crashed the process (a segfault or heap corruption) at the first step of the resume."""
+    def problem() -> str | None:
+        if not (isinstance(states, list) and len(states) == 1 and isinstance(states[0], dict)):
+            return "not the one optimizer's state train.py writes"
+        state, groups = states[0].get("state"), states[0].get("param_groups")
+        if not (isinstance(state, dict) and isinstance(groups, list)
+                and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+            return "no 'state' and 'param_groups' as torch writes them"
+        mine = [g["params"] for g in optimizer_groups(net, hp.get("lr") or 0.0, hp.get("weight_decay") or 0.0)]
+        if [len(g["params"]) for g in groups] != [len(g) for g in mine]:
+            return (f"parameter groups of {[len(g['params']) for g in groups]} parameters, the model's optimizer has "
+                    f"{[len(g) for g in mine]}")
+        ids = [i for g in groups for i in g["params"]]
+        if set(state) - set(ids):
+            return "state for parameters no group holds"
+        for i, p in zip(ids, (p for g in mine for p in g)):
+            entry = state.get(i, {})
+            if not isinstance(entry, dict):
+                return f"the state of parameter {i} is a {type(entry).__name__}"
+            for key, t in entry.items():  # the step count one number; moments and momentum the parameter's shape
+                fits = isinstance(t, torch.Tensor) and (t.numel() == 1 if key == "step" else t.shape == p.shape)
+                if not (fits or t is None and key != "step"):
+                    shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                    return f"'{key}' of parameter {i} is {shape}, the parameter is {list(p.shape)}"
+        return None
+
+    why = problem()
+    if why:
+        raise ZooError(f"{path}: its optimizer state does not fit the model ({why}). {FIX}")
 
 
 def check_hparams(hp: dict, path: str | os.PathLike) -> nn.Module:

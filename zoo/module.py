@@ -36,6 +36,7 @@ from zoo.models.registry import (
     Scheduler,
     convolutional,
     create_model,
+    optimizer_groups,
 )
 from zoo.weights import load_pretrained_checkpoint
 
@@ -576,29 +577,6 @@ def freeze_finished_groups(optimizer: torch.optim.Optimizer, epoch: int) -> None
         if group.get("train_epochs") is not None:
             for p in group["params"]:
                 p.requires_grad_(epoch < group["train_epochs"])
-
-
-def optimizer_groups(net: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """The optimizer's parameter groups. A network may declare its own with `optimizer_groups()`: a list
-    of dicts with `params` and optionally `lr_scale` (x lr), `weight_decay_scale` (x weight_decay) and
-    `train_epochs` (trained for that many epochs, then frozen): airbench94 gives its BatchNorm biases 64x
-    the learning rate. Otherwise: no weight decay on biases and norm parameters (the usual practice; it
-    helps short schedules)."""
-    declared = getattr(net, "optimizer_groups", None)
-    if declared is None:
-        params = [p for p in net.parameters() if p.requires_grad]
-        return [dict(params=[p for p in params if p.dim() > 1], lr=lr, weight_decay=weight_decay),
-                dict(params=[p for p in params if p.dim() <= 1], lr=lr, weight_decay=0.0)]
-    groups = []
-    for spec in declared():
-        unknown = set(spec) - {"params", "lr_scale", "weight_decay_scale", "train_epochs"}
-        if unknown:
-            raise ZooError(f"{type(net).__name__}.optimizer_groups(): unknown key(s) {', '.join(sorted(unknown))}; a "
-                           f"group takes params, lr_scale, weight_decay_scale and train_epochs.")
-        groups.append(dict(params=list(spec["params"]), lr=lr * spec.get("lr_scale", 1.0),
-                           weight_decay=weight_decay * spec.get("weight_decay_scale", 1.0),
-                           train_epochs=spec.get("train_epochs")))
-    return groups
 
 
 def use_fused(module: torch.nn.Module, trainer=None) -> bool | None:
