@@ -10,7 +10,13 @@ Fashion-MNIST's, random data, no files. Rounds alternate the variants; a cell is
   chunk did before commit ec32352, and what the bare loop and the plain path do) and by
   `zoo.module.fused_adam_step` (a chunk now), against the kernel calls alone;
 - sample picture: the 32 labelled images drawn at train start, with matplotlib (as before commit
-  9f284b3, kept below as the reference) and with PIL (`zoo.insight.samples_picture`, now).
+  9f284b3, kept below as the reference) and with PIL (`zoo.insight.samples_picture`, now);
+- the split: a fit's training split taken from the official training set (60,000 MNIST-shaped
+  images, a permutation's last 55,000), by `x[indices]` (before) and by `x.index_select(0, indices)`
+  (`TensorDataModule.setup`, now);
+- channel statistics: the training split's per-channel mean and std (at every fit's setup; MNIST's
+  and CIFAR-10's shapes), by a histogram of the values widened to int64 (before, kept below) and
+  by counting the uint8 values per channel (`datamodules.tensor.channel_stats`, now).
 """
 import statistics
 import sys
@@ -23,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import load  # noqa: E402
+from datamodules.tensor import channel_stats  # noqa: E402
 from zoo.insight import figure_rgb, new_figure, samples_picture  # noqa: E402
 from zoo.models.registry import create_model  # noqa: E402
 from zoo.module import fused_adam_step  # noqa: E402
@@ -49,6 +56,19 @@ def samples_matplotlib(x: torch.Tensor, y: torch.Tensor, cols: int = 8) -> np.nd
     ax.set_axis_off()
     fig.suptitle("first training batch after augmentation, with labels", fontsize=9, y=0.99)
     return figure_rgb(fig)
+
+
+def channel_stats_int64(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """channel_stats before: each chunk widened to int64 with a channel offset, one bincount."""
+    c = x.shape[1]
+    offset = torch.arange(c).view(1, c, 1, 1) * 256
+    counts = torch.zeros(c * 256, dtype=torch.float64)
+    for chunk in x.split(1024):
+        counts += torch.bincount((chunk.long() + offset).flatten(), minlength=c * 256).double()
+    counts, values = counts.view(c, 256), torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    return mean.float(), ((counts * values**2).sum(1) / n - mean**2).clamp_min(0).sqrt().float()
 
 
 def variants() -> dict[str, tuple[str, callable]]:
@@ -103,6 +123,15 @@ def variants() -> dict[str, tuple[str, callable]]:
         return steps
 
     images, labels = x[:100], y[:100]
+    cifar = torch.randint(0, 256, (45_000, 3, 32, 32), dtype=torch.uint8, generator=g)
+    full = torch.randint(0, 256, (60_000, 1, 28, 28), dtype=torch.uint8, generator=g)
+    split = torch.randperm(60_000, generator=g)[5_000:]
+    stats = {"the split: x[indices]": ("ms per split", lambda: full[split] is not None),
+             "the split: index_select": ("ms per split", lambda: full.index_select(0, split) is not None)}
+    stats |= {f"channel statistics, {name}: {how}": ("ms per split", lambda f=f, d=d: f(d) is not None)
+             for name, d in [("MNIST-shaped", x), ("CIFAR-10-shaped", cifar)]
+             for how, f in [("int64 histogram", channel_stats_int64),
+                            ("uint8 per channel (channel_stats)", channel_stats)]}
     return {
         "gather: x[batch], y[batch]": ("us per batch", by_indexing),
         "gather: index_select": ("us per batch", by_index_select),
@@ -112,6 +141,7 @@ def variants() -> dict[str, tuple[str, callable]]:
         "sample picture: matplotlib": ("ms per picture", lambda: samples_matplotlib(images, labels) is not None),
         "sample picture: PIL (samples_picture)": ("ms per picture",
                                                   lambda: samples_picture(images, labels, NAMES) is not None),
+        **stats,
     }
 
 

@@ -71,13 +71,15 @@ def flip_where(x: Tensor, mask: Tensor) -> Tensor:
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of uint8 images (N, C, H, W) on the 0..1 scale, exact in float64.
-    A 256-bin histogram per channel avoids a float64 copy of the data (345 MB for MNIST)."""
+    A 256-bin histogram per channel avoids a float64 copy of the data (345 MB for MNIST); counting
+    the uint8 values as they are, a channel of a few thousand images at a time, keeps the
+    temporaries small and is 4-5x faster than widening them to int64 first (bench/hotpath.py)."""
     c = x.shape[1]
-    offset = torch.arange(c).view(1, c, 1, 1) * 256  # channel k counts into bins [256k, 256k+256)
-    counts = torch.zeros(c * 256, dtype=torch.float64)
-    for chunk in x.cpu().split(1024):  # small chunks: the int64 temporaries stay a few MB
-        counts += torch.bincount((chunk.long() + offset).flatten(), minlength=c * 256).double()
-    counts = counts.view(c, 256)
+    counts = torch.zeros(c, 256, dtype=torch.int64)
+    for chunk in x.cpu().split(4096):
+        for k in range(c):
+            counts[k] += torch.bincount(chunk[:, k].flatten(), minlength=256)
+    counts = counts.double()
     values = torch.arange(256, dtype=torch.float64) / 255
     n = counts.sum(1)
     mean = (counts * values).sum(1) / n
@@ -346,8 +348,9 @@ class TensorDataModule(L.LightningDataModule):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.resolved_split_seed))
         self.val_indices = perm[:n_val]  # indices into the official training set
         self.train_indices = perm[n_val:][:n_train]
-        self.train_x, self.train_y = x[self.train_indices], y[self.train_indices]
-        self.val_x, self.val_y = x[self.val_indices], y[self.val_indices]
+        # index_select: the same rows as x[indices], 2-3x faster for a whole split (bench/hotpath.py)
+        self.train_x, self.train_y = x.index_select(0, self.train_indices), y.index_select(0, self.train_indices)
+        self.val_x, self.val_y = x.index_select(0, self.val_indices), y.index_select(0, self.val_indices)
         del x, y  # the unsplit copy goes before the statistics' temporaries come (peak memory)
         if self.mean is None:  # a checkpoint's statistics (load_state_dict) take precedence
             if self.train_x.dtype == torch.uint8:

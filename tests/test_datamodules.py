@@ -18,7 +18,7 @@ from datamodules import (
     get_datamodule_class,
     list_datasets,
 )
-from datamodules.tensor import TensorDataModule, random_crop
+from datamodules.tensor import TensorDataModule, channel_stats, random_crop
 from zoo.errors import ZooError
 
 IMAGE_DATASETS = ["mnist", "fashion_mnist", "cifar10"]
@@ -469,3 +469,14 @@ def test_alternate_flip_reaches_the_loader_and_is_saved():
 def test_alternate_flip_without_flips_is_a_zoo_error(cls, augment, words):
     with pytest.raises(ZooError, match=f"alternate_flip.*{words}"):
         cls(batch_size=8, augment=augment, alternate_flip=True).setup()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channel_stats_are_the_exact_float64_statistics(channels):
+    # more images than one counting chunk, so the chunks' counts must add up
+    x = torch.randint(0, 256, (5000, channels, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x[:, 0] //= 2  # channels with different statistics, so a mixed-up channel shows
+    mean, std = channel_stats(x)
+    flat = x.double().div(255).transpose(0, 1).reshape(channels, -1)
+    assert torch.equal(mean, flat.mean(1).float())
+    assert torch.allclose(std.double(), flat.std(1, correction=0), rtol=0, atol=1e-7)
