@@ -13,6 +13,7 @@ and the command exits with status 1 after running the others.
 import argparse
 import importlib
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     # slow (zoo.module.skip_gpu_probes), for every loop measured here (the bare one too) and every subprocess.
     skip_gpu_probes()
     command = "python bench/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    started, load_before, date = time.perf_counter(), load(), now_utc()
+    started, load_before, date, commit = time.perf_counter(), load(), now_utc(), git_commit()
     sections, failed = [], []
     for name in args.names:
         t0 = time.perf_counter()
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         section.text(f"_{name}: {time.perf_counter() - t0:.0f} s, load average at the end {load():.2f}._")
         sections.append(section)
         print(f"[bench] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    report = render(sections, args, command, date, load_before, time.perf_counter() - started)
+    report = render(sections, args, command, f"{date}, commit {commit}", load_before, time.perf_counter() - started)
     out = args.out or (None if args.quick else str(REPO / "results" / "bench.md"))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(report)
     return 1 if failed else 0
+
+
+def git_commit() -> str:
+    """The commit measured, marked when the tree had changes beyond it ("unknown" outside a git checkout)."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        sha, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+        return (sha + (" + uncommitted changes" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def render(sections: list[Section], args, command: str, date: str, load_before: float, seconds: float) -> str:
@@ -111,7 +123,7 @@ def render(sections: list[Section], args, command: str, date: str, load_before: 
     ]
     goals = [g for s in sections for g in s.goals]
     if goals:
-        head += ["## Goals (issue 7)", "", table(["what", "measured", "goal", "met"], goals), ""]
+        head += ["## Goals (issues 7 and 18)", "", table(["what", "measured", "goal", "met"], goals), ""]
     return "\n".join(head) + "\n" + "\n".join(s.markdown() for s in sections)
 
 

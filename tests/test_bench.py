@@ -38,9 +38,10 @@ def cells(line: str) -> int:
 def check_report(text: str, names: list[str]) -> None:
     assert text.startswith("# Benchmarks (QUICK SMOKE RUN")
     for needed in ("Command: `python bench/run.py --quick", "- CPU:", "- CPU flags:", "avx512_bf16", "load average",
-                   "## Goals (issue 7)"):
+                   "## Goals (issues 7 and 18)"):
         assert needed in text
     assert "FAILED" not in text
+    assert re.search(r"Date: [^,]+, commit [0-9a-f]{7,}", text)  # the commit measured
     headings = re.findall(r"^## (.*)$", text, re.M)
     for name in names:
         assert any(h.startswith(SECTIONS[name]) for h in headings), (name, headings)
