@@ -344,9 +344,8 @@ def test_signal_saves_last_and_resumes_exactly(tmp_path, sig, reference_run):
     proc = start(tmp_path)
     end = time.time() + 120
     while not list(tmp_path.glob("moons/mlp/*/last.ckpt")) and time.time() < end:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(sig)
+        time.sleep(0.01)
+    proc.send_signal(sig)  # at once: on a fast CPU the 12 epochs take well under a second
     _, err = proc.communicate(timeout=120)
     (run,) = tmp_path.glob("moons/mlp/*")
     assert "Interrupted: progress saved" in err, err[-2000:]
@@ -358,6 +357,20 @@ def test_signal_saves_last_and_resumes_exactly(tmp_path, sig, reference_run):
     assert train.main(["fit", "--runs_root", str(tmp_path), *KILL_ARGS, "--ckpt_path", "last"]) == 0
     assert_same_run(reference_run, run)  # also when stopped mid-epoch (batches > 0 here):
     print(f"stopped after {batches} batches of epoch {ckpt['epoch']}")  # -s shows where it stopped
+
+
+def test_an_interrupt_while_testing_keeps_the_fits_last_checkpoint(tmp_path, monkeypatch, capsys):
+    from zoo import ZooModule
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt  # Ctrl-C during the test that follows training
+
+    monkeypatch.setattr(ZooModule, "test_step", interrupted)
+    rc = train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST, "--trainer.max_epochs", "3"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "Interrupted while testing" in err and "progress saved" not in err, err[-2000:]
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert zoo_checkpoint.load_checkpoint(run / "last.ckpt")["epoch"] == 2  # the fit's last epoch, not a later state
 
 
 # --- security: checkpoints are data, not code ----------------------------------------------------

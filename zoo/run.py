@@ -578,6 +578,11 @@ class RunInfo(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # A kill by the user is not a failure: keep the progress so `--ckpt_path last` continues.
         if isinstance(exception, KeyboardInterrupt) or type(exception).__name__ == "SIGTERMException":
+            if trainer.state.fn != "fit":  # the test after training: the fit's own last.ckpt is the one to keep
+                if trainer.is_global_zero:
+                    print(f"\nInterrupted while testing: training had finished and {self.run_dir / 'last.ckpt'} "
+                          f"is kept; test again with `python evaluate.py {self.run_dir}`", file=sys.stderr)
+                return
             trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)  # full state, to resume
             if trainer.is_global_zero:
                 print(f"\nInterrupted: progress saved to {self.run_dir / 'last.ckpt'}; "
