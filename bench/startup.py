@@ -23,9 +23,10 @@ from PIL import Image
 from bench.common import PY, Section, body, check, med, run_processes, spread, tmpdir
 
 GOAL = 1.5  # x the time of `python -c "import torch"`
+PT2, ONNX = "train.py export (.pt2, shipped LeNet-5)", "train.py export (ONNX, shipped LeNet-5)"
 EXPORTS = {  # an export row -> the row of the exporter alone, its floor
-    "train.py export (.pt2, shipped LeNet-5)": "the .pt2 exporter alone (bench/bare_export.py)",
-    "train.py export (ONNX, shipped LeNet-5)": "the ONNX exporter alone (bench/bare_export.py)",
+    PT2: "the .pt2 exporter alone (bench/bare_export.py)",
+    ONNX: "the ONNX exporter alone (bench/bare_export.py)",
 }
 
 
@@ -33,7 +34,7 @@ def commands(tmp: str) -> dict[str, list[str]]:
     png = f"{tmp}/digit.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(png)
     shipped = ["--pretrained", "mnist", "--model", "lenet5"]
-    return {
+    cmds = {
         "import torch": [PY, "-c", "import torch"],
         "import lightning.pytorch": [PY, "-c", "import lightning.pytorch"],
         "train.py --help": [PY, "train.py", "--help"],
@@ -41,12 +42,11 @@ def commands(tmp: str) -> dict[str, list[str]]:
         "train.py export (TorchScript, shipped LeNet-5)": [PY, "train.py", "export", *shipped, "--out",
                                                            f"{tmp}/lenet5.pt"],
         "evaluate.py --help": [PY, "evaluate.py", "--help"],
-        "the .pt2 exporter alone (bench/bare_export.py)": [PY, "bench/bare_export.py", "pt2", f"{tmp}/bare.pt2"],
-        "train.py export (.pt2, shipped LeNet-5)": [PY, "train.py", "export", *shipped, "--out", f"{tmp}/lenet5.pt2"],
-        **({"the ONNX exporter alone (bench/bare_export.py)": [PY, "bench/bare_export.py", "onnx", f"{tmp}/bare.onnx"],
-            "train.py export (ONNX, shipped LeNet-5)": [PY, "train.py", "export", *shipped, "--out",
-                                                        f"{tmp}/lenet5.onnx"]} if onnx_installed() else {}),
     }
+    for row, fmt in [(PT2, "pt2"), *([(ONNX, "onnx")] if onnx_installed() else [])]:
+        cmds[EXPORTS[row]] = [PY, "bench/bare_export.py", fmt, f"{tmp}/bare.{fmt}"]
+        cmds[row] = [PY, "train.py", "export", *shipped, "--out", f"{tmp}/lenet5.{fmt}"]
+    return cmds
 
 
 def onnx_installed() -> bool:
@@ -70,11 +70,12 @@ def run(quick: bool) -> Section:
     rows = []
     for name, t in times.items():
         ratio = med(t) / floor
-        extra = (med(t) - med(times[EXPORTS[name]])) / floor if name in EXPORTS else None
+        exporter = med(times[EXPORTS[name]]) if name in EXPORTS else None
+        extra = None if exporter is None else (med(t) - exporter) / floor
         rows.append([name, spread(t), f"{ratio:.2f}x", "" if extra is None else f"{extra:+.2f}x"])
         if extra is not None:
             s.goal(f"start-up: {name}, above the exporter alone",
-                   f"{med(t):.2f} s = {med(times[EXPORTS[name]]):.2f} s + {extra:.2f}x import torch",
+                   f"{med(t):.2f} s = {exporter:.2f} s + {extra:.2f}x import torch",
                    f"<= +{GOAL - 1:.1f}x", None if quick else extra <= GOAL - 1)
         elif name.startswith(("train.py", "evaluate.py")):
             s.goal(f"start-up: {name}", f"{med(t):.2f} s = {ratio:.2f}x import torch", f"<= {GOAL}x",
