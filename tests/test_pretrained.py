@@ -13,7 +13,7 @@ import train
 import zoo
 from conftest import require_data
 from zoo.checkpoint import load_checkpoint
-from zoo.commands.pretrained import CLEAR_MARGIN, write_cfgs
+from zoo.commands.pretrained import CLEAR_MARGIN, best_runs, write_cfgs
 from zoo.weights import MANIFEST, pretrained_cfg, pretrained_path, read_manifest
 
 ENTRIES = read_manifest(MANIFEST) if MANIFEST.is_file() else []
@@ -109,3 +109,22 @@ def test_nothing_is_shipped_that_does_not_clearly_beat_the_linear_baseline():
     for e in ENTRIES:
         if e["model"] != "linear" and e["dataset"] in linear:
             assert e["test_acc"] > linear[e["dataset"]] + CLEAR_MARGIN, (e["model"], e["dataset"], e["test_acc"])
+
+
+def test_shipped_runs_are_chosen_on_validation_only(tmp_path):
+    # The seed with the best validation score ships; a run trained without a validation split (its
+    # checkpoint chosen on the training loss) never outranks one, whatever its numbers.
+    def run(folder, seed, monitor, score):
+        d = tmp_path / folder / "runs" / "cifar10" / "resnet20" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"data": "cifar10", "model": "resnet20", "monitor": monitor,
+                                                    "best_score": score, "test_acc": 0.5}))
+        return d
+
+    run("a", 0, "val/acc", 0.90)
+    chosen = run("a", 1, "val/acc", 0.92)
+    run("b", 0, "train/acc", 0.99)  # (the old selection ranked this first)
+    run("c", 0, "train/loss", 0.01)
+    best = best_runs(tmp_path)
+    assert list(best) == [("cifar10", "resnet20")]
+    assert best["cifar10", "resnet20"][2] == chosen

@@ -71,6 +71,24 @@ def save_pretrained(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, co
 CLEAR_MARGIN = 0.02  # a shipped network beats its dataset's linear model by at least this much test accuracy
 
 
+def best_runs(results: str | os.PathLike = "results") -> dict[tuple[str, str], tuple[float, dict, Path]]:
+    """Per (dataset, model), the committed run with the best validation score: {key: (score, metrics,
+    run folder)}. Only runs that chose their checkpoint on validation compete: one trained on every
+    training example (--data.val_size 0) chose it on its training loss, a number that says nothing
+    about unseen images and cannot be ranked against a validation accuracy."""
+    best: dict[tuple[str, str], tuple[float, dict, Path]] = {}
+    for path in sorted(Path(results).glob("*/runs/*/*/seed*/metrics.json")):
+        m = json.loads(path.read_text())
+        monitor = m.get("monitor") or ""
+        if m.get("best_score") is None or not monitor.startswith("val/"):
+            continue
+        score = -m["best_score"] if "loss" in monitor else m["best_score"]
+        key = (m["data"], m["model"])
+        if key not in best or score > best[key][0]:
+            best[key] = (score, m, path.parent)
+    return best
+
+
 def build_from_results(results: str | os.PathLike = "results", out_dir: str | os.PathLike = WEIGHTS_DIR,
                        budget_bytes: int = 30_000_000) -> list[dict]:
     """Ship the best checkpoint of every row of the committed comparison tables: per (dataset,
@@ -79,15 +97,7 @@ def build_from_results(results: str | os.PathLike = "results", out_dir: str | os
     checkpoints are gone (a clean clone has only metrics.json) are skipped, and so are networks that
     do not beat their dataset's linear model by CLEAR_MARGIN (a download that guesses helps no one)
     and files that would take the set past `budget_bytes`; all are printed."""
-    best: dict[tuple[str, str], tuple[float, dict, Path]] = {}
-    for path in sorted(Path(results).glob("*/runs/*/*/seed*/metrics.json")):
-        m = json.loads(path.read_text())
-        if m.get("best_score") is None:
-            continue
-        score = -m["best_score"] if "loss" in m.get("monitor", "") else m["best_score"]
-        key = (m["data"], m["model"])
-        if key not in best or score > best[key][0]:
-            best[key] = (score, m, path.parent)
+    best = best_runs(results)
     entries, used = [], 0
     linear = {data: m["test_acc"] for (data, model), (_, m, _) in best.items() if model == "linear"}
     for (data, model), (_, m, run) in sorted(best.items(), key=lambda kv: kv[1][1]["params"]):
