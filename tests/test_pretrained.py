@@ -13,7 +13,8 @@ import train
 import zoo
 from conftest import require_data
 from zoo.checkpoint import load_checkpoint
-from zoo.commands.pretrained import CLEAR_MARGIN, best_runs, write_cfgs
+from zoo.commands.pretrained import CLEAR_MARGIN, best_runs, build_from_results, write_cfgs
+from zoo.errors import ZooError
 from zoo.weights import MANIFEST, pretrained_cfg, pretrained_path, read_manifest
 
 ENTRIES = read_manifest(MANIFEST) if MANIFEST.is_file() else []
@@ -128,3 +129,12 @@ def test_shipped_runs_are_chosen_on_validation_only(tmp_path):
     best = best_runs(tmp_path)
     assert list(best) == [("cifar10", "resnet20")]
     assert best["cifar10", "resnet20"][2] == chosen
+
+
+def test_reshipping_named_rows_refuses_an_unknown_one(tmp_path):
+    d = tmp_path / "t" / "runs" / "cifar10" / "resnet20" / "seed0"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"data": "cifar10", "model": "resnet20", "monitor": "val/acc",
+                                                "best_score": 0.9, "test_acc": 0.9}))
+    with pytest.raises(ZooError, match="No committed run for cifar10/resnet56.*cifar10/resnet20"):
+        build_from_results(tmp_path, tmp_path / "weights", only="cifar10/resnet56")

@@ -90,17 +90,30 @@ def best_runs(results: str | os.PathLike = "results") -> dict[tuple[str, str], t
 
 
 def build_from_results(results: str | os.PathLike = "results", out_dir: str | os.PathLike = WEIGHTS_DIR,
-                       budget_bytes: int = 30_000_000) -> list[dict]:
+                       budget_bytes: int = 30_000_000, only: str | None = None) -> list[dict]:
     """Ship the best checkpoint of every row of the committed comparison tables: per (dataset,
     model), the seed with the best validation score (never chosen by test accuracy), as float16
     when that keeps the test accuracy within 0.1 point of the run's, else float32. Rows whose
     checkpoints are gone (a clean clone has only metrics.json) are skipped, and so are networks that
     do not beat their dataset's linear model by CLEAR_MARGIN (a download that guesses helps no one)
-    and files that would take the set past `budget_bytes`; all are printed."""
+    and files that would take the set past `budget_bytes`; all are printed. `only` ("cifar10/resnet20,...")
+    reships just those rows, and leaves the other entries as they are (each re-evaluation costs a test pass)."""
     best = best_runs(results)
+    if only:
+        keep = {tuple(name.split("/", 1)) for name in only.split(",")}
+        unknown = keep - set(best)
+        if unknown:
+            raise ZooError(f"No committed run for {', '.join('/'.join(k) for k in sorted(unknown))} under {results}: "
+                           f"name rows as DATASET/MODEL among {', '.join('/'.join(k) for k in sorted(best))}.")
+        best = {k: v for k, v in best.items() if k in keep or k[1] == "linear"}  # linear: the margin rule's bar
     entries, used = [], 0
+    manifest = Path(out_dir) / "manifest.json"
+    if only and manifest.is_file():  # the entries kept as they are count against the budget too
+        used = sum(e["bytes"] for e in read_manifest(manifest) if (e["dataset"], e["model"]) not in keep)
     linear = {data: m["test_acc"] for (data, model), (_, m, _) in best.items() if model == "linear"}
     for (data, model), (_, m, run) in sorted(best.items(), key=lambda kv: kv[1][1]["params"]):
+        if only and (data, model) not in keep:
+            continue
         if model != "linear" and data in linear and not m["test_acc"] > linear[data] + CLEAR_MARGIN:
             print(f"skip {model} on {data}: test acc {m['test_acc']:.4f} does not beat linear ({linear[data]:.4f}) "
                   f"by {CLEAR_MARGIN:.0%}")
@@ -147,11 +160,12 @@ def write_cfgs(manifest: str | os.PathLike | None = None) -> list[dict]:
     return entries
 
 
-# python -m zoo.commands.pretrained [RESULTS_DIR [OUT_DIR]]   or   python -m zoo.commands.pretrained cfg [MANIFEST]
+# python -m zoo.commands.pretrained [RESULTS_DIR [OUT_DIR [DATASET/MODEL,...]]]
+# python -m zoo.commands.pretrained cfg [MANIFEST]
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1:2] == ["cfg"]:
         write_cfgs(*sys.argv[2:3])
     else:
-        build_from_results(*sys.argv[1:3])
+        build_from_results(*sys.argv[1:3], only=sys.argv[3] if len(sys.argv) > 3 else None)
