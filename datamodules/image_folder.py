@@ -59,8 +59,9 @@ class ImageFolderDataModule(TensorDataModule):
         split_seed: seed of the train/validation split; None uses the global seed, else 42.
         augment: random crop (padding image_size // 8) for training.
         flip: with augment, also mirror images left-right (not for text or digits).
-        translate, pad_mode, alternate_flip: as for every dataset (TensorDataModule): the crop's
-            padding (default image_size // 8), zeros or reflect padding, airbench's alternating flip.
+        translate, pad_mode, alternate_flip, cutout: as for every dataset (TensorDataModule): the crop's
+            padding (default image_size // 8), zeros or reflect padding, airbench's alternating flip,
+            the side of cutout's square.
         train_fraction: train on only this fraction (0, 1] of the training split.
     """
 
@@ -81,11 +82,12 @@ class ImageFolderDataModule(TensorDataModule):
         translate: int | None = None,
         pad_mode: Literal["zeros", "reflect"] = "zeros",
         alternate_flip: bool = False,
+        cutout: int = 0,
         train_fraction: float = 1.0,
     ) -> None:
         super().__init__(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          split_seed=split_seed, augment=augment, translate=translate, pad_mode=pad_mode,
-                         alternate_flip=alternate_flip, train_fraction=train_fraction)
+                         alternate_flip=alternate_flip, cutout=cutout, train_fraction=train_fraction)
         self.save_hyperparameters(ignore=["val_size", "download"])  # only the options this class takes
         self.image_size, self.channels = image_size, channels
         self.test_fraction, self.val_fraction = test_fraction, val_fraction

@@ -55,6 +55,21 @@ def random_crop(x: Tensor, pad: int, generator: torch.Generator, mode: str = "ze
     return padded.gather(2, index.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
+def cutout(x: Tensor, size: int, generator: torch.Generator, fill: Tensor) -> Tensor:
+    """Paint one size x size square per image of a uint8 batch (B, C, H, W) with `fill` (C,): the
+    square's centre is uniform over the image and it is clipped at the border, as in DeVries & Taylor
+    2017 ("Improved Regularization of Convolutional Neural Networks with Cutout"). Filling with the
+    mean pixel makes it zero after normalisation, as theirs (applied to normalised images) was."""
+    b, c, h, w = x.shape
+    top = torch.randint(0, h, (b,), generator=generator).to(x.device) - size // 2
+    left = torch.randint(0, w, (b,), generator=generator).to(x.device) - size // 2
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # (B, W)
+    square = (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)  # (B, 1, H, W)
+    return torch.where(square, fill.to(x.device, x.dtype).view(1, c, 1, 1), x)
+
+
 FLIPS_STREAM = -1  # mix_seed(seed, -1) seeds the alternating flips: no epoch is -1, so no order shares it
 
 
@@ -123,6 +138,9 @@ class TensorLoader:
             once from the seed, used in even epochs and inverted in odd ones, so any two consecutive
             epochs show every image both ways.
         drop_last_small: drop a final batch of one sample (BatchNorm cannot train on one).
+        cutout: side in pixels of the square `cutout` paints over each training image (0: none),
+            after the crop and flip.
+        fill: (C,) uint8 colour of the cutout square (the mean pixel); zeros if None.
         chunk: yield lists of this many consecutive batches (the last list may be shorter), one per
             Lightning step, for `--steps_per_execution`; 1 yields the batches themselves. start_fn then
             counts lists.
@@ -145,6 +163,8 @@ class TensorLoader:
         drop_last_small: bool = False,
         pad_mode: str = "zeros",
         chunk: int = 1,
+        cutout: int = 0,
+        fill: Tensor | None = None,
     ) -> None:
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed, self.epoch_fn = batch_size, shuffle, seed, epoch_fn
@@ -152,6 +172,8 @@ class TensorLoader:
         self.rank, self.world_size = rank, world_size
         self.pad, self.flip, self.alternate_flip, self.drop_last_small = pad, flip, alternate_flip, drop_last_small
         self.pad_mode, self.chunk = pad_mode, chunk
+        self.cutout = cutout
+        self.fill = fill if fill is not None else torch.zeros(x.shape[1] if x.dim() == 4 else 1, dtype=torch.uint8)
         if flip and alternate_flip:  # one decision per image of x, indexed like x; (N,) bool
             g = torch.Generator().manual_seed(mix_seed(seed, FLIPS_STREAM))
             self.even_epoch_flips = (torch.rand(len(y), generator=g) < 0.5).to(x.device)
@@ -200,7 +222,7 @@ class TensorLoader:
         order = self.indices(epoch).to(self.x.device)
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.rank, 1))
         for i, batch in enumerate(order[: self.steps() * self.batch_size].split(self.batch_size)):
-            if i < start and not (self.pad or self.flip):
+            if i < start and not (self.pad or self.flip or self.cutout):
                 continue  # trained before a mid-epoch stop (and no random draws to replay)
             # index_select, not x[batch]: the same gather, ~6x cheaper per call on CPU (advanced indexing's
             # overhead was ~0.1 ms of a ~1.5 ms MLP step).
@@ -211,6 +233,8 @@ class TensorLoader:
                 x = flip_where(x, self.even_epoch_flips.index_select(0, batch) ^ (epoch % 2 == 1))
             elif self.flip:
                 x = random_flip(x, g)
+            if self.cutout:
+                x = cutout(x, self.cutout, g, self.fill)
             if i >= start:
                 yield x, self.y.index_select(0, batch)
 
@@ -258,6 +282,9 @@ class TensorDataModule(L.LightningDataModule):
             training image by one decision drawn once from the seed, inverted every other epoch, so
             any two consecutive epochs show it both ways (airbench's derandomised flip) instead of a
             fresh random half each epoch.
+        cutout: with augment, on image data, paint a square of this many pixels a side, centred
+            anywhere in the image and filled with the mean pixel, over each training image (DeVries &
+            Taylor 2017's cutout; 16 is theirs for CIFAR-10); 0: none.
         train_fraction: train on only this fraction (0, 1] of the training split, for quick runs
             and data-scaling studies.
         download: fetch missing files with torchvision (needs internet; writes into data_dir).
@@ -284,6 +311,7 @@ class TensorDataModule(L.LightningDataModule):
         translate: int | None = None,
         pad_mode: Literal["zeros", "reflect"] = "zeros",
         alternate_flip: bool = False,
+        cutout: int = 0,
         train_fraction: float = 1.0,
         download: bool = False,
     ) -> None:
@@ -294,6 +322,7 @@ class TensorDataModule(L.LightningDataModule):
         self.split_seed, self.train_fraction, self.download = split_seed, train_fraction, download
         self.augment = self.augment_default if augment is None else augment
         self.translate, self.alternate_flip, self.pad_mode = translate, alternate_flip, pad_mode
+        self.cutout = cutout
         self.mean: Tensor | None = None  # (C,) from the training split, or restored from a checkpoint
         self.std: Tensor | None = None
         self.train_x: Tensor | None = None  # set by setup(); see also train_indices / val_indices
@@ -430,6 +459,21 @@ class TensorDataModule(L.LightningDataModule):
             raise ZooError(f"{self.name}: alternate_flip changes how training images are flipped, but augmentation "
                            f"is off, so it would have no effect. Fix: drop --data.alternate_flip, or turn "
                            f"augmentation on with --data.augment true.")
+        c = self.cutout
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ZooError(f"{self.name}: cutout is the side of the blanked square in pixels, so it must be a whole "
+                           f"number >= 0, got {c!r}. Fix: pass e.g. --data.cutout 16, or 0 for none.")
+        if c and len(self.input_shape) != 3:
+            raise ZooError(f"{self.name}: cutout blanks a square of each training image, but {self.name}'s inputs "
+                           f"are not images. Fix: drop --data.cutout.")
+        if c and not self.augment:
+            raise ZooError(f"{self.name}: cutout blanks a square of each training image, but augmentation is off, so "
+                           f"it would have no effect. Fix: drop --data.cutout, or turn augmentation on with "
+                           f"--data.augment true.")
+        if c > max(self.input_shape[1:], default=0):
+            raise ZooError(f"{self.name}: cutout {c} is larger than the {self.input_shape[1]}x{self.input_shape[2]} "
+                           f"images: it would blank most of every one. Fix: pass a smaller --data.cutout, e.g. "
+                           f"{max(1, self.input_shape[-1] // 2)}.")
         if self.batch_size > n_train:
             raise ZooError(
                 f"{self.name}: batch_size {self.batch_size} is larger than the training split "
@@ -478,6 +522,9 @@ class TensorDataModule(L.LightningDataModule):
             drop_last_small=shuffle,
             pad_mode=self.pad_mode,
             chunk=self.steps_per_execution if shuffle else 1,
+            cutout=self.cutout if augment else 0,
+            # the mean pixel, 0 after normalisation; a checkpoint's statistics may be on the accelerator
+            fill=(self.mean.cpu() * 255).round().to(torch.uint8) if self.cutout and augment else None,
         )
 
     def steps_per_epoch(self) -> int:
@@ -499,5 +546,5 @@ class TensorDataModule(L.LightningDataModule):
         return (
             f"{self.name}: {len(self.train_y):,} train / {len(self.val_y):,} val / "
             f"{len(self.test_y):,} test, input {tuple(self.input_shape)}, {self.num_classes} classes"
-            + (", augmented" if self.augment else "")
+            + (", augmented" if self.augment else "") + (f", cutout {self.cutout}" if self.cutout else "")
         )

@@ -210,6 +210,8 @@ def test_recipe_text_names_every_departure_from_the_defaults():
     for words in ("sgd lr 1.5", "triangle", "momentum 0.85", "label smoothing 0.2", "lookahead", "batch 1024",
                   "augmented (translate 2, reflection padding), alternating flip"):
         assert words in text, (words, text)
+    cut = recipe_text("cifar10", {"model": {"arch": "resnet20"}, "data": {"init_args": {"cutout": 16}}})
+    assert cut.endswith("augmented, cutout 16"), cut
     plain = recipe_text("cifar10", {"model": {"arch": "resnet20"}, "data": {"init_args": {}}})
     assert plain == "sgd lr 0.1, wd 0.0005, cosine, batch 128, augmented"
 

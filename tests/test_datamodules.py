@@ -18,7 +18,7 @@ from datamodules import (
     get_datamodule_class,
     list_datasets,
 )
-from datamodules.tensor import TensorDataModule, channel_stats, random_crop
+from datamodules.tensor import TensorDataModule, channel_stats, cutout, random_crop
 from zoo.errors import ZooError
 
 IMAGE_DATASETS = ["mnist", "fashion_mnist", "cifar10"]
@@ -348,8 +348,8 @@ def test_reflect_padding_crops_from_the_mirrored_image_and_reaches_the_loader():
 
 
 @pytest.mark.parametrize("augment", [{}, dict(pad=2, flip=True), dict(pad=2, flip=True, alternate_flip=True),
-                                     dict(flip=True, alternate_flip=True)],
-                         ids=["plain", "crop+flip", "crop+alternate_flip", "alternate_flip"])
+                                     dict(flip=True, alternate_flip=True), dict(cutout=3)],
+                         ids=["plain", "crop+flip", "crop+alternate_flip", "alternate_flip", "cutout"])
 def test_loader_resumed_mid_epoch_yields_the_rest_of_the_same_epoch(augment):
     x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(50)
@@ -469,6 +469,51 @@ def test_alternate_flip_reaches_the_loader_and_is_saved():
 def test_alternate_flip_without_flips_is_a_zoo_error(cls, augment, words):
     with pytest.raises(ZooError, match=f"alternate_flip.*{words}"):
         cls(batch_size=8, augment=augment, alternate_flip=True).setup()
+
+
+# --- cutout -----------------------------------------------------------------------------------
+def test_cutout_paints_one_clipped_square_per_image_with_the_fill():
+    x = torch.randint(1, 255, (500, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fill = torch.tensor([255, 0, 128], dtype=torch.uint8)
+    out = cutout(x, 4, torch.Generator().manual_seed(1), fill)
+    changed = (out != x).any(1)  # (B, H, W): the painted pixels (x is never 0 or 255, so all of them show)
+    assert ((out == fill.view(1, 3, 1, 1)).all(1) == changed).all()  # painted pixels carry the fill, all channels
+    rows, cols = changed.any(2), changed.any(1)  # the square's rows and columns
+    assert torch.equal(changed, rows[:, :, None] & cols[:, None, :])  # one axis-aligned rectangle per image
+    for axis in (rows, cols):
+        spans = axis.sum(1)
+        assert changed.flatten(1).any(1).all() and spans.max() == 4 and spans.min() >= 2  # clipped at the border
+        assert all(axis[i].nonzero().flatten().diff().eq(1).all() for i in range(500))  # contiguous
+    corners = torch.stack([changed[:, 0, 0], changed[:, 0, -1], changed[:, -1, 0], changed[:, -1, -1]])
+    assert corners.any(1).all()  # centres range over the whole image: every corner gets covered
+    assert torch.equal(out, cutout(x, 4, torch.Generator().manual_seed(1), fill))  # seeded
+    assert not torch.equal(out, cutout(x, 4, torch.Generator().manual_seed(2), fill))
+
+
+def test_cutout_reaches_the_loader_with_the_mean_pixel_and_only_for_training():
+    dm = TinyCrop(batch_size=8, translate=0, cutout=2)
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert loader.cutout == 2 and dm.hparams.cutout == 2
+    assert torch.equal(loader.fill, (dm.mean * 255).round().to(torch.uint8))  # zero after normalisation
+    x, plain = epoch_and_originals(dm)
+    assert (x != plain).flatten(1).any(1).float().mean() > 0.8  # nearly every image got a square
+    assert dm.val_dataloader().cutout == 0 and dm.test_dataloader().cutout == 0  # evaluation unaugmented
+    x, plain = epoch_and_originals(TinyCrop(batch_size=8, translate=0))
+    assert torch.equal(x, plain)  # off by default
+    assert "cutout 2" in dm.describe()
+
+
+@pytest.mark.parametrize("cls, options, words", [
+    (TinyCrop, dict(cutout=-1), "whole number >= 0.*--data.cutout 16"),
+    (TinyCrop, dict(cutout=2.5), "whole number >= 0"),
+    (TinyCrop, dict(cutout=True), "whole number >= 0"),
+    (TinyCrop, dict(cutout=2, augment=False), "augmentation is off.*--data.augment true"),
+    (TinyCrop, dict(cutout=9), "larger than the 4x4 images"),
+])
+def test_bad_cutout_is_a_zoo_error(cls, options, words):
+    with pytest.raises(ZooError, match=f"cutout.*{words}"):
+        cls(batch_size=8, **options).setup()
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -133,10 +133,12 @@ def test_early_stopping_stops_a_plateau(tmp_path):
 def test_lenet5_on_mnist_fraction_of_an_epoch(tmp_path):
     require_data("mnist")
     run = fit(tmp_path, "--data", "mnist", "--model.arch", "lenet5", "--trainer.max_epochs", "1",
-              "--trainer.limit_train_batches", "30", "--trainer.limit_val_batches", "2")
+              "--trainer.limit_train_batches", "30", "--trainer.limit_val_batches", "2", "--data.augment", "true",
+              "--data.cutout", "8")
     m = metrics(run)
     assert 55_000 < m["params"] < 65_000
-    assert m["test_acc"] > 0.5, m  # 30 steps already learn digits
+    assert m["test_acc"] > 0.3, m  # 30 steps already learn digits, even with crops and cutout (chance: 0.1)
+    assert "cutout: 8" in (run / "config.yaml").read_text()  # recorded, so the run can be reproduced
 
 
 @pytest.mark.parametrize("args, words", [
@@ -148,6 +150,7 @@ def test_lenet5_on_mnist_fraction_of_an_epoch(tmp_path):
     (["fit", "--data", "moons", "--steps_per_execution", "abc"], ["--steps_per_execution abc", "a whole number"]),
     (["fit", "--data", "moons", "--histograms", "abc"], ["--histograms abc", "a whole number"]),
     (["fit", "--data", "moons", "--histograms", "-1"], ["--histograms -1", "v>=0"]),
+    (["fit", "--data", "moons", "--data.cutout", "4"], ["cutout"]),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, capsys, args, words):
     rc = train.main([*args, "--runs_root", str(tmp_path), *FAST])

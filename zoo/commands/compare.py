@@ -542,7 +542,8 @@ def recipe_text(data: str, config: dict) -> str:
         crop = ([f"translate {d['translate']}"] if d.get("translate") is not None else []) + (
             ["reflection padding"] if d.get("pad_mode") == "reflect" else [])
         parts.append("augmented" + (f" ({', '.join(crop)})" if crop else "")
-                     + (", alternating flip" if d.get("alternate_flip") else ""))
+                     + (", alternating flip" if d.get("alternate_flip") else "")
+                     + (f", cutout {d['cutout']}" if d.get("cutout") else ""))
     if d.get("train_fraction", 1.0) < 1:
         parts.append(f"{d['train_fraction']:g} of train")
     if config.get("patience"):
