@@ -55,7 +55,8 @@ class MoonsDataModule(TensorDataModule):
             split_seed=split_seed, augment=False, train_fraction=train_fraction,
         )
         # The base saved its own options too; drop those moons does not take.
-        self.save_hyperparameters(ignore=["val_size", "augment", "download", "translate", "pad_mode", "alternate_flip"])
+        self.save_hyperparameters(ignore=["val_size", "augment", "download", "translate", "pad_mode", "alternate_flip",
+                                          "cutout"])
         self.n_samples, self.noise, self.val_fraction = n_samples, noise, val_fraction
 
     def val_count(self, n_train: int) -> int:

@@ -188,3 +188,75 @@ def test_a_crafted_run_timing_in_a_checkpoint_is_refused_in_one_paragraph(tmp_pa
                        "--trainer.max_epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "run timing" in err and "Traceback" not in err and err.strip().count("\n") == 0
+
+
+# --- --ema: Lightning's EMAWeightAveraging as the run's weights ---------------------------------------
+EMA_ARGS = ["--quiet", "true", "--data", "moons", "--patience", "0", "--ema", "0.9"]
+
+
+def test_ema_is_what_validation_best_ckpt_the_test_and_evaluate_see(tmp_path):
+    from zoo.commands.evaluate import evaluate
+
+    assert train.main(["fit", "--runs_root", str(tmp_path), *EMA_ARGS, "--trainer.max_epochs", "4"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = torch.load(run / "best.ckpt", weights_only=True)
+    average, raw = best["state_dict"], best["current_model_state"]
+    assert any(not torch.equal(average[k], raw[k]) for k in average)  # two sets of weights, kept apart
+    r = evaluate(str(run / "best.ckpt"), device="cpu")
+    assert (r["test_acc"], r["test_loss"]) == (metrics["test_acc"], metrics["test_loss"])  # the test saw the average
+    best["state_dict"] = raw  # the raw weights score otherwise: so the equality above is not an accident
+    torch.save(best, tmp_path / "raw.ckpt")
+    assert evaluate(str(tmp_path / "raw.ckpt"), device="cpu")["test_loss"] != metrics["test_loss"]
+    assert "ema: 0.9" in (run / "config.yaml").read_text()
+
+
+def test_ema_resumes_exactly(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert train.main(["fit", "--runs_root", str(full), *EMA_ARGS, "--trainer.max_epochs", "4"]) == 0
+    assert train.main(["fit", "--runs_root", str(part), *EMA_ARGS, "--trainer.max_epochs", "2"]) == 0
+    (run,) = part.glob("moons/mlp/*")
+    assert train.main(["fit", "--runs_root", str(part), *EMA_ARGS, "--trainer.max_epochs", "4",
+                       "--ckpt_path", str(run)]) == 0
+    (ref,) = full.glob("moons/mlp/*")
+    a, b = (torch.load(r / "last.ckpt", weights_only=True) for r in (ref, run))
+    for key in ("state_dict", "current_model_state", "averaging_state"):  # the average, the raw weights, the count
+        assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (ref, run))
+    assert (ma["test_acc"], ma["test_loss"], ma["best_score"]) == (mb["test_acc"], mb["test_loss"], mb["best_score"])
+
+
+@pytest.mark.parametrize("first, then", [("0.9", "0"), ("0", "0.9"), ("0.9", "0.99")])
+def test_a_resume_keeps_the_runs_ema(tmp_path, capsys, first, then):
+    common = ["--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons", "--patience", "0"]
+    assert train.main(["fit", *common, "--ema", first, "--trainer.max_epochs", "1"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    before = checksums(run)
+    assert train.main(["fit", *common, "--ema", then, "--trainer.max_epochs", "2", "--ckpt_path", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"with --ema {float(then):g}" in err and f"--ema {float(first):g}" in err and "Traceback" not in err
+    assert checksums(run) == before
+
+
+def test_ema_trains_one_step_per_lightning_step_and_says_so_when_asked_for_more(tmp_path, capsys):
+    assert train.main(["fit", "--runs_root", str(tmp_path), *EMA_ARGS, "--trainer.max_epochs", "1",
+                       "--steps_per_execution", "4"]) == 0
+    assert "--steps_per_execution 4: --ema averages the weights after each Lightning step" in capsys.readouterr().err
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert torch.load(run / "last.ckpt", weights_only=True)["steps_per_execution"] == 1
+
+
+@pytest.mark.parametrize("damage", ["decay", "raw"])
+def test_a_damaged_weight_average_is_refused_in_one_paragraph(tmp_path, capsys, damage):
+    common = ["--runs_root", str(tmp_path), *EMA_ARGS]
+    assert train.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    if damage == "decay":
+        ckpt["callbacks"]["EMA"]["decay"] = "0.9; rm -rf /"
+    else:
+        del ckpt["current_model_state"]
+    torch.save(ckpt, run / "last.ckpt")
+    assert train.main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "weight average" in err and "Traceback" not in err and err.strip().count("\n") == 0

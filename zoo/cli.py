@@ -34,7 +34,7 @@ from rich.text import Text
 
 from datamodules import DATAMODULES, TensorDataModule, registered_name
 from zoo import ZooError, ZooModule, errors, insight, loggers
-from zoo.models.registry import RECIPES
+from zoo.models.registry import RECIPES, Fraction
 from zoo.module import skip_gpu_probes
 from zoo.run import Run, fill_in_recipe
 
@@ -130,6 +130,11 @@ class ZooCLI(LightningCLI):
                                  "over K batches at once, so Lightning's per-step work is paid once per K steps. "
                                  "Same steps, same weights. Default: 10 for small steps (<= 1 GFLOP of forward work: "
                                  "linear, MLP, LeNet-5), else 1; a resumed run keeps its own.")
+        parser.add_argument("--ema", type=Fraction, default=0.0,
+                            help="Average the weights (and BatchNorm statistics) over training: an exponential "
+                                 "moving average with this decay per optimizer step, e.g. 0.999 (Lightning's "
+                                 "EMAWeightAveraging). Validation, best.ckpt, the test and evaluate.py use the "
+                                 "average. 0: off.")
         parser.add_argument("--quiet", type=bool, default=False, help="No progress bar or model summary (for scripts).")
         parser.add_argument("--threads", type=NonNegativeInt, default=0,
                             help="CPU threads per process (0: torch's default, one per core). 1 helps when other "
@@ -171,7 +176,7 @@ class ZooCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         # Plain ints, not jsonargparse's range-checked subclasses of int: EarlyStopping saves its patience
         # in checkpoints, which must hold plain values only (weights_only loading).
-        cfg.patience, cfg.threads = int(cfg.patience), int(cfg.threads)
+        cfg.patience, cfg.threads, cfg.ema = int(cfg.patience), int(cfg.threads), float(cfg.ema)
         if cfg.get("steps_per_execution") is not None:
             cfg.steps_per_execution = int(cfg.steps_per_execution)
         check_trainer_options(cfg)

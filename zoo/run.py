@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from datamodules import registered_name
@@ -66,6 +66,7 @@ class Run:
         self.ckpt_hparams: dict | None = None
         self.ckpt_precision: str | None = None
         self.ckpt_steps: tuple[int, int] = (1, 0)  # the checkpoint's (steps per execution, global step)
+        self.ckpt_ema: float | None = None  # the checkpoint's --ema decay (0: off); None: not known
         self.dir: Path | None = None  # fit only
         self.made_dir = False  # made by this run: removed again if it ends before its first checkpoint
         self.lock: RunLock | None = None
@@ -104,6 +105,7 @@ class Run:
                            f"whole number train.py writes. Use best.ckpt or last.ckpt of a run written by train.py "
                            f"fit (or retrain); do not edit checkpoints by hand.")
         self.ckpt_steps = (k, step)
+        self.ckpt_ema = ema_of(ckpt, path) if fit else None
         if fit:
             self.dir = path.parent  # continue the same run: same directory, TensorBoard and W&B id
 
@@ -157,6 +159,8 @@ class Run:
         last = ModelCheckpoint(dirpath=self.dir, filename="last", enable_version_counter=False)
         self.run_info = RunInfo(self.dir)
         callbacks = [self.checkpoint, last, self.run_info, loggers.RunSettings(self.data)]
+        if cfg.get("ema"):
+            callbacks.append(EMA(decay=cfg.ema))
         callbacks += insight.callbacks(cfg, self.dir)
         if cfg.patience > 0:
             # strict=False: a metric that never comes (max_steps inside the first epoch) ends the run
@@ -196,6 +200,13 @@ class Run:
                            f"with the run's own settings: --config {self.dir / 'config.yaml'} --ckpt_path "
                            f"{self.dir}; or start a new run without --ckpt_path.")
         self.check_schedule_length(mine["scheduler"])
+        saved_ema, ema = self.ckpt_ema, float(self.cfg.get("ema") or 0)
+        if saved_ema is not None and saved_ema != ema:
+            raise ZooError(f"Cannot resume {self.ckpt_path} with --ema {ema:g}: the run averaged its weights with "
+                           f"--ema {saved_ema:g} (0: off), and its checkpoint holds "
+                           f"{'that average and the raw weights apart' if saved_ema else 'raw weights only'}, so "
+                           f"the run would not continue where it stopped. Resume with the run's own settings "
+                           f"(--config {self.dir / 'config.yaml'} --ckpt_path {self.dir}), or start a new run.")
 
     def check_schedule_length(self, scheduler: str) -> None:
         """A learning-rate schedule is planned for the run's length (OneCycleLR refuses to step past its
@@ -357,8 +368,44 @@ def chunk_blocker(trainer: Trainer, datamodule, cfg) -> str | None:
         (bool(t.overfit_batches), "--trainer.overfit_batches counts Lightning steps"),
         (bool(t.fast_dev_run), "--trainer.fast_dev_run counts Lightning steps"),
         (bool(cfg.get("lr_find")), "the learning-rate finder steps through Lightning's automatic optimization"),
+        (bool(cfg.get("ema")), "--ema averages the weights after each Lightning step"),
     ]
     return next((why for blocked, why in reasons if blocked), None)
+
+
+class EMA(EMAWeightAveraging):
+    """--ema DECAY: Lightning's exponential moving average of the weights and BatchNorm statistics,
+    updated after every optimizer step. Validation, best.ckpt's selection and its weights, the test
+    and evaluate.py all use the average; the raw weights travel in the checkpoint beside it (Lightning's
+    current_model_state) for an exact resume. One change to Lightning's: loading a checkpoint outside a
+    fit (the test of best.ckpt after training) keeps the average the file's state_dict holds, where
+    Lightning's would put the raw weights back and test those."""
+
+    def __init__(self, decay: float) -> None:
+        super().__init__(decay=decay)
+        self.decay = decay
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "decay": self.decay}  # so a resume can refuse another decay
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == "fit":
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def ema_of(ckpt: dict, path: Path) -> float:
+    """The --ema decay a checkpoint was trained with (0: none), checked as far as a resume relies on it."""
+    states = [v for k, v in (ckpt.get("callbacks") or {}).items() if isinstance(k, str) and k.startswith("EMA")]
+    raw = ckpt.get("current_model_state")
+    if not states and raw is None:
+        return 0.0
+    decay = states[0].get("decay") if len(states) == 1 and isinstance(states[0], dict) else None
+    if not (isinstance(decay, float) and 0 < decay < 1 and isinstance(raw, dict)
+            and isinstance(ckpt.get("averaging_state"), dict)):
+        raise ZooError(f"{path}: its weight average (--ema: the callbacks' EMA entry, current_model_state and "
+                       f"averaging_state) is incomplete or not what train.py writes. Use best.ckpt or last.ckpt of "
+                       f"a run written by train.py fit (or retrain); do not edit checkpoints by hand.")
+    return decay
 
 
 def inherited_run_dir() -> Path | None:

@@ -546,6 +546,8 @@ def recipe_text(data: str, config: dict) -> str:
                      + (f", cutout {d['cutout']}" if d.get("cutout") else ""))
     if d.get("train_fraction", 1.0) < 1:
         parts.append(f"{d['train_fraction']:g} of train")
+    if config.get("ema"):
+        parts.append(f"ema {config['ema']:g}")
     if config.get("patience"):
         parts.append(f"patience {config['patience']}")
     return ", ".join(parts)
