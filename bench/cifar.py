@@ -9,7 +9,9 @@ TensorLoader, crop + flip on whole batches, normalisation after the transfer), t
 from the first step after warm-up to the end of the last: with its defaults (on a CPU with native
 bf16 they are channels_last + bf16-mixed for the conv nets, and the fused optimizer step), and with
 each of those turned off (`--model.channels_last false`, `--trainer.precision 32-true`), to show
-what each one brings.
+what each one brings, and with `--model.compile true` added, which a run of at least 2,000 steps
+gets by default where bf16 is native (zoo.module.AUTO_COMPILE); its compile falls in the warm-up
+steps, so this row is the steady state (bench/convsteps.py prints the compile's seconds).
 """
 import time
 
@@ -25,6 +27,7 @@ OURS = {  # label -> extra train.py arguments
     "ours, fp32 NCHW": FP32 + NCHW,
     "ours, channels_last (fp32)": FP32,
     "ours, bf16-mixed (NCHW)": NCHW,
+    "ours, defaults + --model.compile true": ["--model.compile", "true"],
 }
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # the usual published CIFAR-10 statistics
 

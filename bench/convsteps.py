@@ -23,6 +23,7 @@ VARIANTS = {
     "bf16 CL": dict(channels_last=True, bf16=True),
     "fp32 NCHW compile": dict(channels_last=False, bf16=False, compile="model"),
     "fp32 CL compile": dict(channels_last=True, bf16=False, compile="model"),
+    "bf16 CL compile": dict(channels_last=True, bf16=True, compile="model"),
 }
 
 if __name__ == "__main__":
