@@ -9,9 +9,8 @@ TensorLoader, crop + flip on whole batches, normalisation after the transfer), t
 from the first step after warm-up to the end of the last: with its defaults (on a CPU with native
 bf16 they are channels_last + bf16-mixed for the conv nets, and the fused optimizer step), and with
 each of those turned off (`--model.channels_last false`, `--trainer.precision 32-true`), to show
-what each one brings, and with `--model.compile true` added, which a run of at least 2,000 steps
-gets by default where bf16 is native (zoo.module.AUTO_COMPILE); its compile falls in the warm-up
-steps, so this row is the steady state (bench/convsteps.py prints the compile's seconds).
+what each one brings, and with `--model.compile true` added (off by default); its compile falls in
+the warm-up steps, so that row is the steady state (bench/convsteps.py prints the compile's seconds).
 """
 import time
 

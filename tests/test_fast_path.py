@@ -163,59 +163,14 @@ def fake_compiles(monkeypatch, fail: bool = False) -> list:
 MOONS_BF16 = [*FAST, "--data", "moons", "--trainer.max_epochs", "2", "--trainer.precision", "bf16-mixed"]
 
 
-@pytest.mark.parametrize("case, expected", [("auto", True), ("fp32", False), ("short", False), ("other model", False),
-                                            ("off", False), ("no compiler", False)])
-def test_compile_by_default_only_for_long_bf16_runs_of_the_chosen_networks(case, expected, tmp_path, monkeypatch,
-                                                                          capsys):
-    # The rule, with mlp standing in for the ResNets and a threshold two-moons reaches (it trains 4
-    # steps an epoch): the network, the precision, the run's length, an explicit choice, a compiler.
-    compiled = fake_compiles(monkeypatch)
-    monkeypatch.setattr(zoo.module, "AUTO_COMPILE", frozenset() if case == "other model" else frozenset({"mlp"}))
-    monkeypatch.setattr(zoo.module, "AUTO_COMPILE_STEPS", 100 if case == "short" else 8)
-    if case == "no compiler":
-        import torch._inductor.cpp_builder as builder
-
-        def missing():
-            raise RuntimeError("no C++ compiler")
-        monkeypatch.setattr(builder, "get_cpp_compiler", missing)
-    extra = {"fp32": ["--trainer.precision", "32-true"], "off": ["--model.compile", "false"]}.get(case, [])
-    assert train.main(["fit", "--runs_root", str(tmp_path), *MOONS_BF16, *extra]) == 0
-    assert len(compiled) == int(expected)
-    (run,) = tmp_path.glob("moons/mlp/*")
-    assert load_checkpoint(run / "last.ckpt")["compiled"] is expected
-    err = capsys.readouterr().err
-    assert ("is compiled for this run's 8 steps" in err) == expected, err
-    assert ("No C++ compiler found" in err) == (case == "no compiler"), err
-
-
-def test_a_resume_keeps_the_first_parts_compile_choice(tmp_path, monkeypatch):
-    compiled = fake_compiles(monkeypatch)
-    monkeypatch.setattr(zoo.module, "AUTO_COMPILE_STEPS", 1)
-    monkeypatch.setattr(zoo.module, "AUTO_COMPILE", frozenset())  # the first part trains eagerly ...
-    args = ["fit", "--runs_root", str(tmp_path), *MOONS_BF16, "--trainer.callbacks+=test_module.SigintAt",
-            "--trainer.callbacks.step", "4"]
-    assert train.main(args) != 0
-    (run,) = tmp_path.glob("moons/mlp/*")
-    assert load_checkpoint(run / "last.ckpt")["compiled"] is False
-    monkeypatch.setattr(zoo.module, "AUTO_COMPILE", frozenset({"mlp"}))  # ... so the rest does too
-    assert train.main(["fit", "--runs_root", str(tmp_path), *MOONS_BF16, "--ckpt_path", "last"]) == 0
-    assert compiled == [] and load_checkpoint(run / "last.ckpt")["compiled"] is False
-
-
-def test_a_failed_compile_stops_an_asked_run_clearly_and_falls_back_by_default(tmp_path, monkeypatch, capsys):
+def test_a_failed_compile_stops_the_run_with_a_clear_message(tmp_path, monkeypatch, capsys):
     compiled = fake_compiles(monkeypatch, fail=True)
-    assert train.main(["fit", "--runs_root", str(tmp_path / "asked"), *MOONS_BF16, "--model.compile", "true"]) != 0
+    assert train.main(["fit", "--runs_root", str(tmp_path), *MOONS_BF16, "--model.compile", "true"]) != 0
     err = capsys.readouterr().err
     assert "--model.compile true: torch.compile failed" in err and "--model.compile false" in err, err
     assert "Traceback" not in err and "a long inductor trace" not in err, err
-    monkeypatch.setattr(zoo.module, "AUTO_COMPILE", frozenset({"mlp"}))
-    monkeypatch.setattr(zoo.module, "AUTO_COMPILE_STEPS", 1)
-    assert train.main(["fit", "--runs_root", str(tmp_path / "auto"), *MOONS_BF16]) == 0
-    err = capsys.readouterr().err
-    assert "so this run trains without it" in err, err
-    assert len(compiled) == 2  # tried once per run
-    (run,) = (tmp_path / "auto").glob("moons/mlp/*")
-    assert load_checkpoint(run / "last.ckpt")["compiled"] is False  # and a resume trains eagerly
+    assert len(compiled) == 1
+    assert not any(tmp_path.rglob("*.ckpt"))  # it failed at the first step: nothing trained to keep
 
 
 def test_threads_option_sets_torch_and_the_workers_environment(tmp_path, monkeypatch):

@@ -10,7 +10,6 @@ strings, numbers and lists, so every checkpoint loads with torch's `weights_only
 import inspect
 import math
 import os
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -104,12 +103,6 @@ def resolve_hparams(hp: dict) -> dict:
     return out
 
 
-# torch.compile by default (--model.compile unset): the networks it speeds up on a CPU with native bf16
-# (ResNet-20's steps 1.25x on the Xeon after 32 s of compiling, results/bench.md section 7; the Zen 5
-# VM: results/README.md), for runs long enough that the compile is a small part of them.
-AUTO_COMPILE = frozenset({"resnet20", "resnet32", "resnet56"})
-AUTO_COMPILE_STEPS = 2000
-
 DATA_INIT_IMAGES = 5000  # training images a data-initialised network is set from (airbench94: as the paper)
 
 
@@ -135,7 +128,7 @@ class ZooModule(L.LightningModule):
         lookahead: bool | None = None,
         channels_last: bool | None = None,
         pretrained: str | None = None,
-        compile: bool | None = None,
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -162,9 +155,9 @@ class ZooModule(L.LightningModule):
             pretrained: Start from the shipped weights of this model trained on this dataset (e.g.
                 mnist; see results/weights/manifest.json), to evaluate or fine-tune them.
             compile: torch.compile the network for training (validation and tests run it eagerly).
-                Default (None): on where it was measured to pay, AUTO_COMPILE's networks trained on a
-                CPU in bf16-mixed for at least AUTO_COMPILE_STEPS steps; off elsewhere (it made the MLP
-                and LeNet-5 slower: results/bench.md, section 7). A resumed run keeps its first part's choice.
+                Off by default: it made the MLP and LeNet-5 slower (results/bench.md, section 7) and
+                ResNet-20 1.25x faster on the Xeon's bare loop but no faster within train.py on the
+                Zen 5 VM, whose noise is larger than its effect (results/README.md, issue 16).
         """
         super().__init__()
         # Fill the recipe's defaults in before saving, so the checkpoint records what was used
@@ -222,7 +215,6 @@ class ZooModule(L.LightningModule):
         self._fit_total_steps: int | float | None = None  # set with it, in on_fit_start
         self.steps_per_execution = 1  # see use_steps_per_execution
         self.last_step_in_epoch = False  # set before each training step (zoo.insight's histograms read it)
-        self.compiled: bool | None = None  # whether this fit trains through torch.compile (on_fit_start)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "ZooModule":
@@ -254,7 +246,7 @@ class ZooModule(L.LightningModule):
             x = x.to(self.dtype)
         if self.hparams.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if not (self.compiled and self.training):
+        if not (self.hparams.get("compile") and self.training):
             return self.model(x)
         if "_compiled" not in self.__dict__:
             # Kept outside the module tree (not a submodule), so checkpoints keep the plain
@@ -264,22 +256,13 @@ class ZooModule(L.LightningModule):
             return self.__dict__["_compiled"](x)
         try:  # the first call compiles: inductor needs a working C++ compiler on a CPU
             out = self.__dict__["_compiled"](x)
-        except Exception as e:
-            self._compile_failed(e)
-            return self.model(x)
+        except Exception as error:
+            why = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise ZooError(f"--model.compile true: torch.compile failed ({type(error).__name__}: {why}). On a "
+                           f"CPU it needs a C++ compiler (g++ or clang++, or $CXX) on the PATH; install one, or train "
+                           f"without it: --model.compile false.") from error
         self.__dict__["_compile_ran"] = True
         return out
-
-    def _compile_failed(self, error: Exception) -> None:
-        why = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        if self.hparams.get("compile"):
-            raise ZooError(f"--model.compile true: torch.compile failed ({type(error).__name__}: {why}). On a CPU it "
-                           f"needs a C++ compiler (g++ or clang++, or $CXX) on the PATH; install one, or train "
-                           f"without it: --model.compile false.") from error
-        print(f"torch.compile failed ({type(error).__name__}: {why}), so this run trains without it "
-              f"(--model.compile false silences this).", file=sys.stderr)
-        self.compiled = False
-        self.__dict__.pop("_compiled", None)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         if not self.automatic_optimization:
@@ -472,31 +455,6 @@ class ZooModule(L.LightningModule):
             self._lookahead = Lookahead(self.model)  # after the data initialisation, as the paper starts it
         # The fit's length, which Lookahead's schedule reads every step: worked out once per fit.
         self._fit_total_steps = self.total_steps() if self._lookahead is not None else None
-        if self.hparams.get("compile") is not None:
-            self.compiled = bool(self.hparams.compile)
-        elif self.compiled is None:  # (a resume restored its first part's choice in on_load_checkpoint)
-            self.compiled = self._auto_compile()
-
-    def _auto_compile(self) -> bool:
-        """compile's default: AUTO_COMPILE's networks, in bf16-mixed on a CPU, for fits of at least
-        AUTO_COMPILE_STEPS steps (the whole fit's, so every part of a resumed run decides alike)."""
-        trainer = self.trainer
-        steps = self.total_steps()
-        if (self.hparams.arch not in AUTO_COMPILE or self.device.type != "cpu"
-                or str(trainer.precision) != "bf16-mixed" or steps < AUTO_COMPILE_STEPS):
-            return False
-        try:  # inductor writes C++ on a CPU: without a compiler, train eagerly
-            from torch._inductor.cpp_builder import get_cpp_compiler
-            get_cpp_compiler()
-        except Exception:
-            if trainer.is_global_zero:
-                print("No C++ compiler found (g++, clang++ or $CXX), so this run trains without torch.compile, "
-                      "which would speed its steps up.", file=sys.stderr)
-            return False
-        if trainer.is_global_zero:
-            print(f"torch.compile: {self.hparams.arch} is compiled for this run's {steps:,} steps (its first step "
-                  f"waits ~1 min for it; --model.compile false: off).", file=sys.stderr)
-        return True
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.automatic_optimization:  # (chunks reseed per step in _train_chunk)
@@ -527,8 +485,6 @@ class ZooModule(L.LightningModule):
             checkpoint["lookahead"] = self._lookahead.state()
         # Lightning's mid-epoch progress counts chunks of this many batches: a resume must keep it (zoo.run).
         checkpoint["steps_per_execution"] = self.steps_per_execution
-        # Whether the fit trains compiled: a resume keeps it, so the steps after it run the same kernels.
-        checkpoint["compiled"] = bool(self.compiled)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -563,7 +519,6 @@ class ZooModule(L.LightningModule):
             self._lookahead.step(self.model, self.global_step, self._fit_total_steps)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.compiled = bool(checkpoint.get("compiled", False))  # (checkpoints from before it: not compiled)
         if self.hparams.lookahead and checkpoint.get("lookahead") is not None:
             self._lookahead = Lookahead.from_state(checkpoint["lookahead"], self.model)  # slow weights: exact resume
 

@@ -136,7 +136,7 @@ class HParams:
     lookahead: bool | None = None
     channels_last: bool | None = None
     pretrained: str | None = None
-    compile: bool | None = None
+    compile: bool = False
 
 
 def network_options(hp: dict) -> dict:
