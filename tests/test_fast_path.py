@@ -125,24 +125,6 @@ def test_evaluate_refuses_an_unknown_precision(tiny_moons_run):
         evaluate.evaluate(str(tiny_moons_run), precision="fp8")
 
 
-def test_compile_option_trains_and_keeps_plain_checkpoint_keys(tmp_path, monkeypatch):
-    compiled = []
-
-    def fake_compile(module, **kwargs):  # the eager backend: same plumbing, no C++ compiler run
-        compiled.append(module)
-        return torch._dynamo.optimize("eager")(module)
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
-    assert train.main(["fit", "--runs_root", str(tmp_path), *FAST, "--data", "moons", "--trainer.max_epochs", "2",
-                       "--model.compile", "true"]) == 0
-    assert len(compiled) == 1  # once per run, on the first training step
-    (run,) = tmp_path.glob("moons/mlp/*")
-    ckpt = torch.load(run / "best.ckpt", weights_only=True)
-    assert all(k.startswith("model.") and "_orig_mod" not in k for k in ckpt["state_dict"])
-    assert (evaluate.evaluate(str(run), device="cpu")["test_acc"]
-            == json.loads((run / "metrics.json").read_text())["test_acc"])
-
-
 def fake_compiles(monkeypatch, fail: bool = False) -> list:
     """torch.compile recorded (the eager backend: same plumbing, no C++ compiler run), or failing at
     its first call as inductor does without a compiler."""
@@ -158,6 +140,18 @@ def fake_compiles(monkeypatch, fail: bool = False) -> list:
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     return compiled
+
+
+def test_compile_option_trains_and_keeps_plain_checkpoint_keys(tmp_path, monkeypatch):
+    compiled = fake_compiles(monkeypatch)
+    assert train.main(["fit", "--runs_root", str(tmp_path), *FAST, "--data", "moons", "--trainer.max_epochs", "2",
+                       "--model.compile", "true"]) == 0
+    assert len(compiled) == 1  # once per run, on the first training step
+    (run,) = tmp_path.glob("moons/mlp/*")
+    ckpt = torch.load(run / "best.ckpt", weights_only=True)
+    assert all(k.startswith("model.") and "_orig_mod" not in k for k in ckpt["state_dict"])
+    assert (evaluate.evaluate(str(run), device="cpu")["test_acc"]
+            == json.loads((run / "metrics.json").read_text())["test_acc"])
 
 
 MOONS_BF16 = [*FAST, "--data", "moons", "--trainer.max_epochs", "2", "--trainer.precision", "bf16-mixed"]
