@@ -18,7 +18,9 @@ from bench.common import med  # noqa: E402
 SETUPS = {label: OURS[f"ours, {label}"] for label in ("defaults", "defaults + --model.compile true")}
 
 if __name__ == "__main__":
-    rounds, steps, warmup = (int(a) for a in (sys.argv[1:4] + ["3", "100", "5"][len(sys.argv[1:4]):]))
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    warmup = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     rates: dict[str, list[float]] = {label: [] for label in SETUPS}
     for r in range(rounds):
         for label, extra in SETUPS.items():
