@@ -63,7 +63,7 @@ def one_paragraph(message: str) -> str:
                      f"a number with {restriction.group(1)}" if restriction else
                      "a whole number" if r.startswith("invalid literal for int()") or r == "<class 'int'>" else
                      "a number" if r.startswith("could not convert string to float") or r == "<class 'float'>"
-                     else r)
+                     else "true or false" if r == "<class 'bool'>" else r)
     nullable = "NoneType" in message
     return (f"--{key.group(1)} {given.group(1).strip()}: not a valid value; it must be {' or '.join(words)}"
             f"{' (or null: the default)' if nullable else ''}.")
