@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -404,13 +405,31 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, linear_run, capsys)
     evil = tmp_path / "evil.ckpt"
     torch.save(ckpt, evil)  # a real zip checkpoint whose pickle calls Path.touch when loaded
     assert evaluate.main([str(evil)]) == 2
-    assert "Refused to load" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Refused to load" in err and "pickled class or code" in err and "Unsupported global" in err
     assert train.main(["test", "--config", str(linear_run / "config.yaml"), "--ckpt_path", str(evil), *FAST]) == 2
     assert train.main(["fit", "--config", str(linear_run / "config.yaml"), "--ckpt_path", str(evil),
                        "--runs_root", str(tmp_path), *FAST]) == 2
     assert not marker.exists()  # the payload never ran
     with pytest.raises(pickle.UnpicklingError):  # (proof the file is armed: plain pickle would run it)
         torch.load(evil, weights_only=True)
+
+
+def test_checkpoint_with_overwritten_bytes_is_called_damaged(tmp_path, linear_run, capsys):
+    """A few bytes overwritten in the pickle stop torch's safe loader just as a payload does; the
+    message must say the file is damaged, not that it holds code."""
+    damaged = tmp_path / "damaged.ckpt"
+    data = bytearray((linear_run / "best.ckpt").read_bytes())
+    with zipfile.ZipFile(linear_run / "best.ckpt") as z:
+        at = next(i for i in z.infolist() if i.filename.endswith("data.pkl")).header_offset
+    name_len, extra_len = struct.unpack("<HH", data[at + 26:at + 30])  # the zip entry's local header
+    start = at + 30 + name_len + extra_len  # the stored (uncompressed) pickle
+    assert data[start] == 0x80  # PROTO: this is the pickle's first byte
+    data[start + 2] = 0xD4  # no pickle opcode has this value
+    damaged.write_bytes(bytes(data))
+    assert evaluate.main([str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "Unsupported operand 212" in err and "pickled class" not in err
 
 
 def test_every_written_checkpoint_loads_weights_only(linear_run):

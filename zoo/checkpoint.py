@@ -15,6 +15,7 @@ import inspect
 import math
 import os
 import pickle
+import re
 import reprlib
 import tempfile
 import types
@@ -48,11 +49,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses globals it does not know: a pickled class or a code-running payload.
-        raise ZooError(f"Refused to load {path}: it contains objects other than tensors and plain values "
-                       f"(a pickled class or code), which could run arbitrary code when loaded. Only load "
-                       f"checkpoints written by lightning-zoo or another source you trust. ({str(e).splitlines()[0]})"
-                       ) from None
+        # weights_only stops at anything but tensors and plain values. A named global is a pickled
+        # class or code; an unknown opcode or a malformed stream is damage (or a crafted file).
+        why = unpickler_detail(e)
+        if "GLOBAL" in why:
+            raise ZooError(f"Refused to load {path}: it contains objects other than tensors and plain values "
+                           f"(a pickled class or code), which could run arbitrary code when loaded. Only load "
+                           f"checkpoints written by lightning-zoo or another source you trust. ({why})") from None
+        raise ZooError(f"Refused to load {path}: it is damaged (overwritten or truncated bytes) or is not a plain "
+                       f"checkpoint: the safe loader, which runs no code, stopped at what a checkpoint never holds "
+                       f"({why}). Use another checkpoint of the run (best.ckpt / last.ckpt), copy or download the "
+                       f"file again, or retrain.") from None
     except Exception as e:  # truncated zip, text file, legacy pickle garbage: all 'not readable'
         raise ZooError(f"Cannot read checkpoint {path}: the file is truncated, corrupted or not a PyTorch "
                        f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Use another "
@@ -63,6 +70,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
                        f"name and weights). Pass a best.ckpt or last.ckpt written by train.py.")
     check_checkpoint(ckpt, path)
     return ckpt
+
+
+def unpickler_detail(error: Exception) -> str:
+    """The one line of torch's weights_only error that says what it stopped at (the rest is advice
+    about weights_only=False, which this project never takes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    detail = found.group(1) if found else (text.strip().splitlines() or [type(error).__name__])[0]
+    return detail.split(". Please use")[0].strip()[:200]
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
