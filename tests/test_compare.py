@@ -245,3 +245,26 @@ def test_a_damaged_tta_result_is_named_not_a_traceback(tmp_path):
             read_tta(path)
     path.write_text('{"tta": "flip", "test_acc": 0.9, "test_acc_exact": null}')
     assert read_tta(path)["test_acc"] == 0.9
+
+
+def test_time_to_accuracy_draws_a_run_without_validation(tmp_path):
+    """A run trained on every training image (--data.val_size 0) logs no validation accuracy: it
+    still gets its test star, at its summed fit time, and the legend says why it has no curve."""
+    from PIL import Image
+
+    from zoo.commands.compare import plot_time_to_accuracy
+
+    def run(acc, val):
+        rows = [{"epoch": e, "seconds": 60.0 * (e + 1), **({"val/acc": 0.5 + 0.1 * e} if val else {})}
+                for e in range(3)]
+        return ({"fit_seconds": 190.0, "test_acc": acc}, {}), rows
+
+    with_val, without = run(0.7, True), run(0.8, False)
+    table = {"data": "cifar10", "histories": {"a_val": [with_val[1]], "b_all": [without[1]]},
+             "runs": {"a_val": [with_val[0]], "b_all": [without[0]]}}
+    plot_time_to_accuracy(table, tmp_path / "t.png")
+    with Image.open(tmp_path / "t.png") as image:
+        pixels = list(image.convert("RGB").getdata())
+    orange = sum(1 for r, g, b in pixels if r > 220 and 100 < g < 160 and b < 60)  # matplotlib's C1: b_all
+    blue = sum(1 for r, g, b in pixels if r < 60 and 100 < g < 140 and b > 160)  # C0: a_val's line and star
+    assert orange > 40 and blue > 40

@@ -750,22 +750,25 @@ def plot_time_to_accuracy(table: dict, path: Path) -> None:
     for i, (model, histories) in enumerate(sorted(table["histories"].items())):
         color, label = f"C{i % 10}", model  # one legend entry per model, however many seeds
         for (metrics, _), rows in zip(table["runs"][model], histories):
-            rows = [r for r in rows if "val/acc" in r]
             if not rows:
                 continue
-            minutes, epochs = [r["seconds"] / 60 for r in rows], [r["epoch"] + 1 for r in rows]
-            accs = [r["val/acc"] * 100 for r in rows]
-            by_time.plot(minutes, accs, color=color, lw=1.2, label=label)
+            val = [r for r in rows if "val/acc" in r]
+            if val:  # a run trained on every training image (val_size 0) has no curve, only its star
+                accs = [r["val/acc"] * 100 for r in val]
+                by_time.plot([r["seconds"] / 60 for r in val], accs, color=color, lw=1.2, label=label)
+                by_epoch.plot([r["epoch"] + 1 for r in val], accs, color=color, lw=1.2)
+            else:
+                label = label and f"{label} (no validation split: test only)"
+            by_time.plot(metrics["fit_seconds"] / 60, metrics["test_acc"] * 100, "*", color=color, ms=9,
+                         label=None if val else label)
+            by_epoch.plot(rows[-1]["epoch"] + 1, metrics["test_acc"] * 100, "*", color=color, ms=9)
             label = None
-            by_epoch.plot(epochs, accs, color=color, lw=1.2)
-            by_time.plot(metrics["fit_seconds"] / 60, metrics["test_acc"] * 100, "*", color=color, ms=9)
-            by_epoch.plot(epochs[-1], metrics["test_acc"] * 100, "*", color=color, ms=9)
     by_time.set(xlabel="training wall time (minutes)", ylabel="validation accuracy (%)")
     by_epoch.set(xlabel="epoch")
     for ax in (by_time, by_epoch):
         ax.grid(alpha=0.3)
     by_time.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{table['data']}: validation accuracy per epoch (lines), test accuracy of the best checkpoint "
+    fig.suptitle(f"{table['data']}: validation accuracy per epoch (lines), test accuracy of the tested checkpoint "
                  f"(stars)", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
