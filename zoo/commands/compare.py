@@ -763,7 +763,7 @@ def plot_time_to_accuracy(table: dict, path: Path) -> None:
                          label=None if val else label)
             by_epoch.plot(rows[-1]["epoch"] + 1, metrics["test_acc"] * 100, "*", color=color, ms=9)
             label = None
-    by_time.set(xlabel="training wall time (minutes)", ylabel="validation accuracy (%)")
+    by_time.set(xlabel="training wall time (minutes)", ylabel="accuracy (%)")
     by_epoch.set(xlabel="epoch")
     for ax in (by_time, by_epoch):
         ax.grid(alpha=0.3)
