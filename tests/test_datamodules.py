@@ -171,6 +171,25 @@ def test_data_moves_to_the_trainer_device_once():
     assert x.device.type == y.device.type == "meta" and x.dtype == torch.float32 and x.shape == (128, 1, 28, 28)
 
 
+def test_a_chunk_is_normalised_one_batch_at_a_time():
+    """--steps_per_execution hands training_step a chunk of uint8 batches; each is normalised when
+    its step reads it (one hot buffer), to the same values as a batch of its own."""
+    dm = create_datamodule("mnist", data_dir=str(require_data("mnist")))
+    dm.steps_per_execution = 4  # as zoo.run sets it
+    dm.trainer = SimpleNamespace(current_epoch=0, global_rank=0, world_size=1,
+                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    raw = next(iter(dm.train_dataloader()))
+    assert isinstance(raw, list) and len(raw) == 4 and raw[0][0].dtype == torch.uint8
+    chunk = dm.on_after_batch_transfer(raw, 0)
+    assert len(chunk) == 4 and raw[0][0].dtype == torch.uint8  # nothing converted up front
+    batches = list(chunk)
+    assert len(batches) == 4
+    for (x, y), (x_raw, y_raw) in zip(batches, raw):
+        assert x.dtype == torch.float32 and y is y_raw
+        assert torch.equal(x, dm.on_after_batch_transfer((x_raw, y_raw), 0)[0])
+    assert torch.equal(chunk[3][0], batches[3][0])
+
+
 # --- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,expected", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
                                            ("cifar10", "cifar-10-batches-py")])
