@@ -259,11 +259,10 @@ def global_seed() -> int:
 
 
 class LazyChunk(Sequence):
-    """A chunk of batches (--steps_per_execution) finished one batch at a time, as its step takes it.
-    Normalising a whole chunk up front wrote 20 MB of float inputs (MNIST, 50 x 128 images) into
-    fresh memory every chunk, cold in the cache by the time each step read them: the MNIST MLP's
-    training steps spent 2-5x longer in that copy and in the weight-gradient matmul than a bare loop's
-    (torch profiler, 2 threads); one batch at a time reuses one hot buffer, as the bare loop does."""
+    """A chunk of batches (--steps_per_execution) finished one batch at a time, as its step takes it,
+    as a bare loop does. Normalising a whole chunk up front (20 MB of fresh float inputs per MNIST
+    chunk of 50 x 128 images) made the MNIST MLP's epoch 1.21x a bare loop's at 2 threads; this way
+    0.88-1.09x (README, issue 18's tables; the cause, cache or fresh pages, was not pinned down)."""
 
     def __init__(self, batches: list, finish: Callable) -> None:
         self.batches, self.finish = batches, finish
