@@ -24,7 +24,17 @@ VARIANTS = {
     "fp32 NCHW compile": dict(channels_last=False, bf16=False, compile="model"),
     "fp32 CL compile": dict(channels_last=True, bf16=False, compile="model"),
     "bf16 CL compile": dict(channels_last=True, bf16=True, compile="model"),
+    # MobileNetV2 as it was before its strided depthwise layers ran in fp32 (zoo/models/mobilenetv2.py)
+    "bf16 CL dw-bf16": dict(channels_last=True, bf16=True, strided_depthwise_bf16=True),
 }
+
+
+def plain_strided_depthwise(model: torch.nn.Module) -> None:
+    """Turn MobileNetV2's fp32 strided depthwise layers back into plain convolutions (bf16 under autocast)."""
+    from zoo.models.mobilenetv2 import StridedDepthwiseConv2d
+    for m in model.modules():
+        if isinstance(m, StridedDepthwiseConv2d):
+            m.__class__ = torch.nn.Conv2d
 
 if __name__ == "__main__":
     arch = sys.argv[1] if len(sys.argv) > 1 else "resnet20"
@@ -33,7 +43,11 @@ if __name__ == "__main__":
     dm = setup_data("cifar10")
     steps = 6 if arch == "mobilenetv2" else 15
     for name in names:
-        loop = BareLoop(dm, arch, **VARIANTS[name])
+        options = dict(VARIANTS[name])
+        dw_bf16 = options.pop("strided_depthwise_bf16", False)
+        loop = BareLoop(dm, arch, **options)
+        if dw_bf16:
+            plain_strided_depthwise(loop.model)
         start = time.perf_counter()
         loop.seconds_per_step(1, warmup=2)  # warm-up, and the compile when there is one
         warm = time.perf_counter() - start

@@ -4,7 +4,13 @@ multiply-adds (a custom autograd Function with its own backward), in NCHW and ch
 A probe for issue 16 (is there a faster depthwise algorithm in eager PyTorch on this CPU?):
 
     python bench/depthwise.py > results/cifar10_mobilenetv2/depthwise.txt
+
+`dtypes` instead compares torch's convolution in bf16 and fp32, channels_last and NCHW, and each
+stride-2 layer also as a stride-1 convolution subsampled (the probe behind StridedDepthwiseConv2d):
+
+    python bench/depthwise.py dtypes > results/cifar10_mobilenetv2/depthwise_bf16.txt
 """
+import sys
 import time
 
 import torch
@@ -58,7 +64,32 @@ def ms_per_step(fn, x, w, n=5):
     return (time.perf_counter() - start) / n * 1000
 
 
+def dtypes() -> None:
+    total: dict[str, float] = {}
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python bench/depthwise.py dtypes")
+    print(f"ms per forward + backward, batch 128, {torch.get_num_threads()} threads; s1sub: stride 1, then [::2, ::2]")
+    for C, size, s in SHAPES:
+        cells = []
+        for dtype in (torch.bfloat16, torch.float32):
+            for fmt_name, fmt in (("CL", torch.channels_last), ("NCHW", torch.contiguous_format)):
+                x = torch.randn(128, C, size, size, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+                w = torch.randn(C, 1, 3, 3, dtype=dtype, requires_grad=True)
+                impls = {"conv": lambda x, w, s=s, C=C: F.conv2d(x, w, None, s, 1, 1, C)}
+                if s == 2:
+                    impls["s1sub"] = lambda x, w, C=C: F.conv2d(x, w, None, 1, 1, 1, C)[:, :, ::2, ::2]
+                for name, fn in impls.items():
+                    key = f"{str(dtype)[6:].replace('bfloat16', 'bf16').replace('float32', 'fp32')} {fmt_name} {name}"
+                    ms = ms_per_step(fn, x, w, n=4)
+                    total[key] = total.get(key, 0.0) + ms
+                    cells.append(f"{key} {ms:6.1f}")
+        print(f"C={C:4d} H={size:2d} s={s}: " + " | ".join(cells), flush=True)
+    print("sum over the shapes (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in total.items()))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["dtypes"]:
+        dtypes()
+        sys.exit()
     x = torch.randn(2, 8, 9, 9, requires_grad=True)  # the two agree before anything is timed
     w = torch.randn(8, 1, 3, 3, requires_grad=True)
     for s in (1, 2):

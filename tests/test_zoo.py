@@ -115,6 +115,34 @@ def test_mobilenetv2_width_shrinks_the_model():
     assert count_params(create_model("mobilenetv2", (3, 32, 32), 10, width=0.5)) < 1.0e6
 
 
+def test_mobilenetv2_strided_depthwise_layers_compute_in_fp32():
+    # oneDNN's bf16 strided depthwise kernel is 5-40x slower than its fp32 one on the CPU, so these
+    # three layers compute in fp32 under bf16 autocast and with bf16 weights, as plain convolutions.
+    from zoo.models.mobilenetv2 import StridedDepthwiseConv2d
+
+    model = create_model("mobilenetv2", (3, 32, 32), 10)
+    strided = [m for m in model.modules() if isinstance(m, StridedDepthwiseConv2d)]
+    assert [(m.in_channels, m.groups, m.stride) for m in strided] == [(c, c, (2, 2)) for c in (144, 192, 576)]
+    conv = strided[0]
+    plain = torch.nn.Conv2d(144, 144, 3, 2, 1, groups=144, bias=False)
+    plain.load_state_dict(conv.state_dict())  # the same parameter names: old checkpoints load
+    x = torch.randn(2, 144, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(conv(x), plain(x))  # fp32, no autocast: the plain convolution
+    xb = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_bf16 = conv(xb), plain(xb)
+    fp32 = plain(xb.detach().float())
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, fp32.bfloat16())  # fp32 arithmetic, rounded once at the end
+    assert not torch.equal(y_bf16, y)  # what the plain layer computes under autocast differs
+    y.float().square().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16
+    assert torch.isfinite(xb.grad).all() and xb.grad.abs().sum() > 0
+    conv.bfloat16()  # bf16-true: bf16 weights, no autocast
+    xd = xb.detach()
+    assert torch.equal(conv(xd), F.conv2d(xd.float(), conv.weight.float(), None, 2, 1, 1, 144).bfloat16())
+
+
 def test_conv_model_on_flat_input_names_the_flat_models():
     with pytest.raises(ZooError, match="image input") as err:
         create_model("resnet20", (2,), num_classes=2)
