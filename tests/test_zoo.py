@@ -128,6 +128,8 @@ def test_mobilenetv2_strided_depthwise_layers_compute_in_fp32():
     plain.load_state_dict(conv.state_dict())  # the same parameter names: old checkpoints load
     x = torch.randn(2, 144, 8, 8).contiguous(memory_format=torch.channels_last)
     assert torch.equal(conv(x), plain(x))  # fp32, no autocast: the plain convolution
+    assert torch.equal(conv.double()(x.double()), plain.double()(x.double()))  # 64-true keeps fp64
+    conv.float(), plain.float()
     xb = x.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, y_bf16 = conv(xb), plain(xb)

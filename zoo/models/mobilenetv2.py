@@ -37,15 +37,16 @@ def round8(channels: float) -> int:
 
 
 class StridedDepthwiseConv2d(nn.Conv2d):
-    """A strided depthwise convolution that runs in fp32 on the CPU, whatever the autocast or weights'
-    dtype, and hands back its input's dtype. oneDNN's bf16 kernel for it is 5-40x slower than its
-    fp32 one here (results/cifar10_mobilenetv2/depthwise_bf16.txt): 0.4 s of a 1 s bf16 training
-    step at batch 128 went to these three layers. Same parameters, same function; only the arithmetic
-    of these layers is finer."""
+    """A strided depthwise convolution that computes in fp32 on the CPU where it would compute in bf16
+    or fp16 (under autocast, or with half-precision weights), and hands back its input's dtype.
+    oneDNN's bf16 kernel for it is 5-40x slower than its fp32 one here
+    (results/cifar10_mobilenetv2/depthwise_bf16.txt): 0.4 s of a 1 s bf16 training step at batch 128
+    went to these three layers. Same parameters, same function; only their arithmetic is finer."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or (x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
-            return super().forward(x)
+        autocast = x.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+        if x.device.type != "cpu" or not (x.dtype in (torch.bfloat16, torch.float16) or autocast):
+            return super().forward(x)  # fp32 or fp64 already, or a GPU: the plain convolution
         bias = None if self.bias is None else self.bias.float()
         with torch.autocast("cpu", enabled=False):
             return self._conv_forward(x.float(), self.weight.float(), bias).to(x.dtype)
