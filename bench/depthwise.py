@@ -70,7 +70,7 @@ def dtypes() -> None:
     print(f"ms per forward + backward, batch 128, {torch.get_num_threads()} threads; s1sub: stride 1, then [::2, ::2]")
     for C, size, s in SHAPES:
         cells = []
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype, dtype_name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
             for fmt_name, fmt in (("CL", torch.channels_last), ("NCHW", torch.contiguous_format)):
                 x = torch.randn(128, C, size, size, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
                 w = torch.randn(C, 1, 3, 3, dtype=dtype, requires_grad=True)
@@ -78,7 +78,7 @@ def dtypes() -> None:
                 if s == 2:
                     impls["s1sub"] = lambda x, w, C=C: F.conv2d(x, w, None, 1, 1, 1, C)[:, :, ::2, ::2]
                 for name, fn in impls.items():
-                    key = f"{str(dtype)[6:].replace('bfloat16', 'bf16').replace('float32', 'fp32')} {fmt_name} {name}"
+                    key = f"{dtype_name} {fmt_name} {name}"
                     ms = ms_per_step(fn, x, w, n=4)
                     total[key] = total.get(key, 0.0) + ms
                     cells.append(f"{key} {ms:6.1f}")

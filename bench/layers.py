@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.depthwise import ms_per_step  # noqa: E402
+from zoo.errors import ZooError  # noqa: E402
 from zoo.models.registry import create_model  # noqa: E402
 
 
@@ -35,26 +37,27 @@ def conv_shapes(arch: str, batch: int) -> dict[tuple, int]:
     return seen
 
 
-def ms_forward_backward(conv: nn.Module, x: torch.Tensor, bf16: bool, n: int = 4) -> float:
-    def once():
+def ms_forward_backward(conv: nn.Module, x: torch.Tensor, bf16: bool) -> float:
+    def forward(x, _):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = conv(x)
-        out.backward(torch.ones_like(out))
-    once()  # warm-up: oneDNN builds its primitive
-    start = time.perf_counter()
-    for _ in range(n):
-        once()
-    return (time.perf_counter() - start) / n * 1000
+            return conv(x)
+    return ms_per_step(forward, x, conv.weight, n=4)  # after 2 warm-ups: oneDNN builds its primitives
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python bench/layers.py ARCH   (a zoo model that takes 3x32x32 images, e.g. resnet20)")
     arch, batch = sys.argv[1], 128
+    try:
+        shapes = conv_shapes(arch, batch)
+    except ZooError as err:
+        sys.exit(f"bench/layers.py: {err}")
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python bench/layers.py {arch}; "
           f"{torch.get_num_threads()} threads, batch {batch}, channels_last, ms per forward + backward")
     print("| in | out | k | stride | groups | input HxW | times | bf16 ms | fp32 ms | bf16 / fp32 |\n"
           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     total = {True: 0.0, False: 0.0}
-    for (c_in, c_out, k, s, g, shape), times in conv_shapes(arch, batch).items():
+    for (c_in, c_out, k, s, g, shape), times in shapes.items():
         conv = nn.Conv2d(c_in, c_out, k, s, k // 2, groups=g, bias=False).to(memory_format=torch.channels_last)
         x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_(shape[1] > 3)
         ms = {bf16: ms_forward_backward(conv, x, bf16) for bf16 in (True, False)}
