@@ -352,6 +352,114 @@ def test_a_chunked_run_interrupted_mid_epoch_resumes_exactly(plain_moons, tmp_pa
     same_training(load_checkpoint(plain_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt"))
 
 
+# Plain MLPs (the lecture's nets): a chunk trains them with zoo.module.mlp_backprop, not autograd.
+
+BY_HAND = [a if a != "0.2" else "0" for a in SPE]  # SPE without dropout
+
+
+def counting_backprop(monkeypatch) -> list:
+    calls = []
+    real = zoo.module.mlp_backprop
+    monkeypatch.setattr(zoo.module, "mlp_backprop", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def plain_mlp_moons(tmp_path_factory) -> Path:
+    return fit_moons(tmp_path_factory.mktemp("plain_mlp"), *BY_HAND[2:], "--steps_per_execution", "1")
+
+
+@pytest.mark.parametrize("shape, hidden, dtype", [
+    ((1, 28, 28), [128], torch.float32), ((2,), [10, 10], torch.float32), ((3, 8, 8), [], torch.float32),
+    ((5,), [7, 6, 4], torch.float64)])
+def test_mlp_backprop_is_autograds_loss_logits_and_gradients_bitwise(shape, hidden, dtype):
+    from zoo.models.registry import create_model
+    torch.manual_seed(0)
+    nets = [create_model("mlp", list(shape), 10, hidden=hidden).to(dtype) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    for _ in range(3):
+        x, y = torch.randn(33, *shape, dtype=dtype), torch.randint(0, 10, (33,))
+        logits = nets[0](x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss.backward()
+        by_hand = zoo.module.mlp_backprop([m for m in nets[1] if isinstance(m, torch.nn.Linear)], x, y)
+        assert torch.equal(by_hand[0], logits) and torch.equal(by_hand[1], loss)
+        assert not by_hand[1].requires_grad
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            assert torch.equal(a.grad, b.grad) and b.grad.is_contiguous()
+            with torch.no_grad():  # a step, so the next batch sees other weights
+                a -= 0.1 * a.grad
+                b -= 0.1 * b.grad
+            a.grad = b.grad = None
+
+
+def test_plain_mlps_train_by_hand_in_chunks_to_the_same_weights(plain_mlp_moons, tmp_path, monkeypatch):
+    calls = counting_backprop(monkeypatch)
+    run = fit_moons(tmp_path, *BY_HAND[2:], "--steps_per_execution", "3")
+    assert len(calls) == 12  # every step of the 3 epochs (the plain run's fixture made none)
+    a, b = load_checkpoint(plain_mlp_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt")
+    same_training(a, b)
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (plain_mlp_moons, run))
+    assert ma["test_acc"] == mb["test_acc"] and ma["test_loss"] == mb["test_loss"]
+
+
+def test_a_by_hand_run_interrupted_mid_epoch_resumes_exactly(plain_mlp_moons, tmp_path, monkeypatch):
+    calls = counting_backprop(monkeypatch)
+    args = ["fit", *BY_HAND, "--runs_root", str(tmp_path), "--steps_per_execution", "3"]
+    assert train.main([*args, "--trainer.callbacks+=test_module.SigintAt", "--trainer.callbacks.step", "7"]) != 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert load_checkpoint(run / "last.ckpt")["global_step"] == 7
+    assert train.main([*args, "--ckpt_path", "last"]) == 0
+    assert len(calls) == 12
+    same_training(load_checkpoint(plain_mlp_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt"))
+
+
+def test_nan_stop_names_the_step_on_the_by_hand_path(tmp_path, monkeypatch, capsys):
+    calls, real = [], zoo.module.mlp_backprop
+
+    def poisoned(linears, x, y):  # the 5th step's loss is not finite
+        logits, loss = real(linears, x, y)
+        return logits, loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(zoo.module, "mlp_backprop", lambda *a: calls.append(1) or poisoned(*a))
+    assert train.main(["fit", *BY_HAND, "--runs_root", str(tmp_path), "--steps_per_execution", "3"]) != 0
+    err = capsys.readouterr().err
+    assert "The training loss became nan at epoch 1, step 4" in err and "Traceback" not in err, err
+
+
+def test_only_plain_full_precision_mlps_are_trained_by_hand(monkeypatch):
+    def linears(arch="mlp", listened=(), **kw):
+        return ZooModule(arch, num_classes=3, input_shape=[1, 4, 4], **kw)._backprop_by_hand(set(listened))
+
+    assert [m.in_features for m in linears()] == [16, 128]
+    assert [m.in_features for m in linears(hidden=[5, 6])] == [16, 5, 6]
+    assert [m.out_features for m in linears("linear")] == [3]
+    assert linears(dropout=0.1) is None and linears(label_smoothing=0.1) is None and linears(compile=True) is None
+    assert linears("lenet5") is None
+    assert linears(listened=["on_after_backward"]) is None and linears(listened=["on_before_backward"]) is None
+    assert linears(listened=["on_before_optimizer_step"]) is not None  # called as before, after the gradients
+    module = ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module._backprop_by_hand(set()) is None
+    module.model[1].weight.requires_grad_(False)  # a frozen layer
+    assert module._backprop_by_hand(set()) is None
+    for hook in ("register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook"):
+        module = ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])
+        getattr(module.model[2], hook)(lambda *a: None)
+        assert module._backprop_by_hand(set()) is None, hook
+    module = ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])
+    module.model[1].bias.register_hook(lambda g: g)
+    assert module._backprop_by_hand(set()) is None
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])._backprop_by_hand(set()) is None
+    finally:
+        handle.remove()
+    module = ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])
+    module.model[1] = torch.nn.Linear(16, 128, bias=False)
+    assert module._backprop_by_hand(set()) is None
+
+
 def test_images_in_chunks_train_the_same_weights(shapes, tmp_path):
     # The image path: uint8 batches normalised after the transfer, channels_last, flips.
     a = fit_lenet(shapes, tmp_path / "a", "--data.init_args.augment", "true", "--data.init_args.flip", "true",

@@ -300,16 +300,21 @@ class ZooModule(L.LightningModule):
         direct = steps_directly(self.trainer)
         listened = listened_step_hooks(self.trainer) if direct else set()
         outputs, first_step = [], self.global_step
+        linears = self._backprop_by_hand(listened) if direct else None
         for j, (x, y) in enumerate(batch):
             self._reseed(batch_idx * self.steps_per_execution + j)
             self.last_step_in_epoch = last_chunk and j == len(batch) - 1
-            logits, loss = self._train_loss(x, y)  # its NaN stop: below, for the whole chunk
-            if direct:
-                self._step_directly(opt, loss, listened)
+            if linears is not None and x.dtype == linears[0].weight.dtype:
+                logits, loss = mlp_backprop(linears, x, y)  # and the gradients: autograd's, bitwise
+                self._step_directly(opt, None, listened)
             else:
-                opt.zero_grad()
-                self.manual_backward(loss)
-                opt.step()
+                logits, loss = self._train_loss(x, y)  # its NaN stop: below, for the whole chunk
+                if direct:
+                    self._step_directly(opt, loss, listened)
+                else:
+                    opt.zero_grad()
+                    self.manual_backward(loss)
+                    opt.step()
             if sched is not None:  # then Lookahead: the order of Lightning's loop (schedule, on_train_batch_end)
                 sched.step()
             if self._lookahead is not None:
@@ -340,20 +345,50 @@ class ZooModule(L.LightningModule):
                 call._call_callback_hooks(trainer, name, *args)
                 call._call_lightning_module_hook(trainer, name, *args)
 
-        if type(raw).zero_grad is torch.optim.Optimizer.zero_grad:  # its set_to_none, without its profiler range
+        if loss is None:  # mlp_backprop has set every gradient: no backward, no backward hooks listened
+            pass
+        elif type(raw).zero_grad is torch.optim.Optimizer.zero_grad:  # its set_to_none, without its profiler range
             for group in raw.param_groups:
                 for p in group["params"]:
                     p.grad = None
         else:
             raw.zero_grad()
-        hook("on_before_backward", loss)
-        loss.backward()
-        hook("on_after_backward")
+        if loss is not None:
+            hook("on_before_backward", loss)
+            loss.backward()
+            hook("on_after_backward")
         opt._on_before_step()  # what LightningOptimizer.step does around the step: count it
         hook("on_before_optimizer_step", raw)
         if not fused_adam_step(raw):
             raw.step()
         opt._on_after_step()
+
+    def _backprop_by_hand(self, listened: set[str]) -> list[torch.nn.Linear] | None:
+        """The network's Linear layers where a chunk may train it with mlp_backprop instead of autograd:
+        a plain MLP or linear model (Flatten, Linear-ReLU blocks, Linear; no dropout, no module,
+        parameter or global hooks), full precision, no label smoothing, no compile, every parameter
+        trained, and no callback listening for the backward. None (autograd) anywhere else."""
+        from torch.nn.modules import module as torch_module
+
+        net = self.model
+        if (self.hparams.label_smoothing or self.hparams.get("compile") or {"on_before_backward", "on_after_backward"}
+                & listened or torch.is_autocast_enabled(self.device.type) or type(net) is not torch.nn.Sequential
+                or any(getattr(torch_module, f"_global_{h}") for h in (
+                    "forward_hooks", "forward_pre_hooks", "backward_hooks", "backward_pre_hooks"))):
+            return None
+        layers, blocks = list(net), len(net) // 2
+        plain = [torch.nn.Flatten] + [torch.nn.Linear, torch.nn.ReLU] * (blocks - 1) + [torch.nn.Linear]
+        if [type(m) for m in layers] != plain or (layers[0].start_dim, layers[0].end_dim) != (1, -1):
+            return None
+        if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in net.modules()):
+            return None
+        params = list(net.parameters())
+        if (len(params) != 2 * blocks or any(
+                not p.requires_grad or p._backward_hooks or p._post_accumulate_grad_hooks
+                or p.dtype not in (torch.float32, torch.float64) for p in params)):
+            return None  # (a Linear without bias has fewer parameters)
+        return layers[1::2]
 
     def total_steps(self) -> int | float:
         """Optimizer steps in the whole fit: what the learning-rate schedule and Lookahead plan for
@@ -655,6 +690,32 @@ def fused_adam_step(opt: torch.optim.Optimizer) -> bool:
 
 
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def mlp_backprop(linears: list[torch.nn.Linear], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step's logits, mean cross-entropy loss and gradients (left in each parameter's
+    .grad) for Flatten, Linear-ReLU blocks and a Linear head, computed with the aten kernels autograd
+    itself calls for them, in its order, so the gradients are bitwise autograd's (tests/test_fast_path.py)
+    without its graph, whose bookkeeping costs a small MLP's step ~20% of its time on a 2-core CPU
+    (issue 18: bench/mlpstep.py). The caller checks the network is that (ZooModule._backprop_by_hand)."""
+    aten = torch.ops.aten
+    with torch.no_grad():
+        acts = [x.flatten(1)]
+        for i, fc in enumerate(linears):
+            z = torch.addmm(fc.bias, acts[-1], fc.weight.t())  # what F.linear does with a batch
+            acts.append(z.relu_() if i + 1 < len(linears) else z)
+        logits = acts.pop()
+        log_p = torch.log_softmax(logits, 1)  # F.cross_entropy = nll_loss(log_softmax)
+        loss, total_weight = aten.nll_loss_forward(log_p, y, None, 1, -100)  # 1: mean
+        g = aten.nll_loss_backward(torch.ones_like(loss), log_p, y, None, 1, -100, total_weight)
+        g = aten._log_softmax_backward_data(g, log_p, 1, log_p.dtype)
+        for i in reversed(range(len(linears))):
+            fc, a = linears[i], acts[i]
+            fc.weight.grad = g.t().mm(a)  # (addmm's backward picks this layout for a transposed weight)
+            fc.bias.grad = g.sum(0)
+            if i:  # (the input needs no gradient)
+                g = aten.threshold_backward(g.mm(fc.weight), a, 0)  # ReLU's backward, from its output
+    return logits, loss
 
 
 def listened_step_hooks(trainer) -> set[str]:

@@ -1,0 +1,82 @@
+"""What autograd costs the lecture's MLP step (issue 18, goal 3): 784-128-10, batch 100, fused Adam,
+on random tensors shaped like Fashion-MNIST's (no files). Three ways to take the same step, in
+alternating rounds; a cell is the median (min-max) of the rounds, in microseconds per step:
+
+- autograd: loss.backward() and opt.step(), as the bare loop (bench/loops.py) and the plain path do;
+- autograd, direct Adam: the same backward, then zoo.module.fused_adam_step (a chunk before mlp_backprop);
+- by hand: zoo.module.mlp_backprop (autograd's own kernels without its graph) and fused_adam_step,
+  what a chunk of train.py runs now for a plain MLP.
+
+Every way ends with bitwise the same weights (checked here at the end, and in tests/test_fast_path.py).
+
+    python bench/mlpstep.py [ROUNDS] [THREADS]   # e.g. 5 2 > results/mlpstep_avx2.txt
+"""
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from zoo.models.registry import create_model  # noqa: E402
+from zoo.module import fused_adam_step, mlp_backprop  # noqa: E402
+
+STEPS, BATCH = 550, 100  # one epoch of 55,000 images
+
+
+def autograd(net, opt, x, y) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+
+
+def autograd_direct(net, opt, x, y) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(net(x), y).backward()
+    if not fused_adam_step(opt):
+        opt.step()
+
+
+def by_hand(net, opt, x, y) -> None:
+    mlp_backprop(net.linears, x, y)
+    if not fused_adam_step(opt):
+        opt.step()
+
+
+WAYS = {"autograd": autograd, "autograd, direct Adam": autograd_direct, "by hand (train.py now)": by_hand}
+
+
+def main(rounds: int) -> None:
+    torch.manual_seed(0)
+    xs = torch.randn(STEPS, BATCH, 1, 28, 28)
+    ys = torch.randint(0, 10, (STEPS, BATCH))
+    nets, opts, samples = {}, {}, {name: [] for name in WAYS}
+    for name in WAYS:
+        torch.manual_seed(1)
+        nets[name] = create_model("mlp", [1, 28, 28], 10)
+        nets[name].linears = [m for m in nets[name] if isinstance(m, torch.nn.Linear)]
+        opts[name] = torch.optim.Adam(nets[name].parameters(), lr=1e-3, fused=True)
+    for _ in range(rounds):
+        for name, step in WAYS.items():
+            start = time.perf_counter()
+            for x, y in zip(xs, ys):
+                step(nets[name], opts[name], x, y)
+            samples[name].append((time.perf_counter() - start) / STEPS * 1e6)
+    base = statistics.median(samples["autograd"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} rounds of {STEPS} steps each")
+    print(f"{'step':26s} {'us per step':>24s} {'vs autograd':>12s}")
+    for name, s in samples.items():
+        m = statistics.median(s)
+        cell = f"{m:.0f} ({min(s):.0f}-{max(s):.0f})"
+        print(f"{name:26s} {cell:>24s} {base / m:11.2f}x")
+    weights = [list(net.parameters()) for net in nets.values()]
+    same = all(torch.equal(a, b) for other in weights[1:] for a, b in zip(weights[0], other))
+    print(f"the same weights after {rounds * STEPS} steps each: {'yes, bitwise' if same else 'NO'}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else torch.get_num_threads())
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
