@@ -458,6 +458,17 @@ def test_only_plain_full_precision_mlps_are_trained_by_hand(monkeypatch):
     module = ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])
     module.model[1] = torch.nn.Linear(16, 128, bias=False)
     assert module._backprop_by_hand(set()) is None
+    module = ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])
+    module.model[3].forward = lambda x: x
+    assert module._backprop_by_hand(set()) is None
+
+    class OwnLoss(ZooModule):  # a subclass's loss (or forward) is its own: autograd trains it
+        def _train_loss(self, x, y):
+            return super()._train_loss(x, y)
+
+    assert OwnLoss("mlp", num_classes=3, input_shape=[1, 4, 4])._backprop_by_hand(set()) is None
+    monkeypatch.setattr(ZooModule, "forward", lambda self, x: self.model(x))
+    assert ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])._backprop_by_hand(set()) is None
 
 
 def test_images_in_chunks_train_the_same_weights(shapes, tmp_path):

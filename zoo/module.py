@@ -367,7 +367,8 @@ class ZooModule(L.LightningModule):
         """The network's Linear layers where a chunk may train it with mlp_backprop instead of autograd:
         a plain MLP or linear model (Flatten, Linear-ReLU blocks, Linear; no dropout, no module,
         parameter or global hooks), full precision, no label smoothing, no compile, every parameter
-        trained, and no callback listening for the backward. None (autograd) anywhere else."""
+        trained, no callback listening for the backward, and ZooModule's own forward and loss (not a
+        subclass's). None (autograd) anywhere else."""
         from torch.nn.modules import module as torch_module
 
         net = self.model
@@ -381,7 +382,9 @@ class ZooModule(L.LightningModule):
         if [type(m) for m in layers] != plain or (layers[0].start_dim, layers[0].end_dim) != (1, -1):
             return None
         if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in net.modules()):
+               or "forward" in m.__dict__ for m in net.modules()):
+            return None
+        if (type(self).forward, type(self)._train_loss) != PLAIN_LOSS:  # a subclass's or a patch's own loss
             return None
         params = list(net.parameters())
         if (len(params) != 2 * blocks or any(
@@ -625,6 +628,9 @@ def freeze_finished_groups(optimizer: torch.optim.Optimizer, epoch: int) -> None
         if group.get("train_epochs") is not None:
             for p in group["params"]:
                 p.requires_grad_(epoch < group["train_epochs"])
+
+
+PLAIN_LOSS = (ZooModule.forward, ZooModule._train_loss)  # what mlp_backprop computes
 
 
 def use_fused(module: torch.nn.Module, trainer=None) -> bool | None:
