@@ -467,6 +467,7 @@ def test_only_plain_full_precision_mlps_are_trained_by_hand(monkeypatch):
             return super()._train_loss(x, y)
 
     assert OwnLoss("mlp", num_classes=3, input_shape=[1, 4, 4])._backprop_by_hand(set()) is None
+    assert ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4]).to("meta")._backprop_by_hand(set()) is None  # not CPU
     monkeypatch.setattr(ZooModule, "forward", lambda self, x: self.model(x))
     assert ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])._backprop_by_hand(set()) is None
 

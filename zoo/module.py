@@ -365,13 +365,15 @@ class ZooModule(L.LightningModule):
 
     def _backprop_by_hand(self, listened: set[str]) -> list[torch.nn.Linear] | None:
         """The network's Linear layers where a chunk may train it with mlp_backprop instead of autograd:
-        a plain MLP or linear model (Flatten, Linear-ReLU blocks, Linear; no dropout, no module,
+        a plain MLP or linear model on the CPU (Flatten, Linear-ReLU blocks, Linear; no dropout, no module,
         parameter or global hooks), full precision, no label smoothing, no compile, every parameter
         trained, no callback listening for the backward, and ZooModule's own forward and loss (not a
         subclass's). None (autograd) anywhere else."""
         from torch.nn.modules import module as torch_module
 
         net = self.model
+        if self.device.type != "cpu":  # (bitwise autograd's: tested on the CPU only)
+            return None
         if (self.hparams.label_smoothing or self.hparams.get("compile") or {"on_before_backward", "on_after_backward"}
                 & listened or torch.is_autocast_enabled(self.device.type) or type(net) is not torch.nn.Sequential
                 or any(getattr(torch_module, f"_global_{h}") for h in (
