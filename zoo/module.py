@@ -704,8 +704,9 @@ def mlp_backprop(linears: list[torch.nn.Linear], x: torch.Tensor, y: torch.Tenso
     """One training step's logits, mean cross-entropy loss and gradients (left in each parameter's
     .grad) for Flatten, Linear-ReLU blocks and a Linear head, computed with the aten kernels autograd
     itself calls for them, in its order, so the gradients are bitwise autograd's (tests/test_fast_path.py)
-    without its graph, whose bookkeeping costs a small MLP's step ~20% of its time on a 2-core CPU
-    (issue 18: bench/mlpstep.py). The caller checks the network is that (ZooModule._backprop_by_hand)."""
+    without its graph, whose bookkeeping took a quarter of the lecture MLP's step (779 against 594 us at
+    2 threads on a 2-core AVX2 EPYC: results/mlpstep_avx2.txt). The caller checks the network is that
+    (ZooModule._backprop_by_hand)."""
     aten = torch.ops.aten
     with torch.no_grad():
         acts = [x.flatten(1)]
