@@ -130,3 +130,34 @@ def test_the_hot_path_probe_times_each_piece_and_its_reference(capsys):
     main(1)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + len(work) and all(float(r.split("|")[3].split()[0]) > 0 for r in rows[1:])
+
+
+def test_the_mlp_step_probe_times_three_ways_to_the_same_weights(capsys):
+    """bench/mlpstep.py (issue 18): one round; its own check that every way ends bitwise level must say yes."""
+    from bench.mlpstep import WAYS, main
+
+    main(1)
+    out = capsys.readouterr().out
+    assert all(re.search(rf"^{re.escape(name)}\s+\d+ \(\d+-\d+\)\s+[\d.]+x$", out, re.M) for name in WAYS), out
+    assert "the same weights after 550 steps each: yes, bitwise" in out, out
+
+
+def test_the_denormals_probe_flushes_during_its_fit_and_restores_everything_after(monkeypatch):
+    """bench/denormals.py (issue 18): subnormals are flushed inside the fit it asks for, and the timing
+    wrappers and the flush setting are undone after it, also after a failed fit, so nothing leaks."""
+    import torch
+
+    from bench import denormals
+
+    def subnormal() -> float:  # 1e-40 is below float32's normal range: 0 when flushed
+        return (torch.tensor([1e-30]) * 1e-10).item()
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals (torch.set_flush_denormal: x86 with SSE3 only)")
+    seen = []
+    monkeypatch.setattr(denormals.train, "main", lambda argv: seen.append(subnormal()) or 1)  # a failed fit
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in denormals.TIMED.items()}
+    with pytest.raises(AssertionError):
+        denormals.fit(True)
+    assert seen == [0.0] and subnormal() > 0
+    assert {name: getattr(owner, attr) for name, (owner, attr) in denormals.TIMED.items()} == originals
