@@ -403,6 +403,17 @@ def test_plain_mlps_train_by_hand_in_chunks_to_the_same_weights(plain_mlp_moons,
     assert ma["test_acc"] == mb["test_acc"] and ma["test_loss"] == mb["test_loss"]
 
 
+@pytest.mark.parametrize("optimizer", [["--model.optimizer", "sgd", "--model.lr", "0.05"],
+                                       ["--model.optimizer", "adamw", "--model.weight_decay", "0.01"]])
+def test_by_hand_gradients_step_any_optimizer_to_the_plain_paths_weights(tmp_path, monkeypatch, optimizer):
+    # SGD steps through torch.optim (fused_adam_step declines it); AdamW through the direct fused kernel.
+    plain = fit_moons(tmp_path / "plain", *BY_HAND[2:], *optimizer, "--steps_per_execution", "1")
+    calls = counting_backprop(monkeypatch)
+    run = fit_moons(tmp_path / "chunks", *BY_HAND[2:], *optimizer, "--steps_per_execution", "3")
+    assert len(calls) == 12
+    same_training(load_checkpoint(plain / "last.ckpt"), load_checkpoint(run / "last.ckpt"))
+
+
 def test_a_by_hand_run_interrupted_mid_epoch_resumes_exactly(plain_mlp_moons, tmp_path, monkeypatch):
     calls = counting_backprop(monkeypatch)
     args = ["fit", *BY_HAND, "--runs_root", str(tmp_path), "--steps_per_execution", "3"]
