@@ -345,15 +345,13 @@ class ZooModule(L.LightningModule):
                 call._call_callback_hooks(trainer, name, *args)
                 call._call_lightning_module_hook(trainer, name, *args)
 
-        if loss is None:  # mlp_backprop has set every gradient: no backward, no backward hooks listened
-            pass
-        elif type(raw).zero_grad is torch.optim.Optimizer.zero_grad:  # its set_to_none, without its profiler range
-            for group in raw.param_groups:
-                for p in group["params"]:
-                    p.grad = None
-        else:
-            raw.zero_grad()
-        if loss is not None:
+        if loss is not None:  # (None: mlp_backprop has set every gradient, and no one listens for a backward)
+            if type(raw).zero_grad is torch.optim.Optimizer.zero_grad:  # its set_to_none, without its profiler range
+                for group in raw.param_groups:
+                    for p in group["params"]:
+                        p.grad = None
+            else:
+                raw.zero_grad()
             hook("on_before_backward", loss)
             loss.backward()
             hook("on_after_backward")
