@@ -7,7 +7,6 @@ flushing changes the weights in their last bits, so it would need its own decisi
 
     python bench/denormals.py [ROUNDS]   # e.g. 2 > results/denormals_avx2.txt (needs ./data, or $ZOO_DATA)
 """
-import statistics
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ import torch  # noqa: E402
 
 import train  # noqa: E402
 import zoo.module  # noqa: E402
-from bench.common import data_dir  # noqa: E402
+from bench.common import data_dir, med, spread  # noqa: E402
 
 TIMED = {"chunk": (zoo.module.ZooModule, "_train_chunk"), "mlp_backprop": (zoo.module, "mlp_backprop"),
          "fused Adam": (zoo.module, "fused_adam_step")}
@@ -60,8 +59,8 @@ def main(rounds: int) -> None:
     print(f"{'seconds per fit':18s} {'subnormals (default)':>22s} {'flushed to zero':>22s} {'ratio':>6s}")
     for name in TIMED:
         cells = [[s[name] for s in samples[flush]] for flush in (False, True)]
-        text = [f"{statistics.median(c):.3f} ({min(c):.3f}-{max(c):.3f})" for c in cells]
-        ratio = statistics.median(cells[0]) / statistics.median(cells[1])
+        text = [spread(c, 3) for c in cells]
+        ratio = med(cells[0]) / med(cells[1])
         print(f"{name:18s} {text[0]:>22s} {text[1]:>22s} {ratio:5.2f}x")
 
 

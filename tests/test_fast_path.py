@@ -354,7 +354,7 @@ def test_a_chunked_run_interrupted_mid_epoch_resumes_exactly(plain_moons, tmp_pa
 
 # Plain MLPs (the lecture's nets): a chunk trains them with zoo.module.mlp_backprop, not autograd.
 
-BY_HAND = [a if a != "0.2" else "0" for a in SPE]  # SPE without dropout
+NO_DROPOUT = ["--model.dropout", "0"]  # after SPE, whose dropout would send a chunk to autograd
 
 
 def counting_backprop(monkeypatch) -> list:
@@ -366,7 +366,7 @@ def counting_backprop(monkeypatch) -> list:
 
 @pytest.fixture(scope="module")
 def plain_mlp_moons(tmp_path_factory) -> Path:
-    return fit_moons(tmp_path_factory.mktemp("plain_mlp"), *BY_HAND[2:], "--steps_per_execution", "1")
+    return fit_moons(tmp_path_factory.mktemp("plain_mlp"), *NO_DROPOUT, "--steps_per_execution", "1")
 
 
 @pytest.mark.parametrize("shape, hidden, dtype", [
@@ -395,7 +395,7 @@ def test_mlp_backprop_is_autograds_loss_logits_and_gradients_bitwise(shape, hidd
 
 def test_plain_mlps_train_by_hand_in_chunks_to_the_same_weights(plain_mlp_moons, tmp_path, monkeypatch):
     calls = counting_backprop(monkeypatch)
-    run = fit_moons(tmp_path, *BY_HAND[2:], "--steps_per_execution", "3")
+    run = fit_moons(tmp_path, *NO_DROPOUT, "--steps_per_execution", "3")
     assert len(calls) == 12  # every step of the 3 epochs (the plain run's fixture made none)
     a, b = load_checkpoint(plain_mlp_moons / "last.ckpt"), load_checkpoint(run / "last.ckpt")
     same_training(a, b)
@@ -407,16 +407,16 @@ def test_plain_mlps_train_by_hand_in_chunks_to_the_same_weights(plain_mlp_moons,
                                        ["--model.optimizer", "adamw", "--model.weight_decay", "0.01"]])
 def test_by_hand_gradients_step_any_optimizer_to_the_plain_paths_weights(tmp_path, monkeypatch, optimizer):
     # SGD steps through torch.optim (fused_adam_step declines it); AdamW through the direct fused kernel.
-    plain = fit_moons(tmp_path / "plain", *BY_HAND[2:], *optimizer, "--steps_per_execution", "1")
+    plain = fit_moons(tmp_path / "plain", *NO_DROPOUT, *optimizer, "--steps_per_execution", "1")
     calls = counting_backprop(monkeypatch)
-    run = fit_moons(tmp_path / "chunks", *BY_HAND[2:], *optimizer, "--steps_per_execution", "3")
+    run = fit_moons(tmp_path / "chunks", *NO_DROPOUT, *optimizer, "--steps_per_execution", "3")
     assert len(calls) == 12
     same_training(load_checkpoint(plain / "last.ckpt"), load_checkpoint(run / "last.ckpt"))
 
 
 def test_a_by_hand_run_interrupted_mid_epoch_resumes_exactly(plain_mlp_moons, tmp_path, monkeypatch):
     calls = counting_backprop(monkeypatch)
-    args = ["fit", *BY_HAND, "--runs_root", str(tmp_path), "--steps_per_execution", "3"]
+    args = ["fit", *SPE, *NO_DROPOUT, "--runs_root", str(tmp_path), "--steps_per_execution", "3"]
     assert train.main([*args, "--trainer.callbacks+=test_module.SigintAt", "--trainer.callbacks.step", "7"]) != 0
     (run,) = tmp_path.glob("moons/mlp/*")
     assert load_checkpoint(run / "last.ckpt")["global_step"] == 7
@@ -433,7 +433,7 @@ def test_nan_stop_names_the_step_on_the_by_hand_path(tmp_path, monkeypatch, caps
         return logits, loss * float("nan") if len(calls) == 5 else loss
 
     monkeypatch.setattr(zoo.module, "mlp_backprop", lambda *a: calls.append(1) or poisoned(*a))
-    assert train.main(["fit", *BY_HAND, "--runs_root", str(tmp_path), "--steps_per_execution", "3"]) != 0
+    assert train.main(["fit", *SPE, *NO_DROPOUT, "--runs_root", str(tmp_path), "--steps_per_execution", "3"]) != 0
     err = capsys.readouterr().err
     assert "The training loss became nan at epoch 1, step 4" in err and "Traceback" not in err, err
 
