@@ -112,6 +112,36 @@ def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[floa
 
 
 @contextlib.contextmanager
+def timed_calls(targets: dict[str, tuple[object, str]]):
+    """Within the block, every call of each target (a name -> (owner, attribute) of a function or
+    method) adds its seconds to the yielded dict under its name; the originals are put back after,
+    also when the block fails. Nested targets each count their own time (a caller's includes its callees')."""
+    spent = {name: 0.0 for name in targets}
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in targets.items()}
+
+    def timed(name, f):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+        return call
+
+    inherited = {name for name, (owner, attr) in targets.items() if attr not in vars(owner)}  # a base class's method
+    for name, (owner, attr) in targets.items():
+        setattr(owner, attr, timed(name, originals[name]))
+    try:
+        yield spent
+    finally:
+        for name, (owner, attr) in targets.items():
+            if name in inherited:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, originals[name])
+
+
+@contextlib.contextmanager
 def num_threads(n: int | None):
     """Run a block with torch.set_num_threads(n) (None: leave it), restoring the old count after."""
     old = torch.get_num_threads()

@@ -9,7 +9,6 @@ flushing changes the weights in their last bits, so it would need its own decisi
 """
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -18,35 +17,20 @@ import torch  # noqa: E402
 
 import train  # noqa: E402
 import zoo.module  # noqa: E402
-from bench.common import data_dir, med, spread  # noqa: E402
+from bench.common import data_dir, med, spread, timed_calls  # noqa: E402
 
 TIMED = {"chunk": (zoo.module.ZooModule, "_train_chunk"), "mlp_backprop": (zoo.module, "mlp_backprop"),
          "fused Adam": (zoo.module, "fused_adam_step")}
 
 
 def fit(flush: bool) -> dict[str, float]:
-    spent = {name: 0.0 for name in TIMED}
-    originals = {name: getattr(owner, attr) for name, (owner, attr) in TIMED.items()}
-
-    def timed(name, f):
-        def call(*args):
-            start = time.perf_counter()
-            out = f(*args)
-            spent[name] += time.perf_counter() - start
-            return out
-        return call
-
-    for name, (owner, attr) in TIMED.items():
-        setattr(owner, attr, timed(name, originals[name]))
     torch.set_flush_denormal(flush)
     try:
-        with tempfile.TemporaryDirectory() as root:
+        with timed_calls(TIMED) as spent, tempfile.TemporaryDirectory() as root:
             assert train.main(["fit", "--data", "fashion_mnist", "--data.data_dir", str(data_dir()), "--model.arch",
                                "mlp", "--trainer.max_epochs", "4", "--quiet", "true", "--runs_root", root]) == 0
     finally:
         torch.set_flush_denormal(False)
-        for name, (owner, attr) in TIMED.items():
-            setattr(owner, attr, originals[name])
     return spent
 
 

@@ -161,3 +161,41 @@ def test_the_denormals_probe_flushes_during_its_fit_and_restores_everything_afte
         denormals.fit(True)
     assert seen == [0.0] and subnormal() > 0
     assert {name: getattr(owner, attr) for name, (owner, attr) in denormals.TIMED.items()} == originals
+
+
+def test_timed_calls_times_each_target_and_puts_back_what_it_replaced():
+    """bench.common.timed_calls: a module function and a method a subclass inherits are timed inside the
+    block; after it, also after an error, the function is the original again and the subclass again
+    inherits (no copy of the base's method left on it)."""
+    import types
+
+    from bench.common import timed_calls
+
+    class Base:
+        def work(self):
+            return sum(range(1000))
+
+    class Sub(Base):
+        pass
+
+    mod = types.SimpleNamespace(f=lambda x: x + 1)
+    original = mod.f
+    with pytest.raises(ZeroDivisionError):
+        with timed_calls({"f": (mod, "f"), "work": (Sub, "work")}) as spent:
+            assert mod.f(1) == 2 and Sub().work() == 499500 and Base.work is not Sub.work
+            1 / 0
+    assert spent["f"] > 0 and spent["work"] > 0
+    assert mod.f is original and "work" not in vars(Sub) and Sub.work is Base.work
+
+
+def test_the_fit_step_probe_finds_every_piece_it_times():
+    """bench/fitstep.py (issue 18): a real one-epoch fit; every timed piece was called (a method Lightning
+    renamed would read 0), and the nesting its rows assume holds."""
+    require_data("fashion_mnist")
+    from bench.fitstep import ROWS, TIMED, fit
+
+    t = fit(epochs=1)
+    assert all(t[name] > 0 for name in TIMED), t
+    assert t["fit_seconds"] >= t["fit loop"] >= t["Lightning steps"] >= t["chunks"]
+    assert t["chunks"] >= t["mlp_backprop"] + t["fused Adam"] + t["normalisation"] + t["reseed"]
+    assert len({name for name, _, _ in ROWS}) == len(ROWS)

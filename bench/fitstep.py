@@ -1,0 +1,110 @@
+"""Where a fit's training time goes (issue 18, goal 3): the lecture's Fashion-MNIST MLP (`train.py fit`,
+4 epochs, --quiet, the defaults, in this process) with timers around the pieces of its training path,
+beside the same step timed alone (bench/mlpstep.py's 'by hand': mlp_backprop and the fused Adam step
+on tensors already in memory). Rounds alternate a fit and the step alone; a cell is the median
+(min-max) of the rounds, in seconds per fit and in microseconds per training step (2,200 a fit).
+
+Timed pieces nest: a chunk's time includes its steps', the Lightning steps' include the chunks', and
+each 'rest' row is its parent less the rows above it. A Lightning step is, to within a few
+microseconds, its chunk, the fetch of the next chunk and the batch-transfer hooks. 'Validation' is
+Lightning's end-of-step work, which runs the validation pass after each epoch's last step; the
+checkpoints are saved in the epoch-end hooks; 'rest of the loop' holds those hooks' other work and
+the start-of-training hooks (the sample picture); 'before the loop' is fit_seconds less the fit loop
+(the sanity check).
+
+    python bench/fitstep.py [ROUNDS] [THREADS]   # e.g. 3 2 > results/fitstep_avx2.txt (needs ./data, or $ZOO_DATA)
+"""
+import contextlib
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from lightning.pytorch import LightningModule, Trainer  # noqa: E402
+from lightning.pytorch.loops import fetchers, fit_loop, training_epoch_loop  # noqa: E402
+
+import zoo.module  # noqa: E402
+from bench.common import data_dir, read_metrics, spread, timed_calls  # noqa: E402
+from bench.mlpstep import BATCH, by_hand  # noqa: E402
+from datamodules.tensor import LazyChunk  # noqa: E402
+from zoo.models.registry import create_model  # noqa: E402
+
+STEPS = 2200  # 4 epochs of 550 batches of 100 (55,000 training images)
+TIMED = {
+    "fit loop": (fit_loop._FitLoop, "run"),
+    "Lightning steps": (training_epoch_loop._TrainingEpochLoop, "advance"),
+    "chunks": (zoo.module.ZooModule, "_train_chunk"),
+    "mlp_backprop": (zoo.module, "mlp_backprop"),
+    "fused Adam": (zoo.module, "fused_adam_step"),
+    "normalisation": (LazyChunk, "__getitem__"),
+    "reseed": (zoo.module.ZooModule, "_reseed"),
+    "fetch": (fetchers._PrefetchDataFetcher, "__next__"),
+    "batch transfer": (LightningModule, "_apply_batch_transfer_handler"),
+    "epoch ends": (training_epoch_loop._TrainingEpochLoop, "on_advance_end"),
+    "checkpoint saves": (Trainer, "save_checkpoint"),
+}
+# (row, indent, how to get its seconds from one fit's timings)
+ROWS = [
+    ("fit_seconds (metrics.json)", 0, lambda t: t["fit_seconds"]),
+    ("before the loop", 1, lambda t: t["fit_seconds"] - t["fit loop"]),
+    ("fit loop", 1, lambda t: t["fit loop"]),
+    ("Lightning steps (44 chunks of 50)", 2, lambda t: t["Lightning steps"]),
+    ("chunks (ZooModule._train_chunk)", 3, lambda t: t["chunks"]),
+    ("mlp_backprop", 4, lambda t: t["mlp_backprop"]),
+    ("fused Adam", 4, lambda t: t["fused Adam"]),
+    ("normalisation", 4, lambda t: t["normalisation"]),
+    ("reseed", 4, lambda t: t["reseed"]),
+    ("rest of the chunk", 4, lambda t: t["chunks"] - sum(t[k] for k in ("mlp_backprop", "fused Adam",
+                                                                       "normalisation", "reseed"))),
+    ("fetching the next chunk", 3, lambda t: t["fetch"]),
+    ("its batch transfer hooks", 3, lambda t: t["batch transfer"]),
+    ("validation (in the epochs' last steps)", 2, lambda t: t["epoch ends"]),
+    ("checkpoint saves (in the epoch-end hooks)", 2, lambda t: t["checkpoint saves"]),
+    ("rest of the loop", 2, lambda t: t["fit loop"] - t["Lightning steps"] - t["epoch ends"] - t["checkpoint saves"]),
+]
+
+
+def fit(epochs: int = 4) -> dict[str, float]:
+    import train
+
+    with timed_calls(TIMED) as spent, tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
+        assert train.main(["fit", "--data", "fashion_mnist", "--data.data_dir", str(data_dir()), "--model.arch", "mlp",
+                           "--trainer.max_epochs", str(epochs), "--quiet", "true", "--runs_root", root]) == 0
+        return {**spent, "fit_seconds": read_metrics(Path(root))[0]["fit_seconds"]}
+
+
+def step_alone(steps: int = 550) -> float:
+    """Seconds per step of mlp_backprop + fused Adam on in-memory tensors (bench/mlpstep.py's by hand)."""
+    torch.manual_seed(0)
+    xs, ys = torch.randn(steps, BATCH, 1, 28, 28), torch.randint(0, 10, (steps, BATCH))
+    net = create_model("mlp", [1, 28, 28], 10)
+    net.linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    by_hand(net, opt, xs[0], ys[0])  # Adam's state, as a fit's first step makes it
+    start = time.perf_counter()
+    for x, y in zip(xs, ys):
+        by_hand(net, opt, x, y)
+    return (time.perf_counter() - start) / steps
+
+
+def main(rounds: int) -> None:
+    fits, alone = [], []
+    for _ in range(rounds):
+        fits.append(fit())
+        alone.append(step_alone())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} fits of {STEPS:,} steps, "
+          f"each followed by {550} steps alone")
+    print(f"{'':46s} {'s per fit':>22s} {'us per step':>22s}")
+    for name, indent, value in ROWS:
+        seconds = [value(t) for t in fits]
+        print(f"{'  ' * indent + name:46s} {spread(seconds, 3):>22s} {spread(seconds, 0, 1e6 / STEPS):>22s}")
+    print(f"{'the step alone (mlp_backprop + fused Adam)':46s} {'':>22s} {spread(alone, 0, 1e6):>22s}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else torch.get_num_threads())
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
