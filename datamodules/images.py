@@ -53,4 +53,7 @@ def normalize(x: Tensor, mean: Tensor | Sequence[float], std: Tensor | Sequence[
         return x
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device)
-    return x.float().div_(255).sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))
+    # x.div(255) converts and divides in one pass, bitwise x.float().div_(255); but it gives the default
+    # dtype, which Lightning's 64-true sets to float64 around each step, where the model casts float32 inputs.
+    x = x.div(255) if torch.get_default_dtype() == torch.float32 else x.float().div_(255)
+    return x.sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))

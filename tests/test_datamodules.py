@@ -190,6 +190,38 @@ def test_a_chunk_is_normalised_one_batch_at_a_time():
     assert torch.equal(chunk[3][0], batches[3][0])
 
 
+def test_normalise_is_bitwise_the_four_pass_formula_in_any_default_dtype():
+    """datamodules.images.normalize fuses the uint8 -> float conversion into the division: the values must
+    be bitwise (x.float() / 255 - mean) / std's, also while Lightning's 64-true makes float64 the default
+    dtype around each step (x.div(255) alone would then give float64)."""
+    from datamodules.images import normalize
+
+    g = torch.Generator().manual_seed(0)
+    cases = (((64, 1, 28, 28), [0.2860], [0.3530]), ((16, 3, 32, 32), [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]))
+    for shape, mean, std in cases:
+        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+        m, s = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+        expected = x.float().div_(255).sub_(m).div_(s)
+        old = torch.get_default_dtype()
+        for default in (torch.float32, torch.float64):
+            torch.set_default_dtype(default)
+            try:
+                out = normalize(x, mean, std)
+            finally:
+                torch.set_default_dtype(old)
+            assert out.dtype == torch.float32 and torch.equal(out, expected), default
+
+
+def test_a_chunk_already_on_the_device_is_not_walked_and_one_elsewhere_is_moved():
+    dm = create_datamodule("moons")
+    chunk = [(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)) for _ in range(3)]
+    assert dm.transfer_batch_to_device(chunk, torch.device("cpu"), 0) is chunk
+    moved = dm.transfer_batch_to_device(chunk, torch.device("meta"), 0)  # (meta stands in for a GPU)
+    assert len(moved) == 3 and all(t.device.type == "meta" for pair in moved for t in pair)
+    x, y = dm.transfer_batch_to_device((chunk[0][0], chunk[0][1]), torch.device("meta"), 0)  # a plain batch
+    assert x.device.type == y.device.type == "meta"
+
+
 # --- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,expected", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
                                            ("cifar10", "cifar-10-batches-py")])

@@ -10,6 +10,7 @@ strings, numbers and lists, so every checkpoint loads with torch's `weights_only
 import inspect
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -301,10 +302,14 @@ class ZooModule(L.LightningModule):
         listened = listened_step_hooks(self.trainer) if direct else set()
         outputs, first_step = [], self.global_step
         linears = self._backprop_by_hand(listened) if direct else None
+        by_hand_dtype = linears[0].weight.dtype if linears is not None else None
+        reseed, first_batch = self._reseeder(), batch_idx * self.steps_per_execution
         for j, (x, y) in enumerate(batch):
-            self._reseed(batch_idx * self.steps_per_execution + j)
-            self.last_step_in_epoch = last_chunk and j == len(batch) - 1
-            if linears is not None and x.dtype == linears[0].weight.dtype:
+            reseed(first_batch + j)
+            last = last_chunk and j == len(batch) - 1
+            if last != self.last_step_in_epoch:  # (nn.Module's setattr costs ~7 us a step; it changes twice an epoch)
+                self.last_step_in_epoch = last
+            if x.dtype == by_hand_dtype:
                 logits, loss = mlp_backprop(linears, x, y)  # and the gradients: autograd's, bitwise
                 self._step_directly(opt, None, listened)
             else:
@@ -500,18 +505,19 @@ class ZooModule(L.LightningModule):
             self.last_step_in_epoch = batch_idx + 1 >= self.trainer.num_training_batches
 
     def _reseed(self, batch_idx: int) -> None:
-        # Dropout draws from the device's global RNG. Reseeding it from (seed, epoch, step, rank)
-        # makes every step reproducible on its own, so a run resumed anywhere (after a crash at an
-        # epoch's end, or Ctrl-C / SIGTERM mid-epoch) continues exactly as if never stopped.
-        # (The device's generator only: torch.manual_seed would cost 80 us per step.)
-        seed = mix_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.current_epoch, batch_idx, self.global_rank)
+        self._reseeder()(batch_idx)
+
+    def _reseeder(self) -> Callable[[int], None]:
+        """reseed(batch_idx) for this epoch: dropout draws from the device's global RNG, and reseeding
+        it from (seed, epoch, step, rank) makes every step reproducible on its own, so a run resumed
+        anywhere (after a crash at an epoch's end, or Ctrl-C / SIGTERM mid-epoch) continues exactly as
+        if never stopped. (The device's generator only: torch.manual_seed would cost 80 us per step.
+        Made once per chunk: Lightning's epoch, rank and device properties cost ~15 us a step to read.)"""
+        seed, epoch, rank = int(os.environ.get("PL_GLOBAL_SEED", 0)), self.current_epoch, self.global_rank
         device = self.device
-        if device.type == "cuda":
-            torch.cuda.manual_seed(seed)
-        elif device.type == "mps":
-            torch.mps.manual_seed(seed)
-        else:
-            torch.default_generator.manual_seed(seed)
+        set_seed = {"cuda": torch.cuda.manual_seed, "mps": torch.mps.manual_seed}.get(
+            device.type, torch.default_generator.manual_seed)
+        return lambda batch_idx: set_seed(mix_seed(seed, epoch, batch_idx, rank))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Which dataset the weights belong to: resume and evaluate refuse a mismatch by name.
