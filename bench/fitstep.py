@@ -41,7 +41,6 @@ TIMED = {
     "mlp_backprop": (zoo.module, "mlp_backprop"),
     "fused Adam": (zoo.module, "fused_adam_step"),
     "normalisation": (LazyChunk, "__getitem__"),
-    "reseed": (zoo.module.ZooModule, "_reseed"),
     "fetch": (fetchers._PrefetchDataFetcher, "__next__"),
     "batch transfer": (LightningModule, "_apply_batch_transfer_handler"),
     "epoch ends": (training_epoch_loop._TrainingEpochLoop, "on_advance_end"),
@@ -57,9 +56,8 @@ ROWS = [
     ("mlp_backprop", 4, lambda t: t["mlp_backprop"]),
     ("fused Adam", 4, lambda t: t["fused Adam"]),
     ("normalisation", 4, lambda t: t["normalisation"]),
-    ("reseed", 4, lambda t: t["reseed"]),
-    ("rest of the chunk", 4, lambda t: t["chunks"] - sum(t[k] for k in ("mlp_backprop", "fused Adam",
-                                                                       "normalisation", "reseed"))),
+    ("rest of the chunk (reseeds, metrics, NaN check)", 4,
+     lambda t: t["chunks"] - t["mlp_backprop"] - t["fused Adam"] - t["normalisation"]),
     ("fetching the next chunk", 3, lambda t: t["fetch"]),
     ("its batch transfer hooks", 3, lambda t: t["batch transfer"]),
     ("validation (in the epochs' last steps)", 2, lambda t: t["epoch ends"]),
@@ -98,11 +96,13 @@ def main(rounds: int) -> None:
         alone.append(step_alone())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} fits of {STEPS:,} steps, "
           f"each followed by {550} steps alone")
-    print(f"{'':46s} {'s per fit':>22s} {'us per step':>22s}")
+    alone_name = "the step alone (mlp_backprop + fused Adam)"
+    w = max(len(alone_name), *(2 * indent + len(name) for name, indent, _ in ROWS))
+    print(f"{'':{w}s} {'s per fit':>22s} {'us per step':>22s}")
     for name, indent, value in ROWS:
         seconds = [value(t) for t in fits]
-        print(f"{'  ' * indent + name:46s} {spread(seconds, 3):>22s} {spread(seconds, 0, 1e6 / STEPS):>22s}")
-    print(f"{'the step alone (mlp_backprop + fused Adam)':46s} {'':>22s} {spread(alone, 0, 1e6):>22s}")
+        print(f"{'  ' * indent + name:{w}s} {spread(seconds, 3):>22s} {spread(seconds, 0, 1e6 / STEPS):>22s}")
+    print(f"{alone_name:{w}s} {'':>22s} {spread(alone, 0, 1e6):>22s}")
 
 
 if __name__ == "__main__":
