@@ -281,14 +281,16 @@ def test_steps_directly_only_where_the_backward_and_step_are_plain():
     assert not steps_directly(trainer(Precision(), module=OwnBackward("mlp", num_classes=2, input_shape=[2])))
 
 
-def adam_pair(kind, **options):
+def adam_pair(kind, shared: bool = False, **options):
     """Two identical MLPs, each with its own optimizer of `kind`: two groups (their own lr and weight
-    decay), a cosine schedule."""
+    decay, or with shared=True the same ones, as train.py's default groups have without weight decay),
+    a cosine schedule."""
     torch.manual_seed(0)
     nets = [zoo.module.create_model("mlp", [1, 8, 8], 10) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
+    second = dict(weight_decay=0.05) if shared else dict(weight_decay=0.0, lr=3e-3)
     opts = [kind([dict(params=list(n.parameters())[:2], weight_decay=0.05),
-                  dict(params=list(n.parameters())[2:], weight_decay=0.0, lr=3e-3)], lr=1e-3, **options) for n in nets]
+                  dict(params=list(n.parameters())[2:], **second)], lr=1e-3, **options) for n in nets]
     return nets, opts, [torch.optim.lr_scheduler.CosineAnnealingLR(o, 10) for o in opts]
 
 
@@ -296,9 +298,13 @@ def backward(net, x, y):
     torch.nn.functional.cross_entropy(net(x), y).backward()
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own hyperparameters", "shared hyperparameters"])
 @pytest.mark.parametrize("kind", [torch.optim.Adam, torch.optim.AdamW])
-def test_the_direct_fused_adam_step_is_torchs_step(kind):
-    nets, opts, scheds = adam_pair(kind, fused=True)
+def test_the_direct_fused_adam_step_is_torchs_step(kind, shared, monkeypatch):
+    """Bitwise torch's step, in one kernel call for groups that share every hyperparameter, one per group otherwise."""
+    nets, opts, scheds = adam_pair(kind, shared, fused=True)
+    name = "_fused_adamw_" if kind is torch.optim.AdamW else "_fused_adam_"
+    calls, kernel = [], getattr(torch, name)
     answers = []  # the first is False: no state yet, which opt.step() creates
     for _ in range(10):
         x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
@@ -306,12 +312,15 @@ def test_the_direct_fused_adam_step_is_torchs_step(kind):
             opt.zero_grad()
             backward(net, x, y)
         opts[0].step()
-        answers.append(fused_adam_step(opts[1]))
+        with monkeypatch.context() as m:
+            m.setattr(torch, name, lambda *a, **k: calls.append(len(a[0])) or kernel(*a, **k))
+            answers.append(fused_adam_step(opts[1]))
         if not answers[-1]:
             opts[1].step()
         for s in scheds:
             s.step()
     assert answers == [False] + [True] * 9
+    assert calls == ([4] if shared else [2, 2]) * 9  # tensors per kernel call: the MLP's 2 weights and 2 biases
     assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
     states = [o.state_dict()["state"] for o in opts]
     assert all(torch.equal(states[0][i][k], states[1][i][k])

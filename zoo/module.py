@@ -21,6 +21,7 @@ from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer import call
+from torch.optim import optimizer as torch_optimizer
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -663,41 +664,46 @@ def fused_adam_step(opt: torch.optim.Optimizer) -> bool:
     """Adam's or AdamW's fused step straight into torch's kernel: what `opt.step()` runs once every
     parameter has its state, without its per-call Python (hook and profiler dispatch, lazy-state
     checks, grouping by device), which costs more than the kernel itself for a small model (bench/
-    hotpath.py). Same kernel, arguments and order, so the same weights (tests/test_fast_path.py).
+    hotpath.py). Same kernel and arguments, so the same weights (tests/test_fast_path.py).
     Returns False, having done nothing, wherever that is not plainly so (another optimizer, an option
     this call does not pass, a hook, a state still to create, mixed devices); the caller steps then."""
-    from torch.optim import optimizer as torch_optimizer
-
     if (type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or opt._optimizer_step_pre_hooks
             or opt._optimizer_step_post_hooks or torch_optimizer._global_optimizer_pre_hooks
             or torch_optimizer._global_optimizer_post_hooks or getattr(opt, "grad_scale", None) is not None
             or getattr(opt, "found_inf", None) is not None):
         return False
-    calls = []
+    # One kernel call per set of hyperparameters, device and dtype, not per group: the kernel updates each
+    # tensor on its own, and the default groups (weights; biases without weight decay) often share all of them.
+    calls: dict[tuple, list[list]] = {}
     for group in opt.param_groups:
+        beta1, beta2 = group["betas"]
+        tensor_options = (isinstance(group["lr"], torch.Tensor) or isinstance(group["eps"], torch.Tensor)
+                          or isinstance(beta1, torch.Tensor) or isinstance(beta2, torch.Tensor))
         if (not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]
-                or group["differentiable"] or any(isinstance(group[k], torch.Tensor) for k in ("lr", "eps"))
-                or any(isinstance(b, torch.Tensor) for b in group["betas"])):
+                or group["differentiable"] or tensor_options):
             return False
         params = [p for p in group["params"] if p.grad is not None]
         states = [opt.state.get(p) for p in params]
-        if not all(s and {"step", "exp_avg", "exp_avg_sq"} <= s.keys() for s in states):
+        if not all(s and "step" in s and "exp_avg" in s and "exp_avg_sq" in s for s in states):
             return False
-        tensors = [params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
-        steps = [s["step"] for s in states]
-        devices, dtypes = {t.device for ts in (*tensors, steps) for t in ts}, {t.dtype for ts in tensors for t in ts}
+        # By the parameters alone, as torch's own fused step groups them: a gradient always matches its
+        # parameter's device and dtype (torch checks every assignment), and Adam's state follows them.
+        devices, dtypes = {p.device for p in params}, {p.dtype for p in params}
         if len(devices) > 1 or len(dtypes) > 1 or any(p.is_complex() or p.grad.is_sparse for p in params):
             return False
-        calls.append((group, tensors, steps))
+        tensors = [params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                   [s["step"] for s in states]]
+        if params:
+            key = (group["decoupled_weight_decay"], group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                   *devices, *dtypes)
+            for into, ts in zip(calls.setdefault(key, [[], [], [], [], []]), tensors):
+                into.extend(ts)
     with torch.no_grad():
-        for group, tensors, steps in calls:
-            if not steps:
-                continue
+        for (decoupled, lr, beta1, beta2, eps, weight_decay, _, _), (*tensors, steps) in calls.items():
             torch._foreach_add_(steps, 1)
-            kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-            beta1, beta2 = group["betas"]
-            kernel(*tensors, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                   weight_decay=group["weight_decay"], maximize=False, grad_scale=None, found_inf=None)
+            kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+            kernel(*tensors, [], steps, amsgrad=False, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                   weight_decay=weight_decay, maximize=False, grad_scale=None, found_inf=None)
     return True
 
 
