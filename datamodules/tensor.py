@@ -416,8 +416,10 @@ class TensorDataModule(L.LightningDataModule):
         # A chunk (--steps_per_execution) is a list of (x, y) pairs, which TensorLoader makes where the
         # data lives: when that is the device already, there is nothing to move, and Lightning's walk
         # over the 100 tensors of a 50-batch chunk would cost ~0.5 ms a chunk to find that out.
-        on_device = (isinstance(t, Tensor) and t.device == device for pair in batch for t in pair)
-        if isinstance(batch, list) and all(on_device):
+        def on_device(pair) -> bool:
+            return isinstance(pair, tuple) and all(isinstance(t, Tensor) and t.device == device for t in pair)
+
+        if isinstance(batch, list) and all(on_device(pair) for pair in batch):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 

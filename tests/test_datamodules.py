@@ -220,6 +220,9 @@ def test_a_chunk_already_on_the_device_is_not_walked_and_one_elsewhere_is_moved(
     assert len(moved) == 3 and all(t.device.type == "meta" for pair in moved for t in pair)
     x, y = dm.transfer_batch_to_device((chunk[0][0], chunk[0][1]), torch.device("meta"), 0)  # a plain batch
     assert x.device.type == y.device.type == "meta"
+    # A subclass's loader may yield lists, with a 0-d tensor in them: moved as Lightning would, not iterated.
+    x, y, w = dm.transfer_batch_to_device([chunk[0][0], chunk[0][1], torch.tensor(0.5)], torch.device("meta"), 0)
+    assert x.device.type == y.device.type == w.device.type == "meta"
 
 
 # --- errors ---------------------------------------------------------------------------------
