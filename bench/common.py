@@ -262,6 +262,17 @@ def run_cli(args: list[str], runs_root: str | Path, *, rich_tty: bool = False):
                 os.environ[k] = v
 
 
+def timed_lecture_fit(targets: dict[str, tuple[object, str]], epochs: int = 4) -> tuple[dict[str, float], dict]:
+    """The lecture's Fashion-MNIST MLP, `train.py fit` in this process with the defaults and --quiet, its
+    printing swallowed, under timed_calls(targets): the seconds per target and the run's metrics.json."""
+    import train
+
+    with timed_calls(targets) as spent, tmpdir() as root, contextlib.redirect_stdout(io.StringIO()):
+        assert train.main(["fit", "--data", "fashion_mnist", "--data.data_dir", data_dir(), "--model.arch", "mlp",
+                           "--trainer.max_epochs", str(epochs), "--quiet", "true", "--runs_root", root]) == 0
+        return spent, read_metrics(Path(root))[0]
+
+
 def callback(trainer, name: str):
     """The trainer's callback of class `name`."""
     return next(c for c in trainer.callbacks if type(c).__name__ == name)

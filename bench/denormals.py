@@ -8,16 +8,14 @@ flushing changes the weights in their last bits, so it would need its own decisi
     python bench/denormals.py [ROUNDS]   # e.g. 2 > results/denormals_avx2.txt (needs ./data, or $ZOO_DATA)
 """
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import train  # noqa: E402
 import zoo.module  # noqa: E402
-from bench.common import data_dir, med, spread, timed_calls  # noqa: E402
+from bench.common import med, spread, timed_lecture_fit  # noqa: E402
 
 TIMED = {"chunk": (zoo.module.ZooModule, "_train_chunk"), "mlp_backprop": (zoo.module, "mlp_backprop"),
          "fused Adam": (zoo.module, "fused_adam_step")}
@@ -26,12 +24,9 @@ TIMED = {"chunk": (zoo.module.ZooModule, "_train_chunk"), "mlp_backprop": (zoo.m
 def fit(flush: bool) -> dict[str, float]:
     torch.set_flush_denormal(flush)
     try:
-        with timed_calls(TIMED) as spent, tempfile.TemporaryDirectory() as root:
-            assert train.main(["fit", "--data", "fashion_mnist", "--data.data_dir", str(data_dir()), "--model.arch",
-                               "mlp", "--trainer.max_epochs", "4", "--quiet", "true", "--runs_root", root]) == 0
+        return timed_lecture_fit(TIMED)[0]
     finally:
         torch.set_flush_denormal(False)
-    return spent
 
 
 def main(rounds: int) -> None:

@@ -14,10 +14,7 @@ the start-of-training hooks (the sample picture); 'before the loop' is fit_secon
 
     python bench/fitstep.py [ROUNDS] [THREADS]   # e.g. 3 2 > results/fitstep_avx2.txt (needs ./data, or $ZOO_DATA)
 """
-import contextlib
-import io
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +25,9 @@ from lightning.pytorch import LightningModule, Trainer  # noqa: E402
 from lightning.pytorch.loops import fetchers, fit_loop, training_epoch_loop  # noqa: E402
 
 import zoo.module  # noqa: E402
-from bench.common import data_dir, read_metrics, spread, timed_calls  # noqa: E402
-from bench.mlpstep import BATCH, by_hand  # noqa: E402
+from bench.common import spread, timed_lecture_fit  # noqa: E402
+from bench.mlpstep import batches, by_hand, lecture_mlp  # noqa: E402
 from datamodules.tensor import LazyChunk  # noqa: E402
-from zoo.models.registry import create_model  # noqa: E402
 
 STEPS = 2200  # 4 epochs of 550 batches of 100 (55,000 training images)
 TIMED = {
@@ -67,21 +63,14 @@ ROWS = [
 
 
 def fit(epochs: int = 4) -> dict[str, float]:
-    import train
-
-    with timed_calls(TIMED) as spent, tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(io.StringIO()):
-        assert train.main(["fit", "--data", "fashion_mnist", "--data.data_dir", str(data_dir()), "--model.arch", "mlp",
-                           "--trainer.max_epochs", str(epochs), "--quiet", "true", "--runs_root", root]) == 0
-        return {**spent, "fit_seconds": read_metrics(Path(root))[0]["fit_seconds"]}
+    spent, metrics = timed_lecture_fit(TIMED, epochs)
+    return {**spent, "fit_seconds": metrics["fit_seconds"]}
 
 
 def step_alone(steps: int = 550) -> float:
     """Seconds per step of mlp_backprop + fused Adam on in-memory tensors (bench/mlpstep.py's by hand)."""
-    torch.manual_seed(0)
-    xs, ys = torch.randn(steps, BATCH, 1, 28, 28), torch.randint(0, 10, (steps, BATCH))
-    net = create_model("mlp", [1, 28, 28], 10)
-    net.linears = [m for m in net if isinstance(m, torch.nn.Linear)]
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    xs, ys = batches(steps)
+    net, opt = lecture_mlp()
     by_hand(net, opt, xs[0], ys[0])  # Adam's state, as a fit's first step makes it
     start = time.perf_counter()
     for x, y in zip(xs, ys):

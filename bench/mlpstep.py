@@ -46,19 +46,28 @@ def by_hand(net, opt, x, y) -> None:
         opt.step()
 
 
+def lecture_mlp() -> tuple[torch.nn.Sequential, torch.optim.Adam]:
+    """The lecture's MLP, its Linear layers listed for mlp_backprop, and its fused Adam."""
+    net = create_model("mlp", [1, 28, 28], 10)
+    net.linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    return net, torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+
+
+def batches(steps: int = STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` random batches shaped like Fashion-MNIST's (seed 0), and their labels."""
+    torch.manual_seed(0)
+    return torch.randn(steps, BATCH, 1, 28, 28), torch.randint(0, 10, (steps, BATCH))
+
+
 WAYS = {"autograd": autograd, "autograd, direct Adam": autograd_direct, "by hand (train.py now)": by_hand}
 
 
 def main(rounds: int) -> None:
-    torch.manual_seed(0)
-    xs = torch.randn(STEPS, BATCH, 1, 28, 28)
-    ys = torch.randint(0, 10, (STEPS, BATCH))
+    xs, ys = batches()
     nets, opts, samples = {}, {}, {name: [] for name in WAYS}
     for name in WAYS:
         torch.manual_seed(1)
-        nets[name] = create_model("mlp", [1, 28, 28], 10)
-        nets[name].linears = [m for m in nets[name] if isinstance(m, torch.nn.Linear)]
-        opts[name] = torch.optim.Adam(nets[name].parameters(), lr=1e-3, fused=True)
+        nets[name], opts[name] = lecture_mlp()
     for _ in range(rounds):
         for name, step in WAYS.items():
             start = time.perf_counter()

@@ -155,7 +155,9 @@ def test_the_denormals_probe_flushes_during_its_fit_and_restores_everything_afte
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormals (torch.set_flush_denormal: x86 with SSE3 only)")
     seen = []
-    monkeypatch.setattr(denormals.train, "main", lambda argv: seen.append(subnormal()) or 1)  # a failed fit
+    import train
+
+    monkeypatch.setattr(train, "main", lambda argv: seen.append(subnormal()) or 1)  # a failed fit
     originals = {name: getattr(owner, attr) for name, (owner, attr) in denormals.TIMED.items()}
     with pytest.raises(AssertionError):
         denormals.fit(True)

@@ -502,11 +502,8 @@ class ZooModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.automatic_optimization:  # (chunks reseed per step in _train_chunk)
-            self._reseed(batch_idx)
+            self._reseeder()(batch_idx)
             self.last_step_in_epoch = batch_idx + 1 >= self.trainer.num_training_batches
-
-    def _reseed(self, batch_idx: int) -> None:
-        self._reseeder()(batch_idx)
 
     def _reseeder(self) -> Callable[[int], None]:
         """reseed(batch_idx) for this epoch: dropout draws from the device's global RNG, and reseeding
