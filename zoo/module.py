@@ -308,7 +308,7 @@ class ZooModule(L.LightningModule):
         for j, (x, y) in enumerate(batch):
             reseed(first_batch + j)
             last = last_chunk and j == len(batch) - 1
-            if last != self.last_step_in_epoch:  # (nn.Module's setattr costs ~7 us a step; it changes twice an epoch)
+            if last != self.last_step_in_epoch:  # (nn.Module's setattr is slow, and the flag changes twice an epoch)
                 self.last_step_in_epoch = last
             if x.dtype == by_hand_dtype:
                 logits, loss = mlp_backprop(linears, x, y)  # and the gradients: autograd's, bitwise
@@ -510,7 +510,8 @@ class ZooModule(L.LightningModule):
         it from (seed, epoch, step, rank) makes every step reproducible on its own, so a run resumed
         anywhere (after a crash at an epoch's end, or Ctrl-C / SIGTERM mid-epoch) continues exactly as
         if never stopped. (The device's generator only: torch.manual_seed would cost 80 us per step.
-        Made once per chunk: Lightning's epoch, rank and device properties cost ~15 us a step to read.)"""
+        Made once per chunk: Lightning's epoch, rank and device properties are slow to read; see
+        results/fitstep_avx2_ab.txt.)"""
         seed, epoch, rank = int(os.environ.get("PL_GLOBAL_SEED", 0)), self.current_epoch, self.global_rank
         device = self.device
         set_seed = {"cuda": torch.cuda.manual_seed, "mps": torch.mps.manual_seed}.get(
