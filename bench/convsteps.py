@@ -3,9 +3,11 @@ channels_last, eager or torch.compile (its compile time printed apart). The bare
 (the recipe's optimizer, fused step, data from the in-memory loader), batch 128, after 2 warm-up steps.
 A probe for issue 16, not yet a section of bench.md:
 
-    python bench/convsteps.py resnet20 [THREADS] [VARIANTS] [profile]   # e.g. mobilenetv2 2 "fp32 CL,bf16 CL"
+    python bench/convsteps.py resnet20 [THREADS] [VARIANTS] [profile] [batch=N]   # e.g. mobilenetv2 2 "fp32 CL,bf16 CL"
 
 `profile` adds torch.profiler's table of one step per variant: where the step's time goes, by op.
+`batch=N` times the step at another batch size than the recipe's 128 (a recipe option, issue 16's
+"batch size with scaled learning rate": does a bigger batch buy images/s on this CPU?).
 """
 import sys
 import time
@@ -40,7 +42,9 @@ if __name__ == "__main__":
     arch = sys.argv[1] if len(sys.argv) > 1 else "resnet20"
     torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else torch.get_num_threads())
     names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(VARIANTS)
-    dm = setup_data("cifar10")
+    flags = sys.argv[4:]
+    batch = next((int(f[6:]) for f in flags if f.startswith("batch=")), 128)
+    dm = setup_data("cifar10", batch_size=batch)
     steps = 6 if arch == "mobilenetv2" else 15
     for name in names:
         options = dict(VARIANTS[name])
@@ -52,9 +56,9 @@ if __name__ == "__main__":
         loop.seconds_per_step(1, warmup=2)  # warm-up, and the compile when there is one
         warm = time.perf_counter() - start
         s = loop.seconds_per_step(steps, warmup=0)
-        print(f"{arch:12s} {name:20s} {128 / s:7.1f} img/s  (warm-up + compile {warm:.1f} s), "
-              f"{torch.get_num_threads()} threads", flush=True)
-        if sys.argv[4:5] == ["profile"]:
+        print(f"{arch:12s} {name:20s} {batch / s:7.1f} img/s  (warm-up + compile {warm:.1f} s), "
+              f"batch {batch}, {torch.get_num_threads()} threads", flush=True)
+        if "profile" in flags:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 loop.seconds_per_step(1, warmup=0)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)

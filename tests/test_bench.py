@@ -142,6 +142,23 @@ def test_the_mlp_step_probe_times_three_ways_to_the_same_weights(capsys):
     assert "the same weights after 550 steps each: yes, bitwise" in out, out
 
 
+def test_the_ceiling_probe_counts_a_resnet_step_as_three_forwards_and_times_a_product():
+    """bench/ceiling.py (issue 16): its bound takes a step as 3 forwards; FlopCounterMode's count of a real
+    ResNet-20 forward + backward (no grouped convolutions, where its count is right) must agree."""
+    import math
+
+    import torch
+
+    from bench.ceiling import matmul_gflops, step_flops
+    from zoo.models.profile import profile
+    from zoo.models.registry import create_model
+
+    forward = profile(create_model("resnet20", (3, 32, 32), 10), (3, 32, 32))["flops"]
+    assert 2.9 * forward < step_flops("resnet20") <= 3 * forward
+    g = matmul_gflops(64, torch.float32, seconds=0.01)
+    assert math.isfinite(g) and g > 0
+
+
 def test_the_denormals_probe_flushes_during_its_fit_and_restores_everything_after(monkeypatch):
     """bench/denormals.py (issue 18): subnormals are flushed inside the fit it asks for, and the timing
     wrappers and the flush setting are undone after it, also after a failed fit, so nothing leaks."""
