@@ -190,6 +190,30 @@ def test_no_data_and_no_config_is_the_moons_recipe(capsys):
     assert (cfg["monitor"], cfg["patience"]) == (recipe["monitor"], recipe["patience"])
 
 
+def test_a_config_file_without_a_data_section_trains_the_moons_recipe_under_it(capsys, tmp_path):
+    """A file of trainer settings alone is the moons recipe with those settings on top (it used to be
+    refused: 'the following arguments are required: fit.data')."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("trainer:\n  max_epochs: 3\nmodel:\n  arch: linear\n")
+    cfg = printed_config(capsys, "fit", "--config", str(mine))
+    assert cfg["data"]["class_path"].endswith("MoonsDataModule")
+    assert cfg["trainer"]["max_epochs"] == 3 and cfg["model"]["arch"] == "linear"
+    assert cfg["model"]["lr"] == yaml.safe_load((cli.CONFIGS / "moons.yaml").read_text())["model"]["lr"]
+    # A file that names its data is the whole recipe: the moons recipe does not come underneath it.
+    assert cli.expand_data_shorthand(["fit", f"--config={cli.CONFIGS / 'mnist.yaml'}"]) == [
+        "fit", f"--config={cli.CONFIGS / 'mnist.yaml'}"]
+
+
+def test_an_unknown_model_name_makes_no_directory_anywhere(tmp_path, capsys):
+    """The model's name becomes part of the run directory's path: it is checked before any is made,
+    so a name like ../../x cannot make directories outside --runs_root."""
+    runs = tmp_path / "a" / "runs"
+    for spec in ([], ["--ckpt_path", "last"]):
+        assert fit("--model.arch", "../../escape", "--runs_root", str(runs), *spec) == 2
+        assert "unknown model '../../escape'" in capsys.readouterr().err
+        assert list(tmp_path.rglob("*")) == []
+
+
 def test_help_lists_every_subcommand(capsys):
     assert train.main(["--help"]) == 0
     out = capsys.readouterr().out

@@ -242,8 +242,9 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
     """`--data mnist` means `--config configs/mnist.yaml`: the dataset with its training recipe.
 
     The recipe goes first, right after the subcommand, whatever the position of `--data`: the
-    user's own flags always win over it. With neither --data nor --config, fit/validate/test take
-    the two-moons recipe (configs/moons.yaml), the README's default."""
+    user's own flags always win over it. When neither --data nor a --config file with a `data:`
+    section names the dataset, fit/validate/test take the two-moons recipe (configs/moons.yaml),
+    the README's default, under the user's flags and files (a file of trainer settings alone works)."""
     out, recipes, named, dataset, i = [], [], False, None, 0
     while i < len(args):
         a = args[i]
@@ -251,7 +252,10 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
             name = a.split("=", 1)[1]
         else:
             name = args[i + 1] if a == "--data" and i + 1 < len(args) else None
-        named |= a in ("--data", "--config", "-c") or a.startswith(("--data=", "--config=", "--data.class_path"))
+        named |= a == "--data" or a.startswith(("--data=", "--data.class_path"))
+        if a in ("--config", "-c") or a.startswith("--config="):
+            path = a.partition("=")[2] or (args[i + 1] if "=" not in a and i + 1 < len(args) else "")
+            named |= "data" in read_config(path) or not Path(path).is_file()  # a bad file: the parser says so
         if name is None or "." in name or name.endswith("DataModule") or name.startswith("{"):
             out.append(a)
             i += 1

@@ -38,6 +38,7 @@ from zoo import insight, loggers
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.errors import ZooError
 from zoo.models import profile
+from zoo.models.registry import check_model_name
 from zoo.module import RESOLVED, default_precision, resolve_hparams
 from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale_temp_files
 
@@ -62,6 +63,7 @@ class Run:
     def __init__(self, subcommand: str, cfg) -> None:
         self.subcommand, self.cfg = subcommand, cfg
         self.data, self.arch = data_name(cfg.data), cfg.model.arch
+        check_model_name(self.arch)  # before a run directory or a resume is looked up by its name
         self.ckpt_path: Path | None = None  # the checkpoint to resume or evaluate, resolved
         self.ckpt_hparams: dict | None = None
         self.ckpt_precision: str | None = None
@@ -327,7 +329,7 @@ class Run:
         print(f"\n{self.arch} on {self.data}: {metrics['params']:,} params, {metrics['flops']:,} FLOPs/sample | "
               f"best {cb.monitor} {_fmt(best_score)} | test acc {metrics['test_acc']:.4f} (best checkpoint)"
               f"{exact_text} | "
-              f"{epochs} epochs in {metrics['fit_seconds']:.1f} s{parts} on {metrics['device']}, "
+              f"{epochs} epoch{'s' * (epochs != 1)} in {metrics['fit_seconds']:.1f} s{parts} on {metrics['device']}, "
               f"{metrics['precision']} ({stopped})\n"
               f"checkpoint: {best}\nlogs:       {self.dir}  (tensorboard --logdir {self.dir.parent})")
 

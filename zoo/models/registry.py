@@ -91,10 +91,16 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
-    """Build model `name` for inputs of shape (B, *input_shape); options set to None take the default."""
+def check_model_name(name: str) -> None:
+    """Refuse a name no model is registered under (train.py checks before it names a run directory
+    after it: `--model.arch ../../x` must not make directories anywhere)."""
     if name not in MODELS:
         raise ZooError(f"unknown model '{name}'. Pick one of the registered models: {', '.join(list_models())}.")
+
+
+def create_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
+    """Build model `name` for inputs of shape (B, *input_shape); options set to None take the default."""
+    check_model_name(name)
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
     if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         raise ZooError(f"input_shape {input_shape!r} is not a shape: give positive integers without the "
