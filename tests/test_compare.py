@@ -139,6 +139,25 @@ def test_changed_budget_refuses_to_reuse(compared, capsys):
     assert "was trained with" in err and "--trainer.max_epochs 2" in err
 
 
+@pytest.mark.parametrize("extra, says", [
+    (["--seeds", "0"], "--seeds 0: give a number of seeds (at least 1)"),
+    (["--seeds", "[0,0]"], "--seeds [0, 0]: give a number of seeds"),
+    (["--seeds", "[-1]"], "--seeds [-1]: give a number of seeds"),
+    (["--seeds_for", "{mlp: 0}"], "--seeds_for mlp: 0: give a number of seeds"),
+    (["--seeds_for", "{lenet5: 2}"], "key 'lenet5' names a model or dataset this command does not train"),
+    (["--args_for", "{mnist/mlp: --trainer.max_epochs 1}"], "key 'mnist/mlp' names a model or dataset"),
+    (["--args_for", "{mpl: --trainer.max_epochs 1}"], "key 'mpl' is neither a model name"),
+])
+def test_a_seed_or_key_that_would_train_nothing_or_be_ignored_is_refused(extra, says, tmp_path, capsys):
+    """Refused before any run: --seeds 0 wrote a table of baselines alone, and a --seeds_for or --args_for
+    key for a model the command does not train was silently ignored."""
+    args = ["compare", "--models", "[mlp]", "--datasets", "[moons]", "--out", str(tmp_path / "out"),
+            "--runs_root", str(tmp_path / "runs"), *extra]
+    assert train.main(args) == 2
+    assert says in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_knn_is_exact_on_separable_toy_data():
     torch.manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])

@@ -175,11 +175,12 @@ def test_nothing_readable_is_an_error(digits_ckpt, tmp_path, capsys):
 # --- two-moons points -------------------------------------------------------------------------
 def test_moons_checkpoint_predicts_csv_points(moons_run, tmp_path, capsys):
     points = tmp_path / "points.csv"
-    points.write_text("x1,x2\n-1.0,0.2\n2.0,0.3\nnot,numbers\n1,2,3\n\n0.5,-0.4\n")
+    points.write_text("x1,x2\n-1.0,0.2\n2.0,0.3\nnot,numbers\n1,2,3\n\n0.5,-0.4\nnan,1\n0,inf\n")
     rc = train.main(["predict", "--ckpt_path", str(moons_run), "--inputs", str(points), "--top_k", "1",
                      "--csv", str(tmp_path / "out.csv")])
     assert rc == 0
-    assert "skipped 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped 4" in out and ":8: not finite numbers: nan,1" in out and ":9: not finite numbers: 0,inf" in out
     rows = list(csv.DictReader((tmp_path / "out.csv").open()))
     assert [(r["x1"], r["x2"]) for r in rows] == [("-1.0", "0.2"), ("2.0", "0.3"), ("0.5", "-0.4")]
     ckpt = torch.load(moons_run / "best.ckpt", weights_only=True)

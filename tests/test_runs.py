@@ -214,6 +214,29 @@ def test_an_unknown_model_name_makes_no_directory_anywhere(tmp_path, capsys):
         assert list(tmp_path.rglob("*")) == []
 
 
+@pytest.mark.parametrize("args", [
+    ["fit", "--trainer.max_epo", "1"],  # Lightning's parser would take the prefix for --trainer.max_epochs
+    ["predict", "--pretrained", "moons", "--model", "mlp", "--inp", "x.csv"],
+    ["export", "--pretrained", "moons", "--model", "mlp", "--ou", "x.pt"],
+    ["compare", "--datasets", "[moons]", "--model", "[mlp]"],
+    ["doctor", "--data_d", "data"],
+])
+def test_an_abbreviated_option_is_refused_not_guessed(args, capsys, tmp_path, monkeypatch):
+    """Only whole option names: a prefix silently meant whatever option it began (evaluate.py --data mnist
+    was --data_dir mnist), and a new option would change what an old prefix means."""
+    monkeypatch.chdir(tmp_path)
+    assert train.main(args) == 2
+    assert f"unrecognized arguments: {args[-2]}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_an_abbreviated_option(capsys, tmp_path):
+    import evaluate
+
+    assert evaluate.main([str(tmp_path), "--data", "mnist"]) == 2
+    assert "unrecognized arguments: --data mnist" in capsys.readouterr().err
+
+
 def test_help_lists_every_subcommand(capsys):
     assert train.main(["--help"]) == 0
     out = capsys.readouterr().out

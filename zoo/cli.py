@@ -407,7 +407,9 @@ def cli_main(args: list[str] | None = None) -> ZooCLI:
     return ZooCLI(ZooModule, TensorDataModule, subclass_mode_data=True, seed_everything_default=42,
                   trainer_defaults={"max_epochs": 20}, save_config_kwargs={"overwrite": True},
                   load_from_checkpoint_support=False, auto_configure_optimizers=False,
-                  parser_kwargs={"exit_on_error": False},  # raise, so main() prints one clear line
+                  # exit_on_error: raise, so main() prints one clear line; allow_abbrev: whole option names
+                  # only (--data would otherwise be taken for a --data_dir, a prefix, not refused)
+                  parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
                   args=args)
 
 

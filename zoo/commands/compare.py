@@ -145,7 +145,8 @@ def compare(
 
 def main(args: list[str]) -> int:
     """`train.py compare ...`: parse the options (jsonargparse, so --help lists them) and run."""
-    parser = ArgumentParser(prog="train.py compare", description="Train zoo models on datasets over seeds (reusing "
+    parser = ArgumentParser(prog="train.py compare", allow_abbrev=False, exit_on_error=False,
+                            description="Train zoo models on datasets over seeds (reusing "
                             "finished runs, resuming interrupted ones) and tabulate test accuracy against cost.")
     parser.add_function_arguments(compare, skip={"command"})
     cfg = parser.parse_args(args)
@@ -180,8 +181,13 @@ def pair_problem(data: str, model: str) -> str | None:
     return None
 
 
-def seed_list(seeds: int | list[int]) -> list[int]:
-    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+def seed_list(seeds: int | list[int], flag: str = "--seeds") -> list[int]:
+    """A number of seeds (0..n-1) or the seeds themselves, checked: a run per seed, at least one."""
+    out = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not out or len(set(out)) != len(out) or not all(0 <= s < 2**32 for s in out):
+        raise ZooError(f"{flag} {seeds}: give a number of seeds (at least 1) or a list of different seeds from 0 "
+                       f"to {2**32 - 1}, e.g. 3 or [0,1,2].")
+    return out
 
 
 def plan(models: list[str], datasets: list[str], seeds: int | list[int], seeds_for: dict, epochs: int | None,
@@ -198,6 +204,12 @@ def plan(models: list[str], datasets: list[str], seeds: int | list[int], seeds_f
         if model not in MODELS or (data and data not in DATAMODULES):
             raise ZooError(f"--seeds_for / --args_for key {key!r} is neither a model name "
                            f"({', '.join(sorted(MODELS))}) nor a dataset/model pair such as mnist/lenet5.")
+        if model not in models or (data and data not in datasets):  # would be ignored: say so instead
+            raise ZooError(f"--seeds_for / --args_for key {key!r} names a model or dataset this command does not "
+                           f"train (--models {models}, --datasets {datasets}). Add it there, or drop the key.")
+    seed_list(seeds)
+    for key, value in seeds_for.items():
+        seed_list(value, f"--seeds_for {key}:")
     jobs, skipped = [], {}
     for data in datasets:
         skipped[data] = {}

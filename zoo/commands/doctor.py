@@ -244,7 +244,8 @@ def render(rows: list[Row]) -> None:
 def main(args: list[str] | None = None) -> int:
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(prog="train.py doctor", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="train.py doctor", allow_abbrev=False, exit_on_error=False,
+                            description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", type=str | None, default=None,
                         help="Data directory to check (default: $ZOO_DATA, else ./data).")
     parser.add_argument("--require_data", type=bool, default=False,

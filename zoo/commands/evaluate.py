@@ -154,7 +154,7 @@ def report(r: dict) -> str:
 
 def main(args: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0].split(": ", 1)[1],
-                            exit_on_error=False)
+                            exit_on_error=False, allow_abbrev=False)
     parser.add_argument("checkpoints", nargs="+", help="Checkpoint files or run directories.")
     parser.add_argument("--data_dir", type=str | None, default=None, help="Override the data directory.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps.")

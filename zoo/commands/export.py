@@ -169,7 +169,8 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0], exit_on_error=False)
+    parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0], exit_on_error=False,
+                            allow_abbrev=False)
     add_source_arguments(parser, "Export")
     parser.add_argument("--format", type=Format | None, default=None,
                         help="pt2 (torch.export), torchscript or onnx; default: by the --out suffix "

@@ -17,6 +17,7 @@ import csv
 import glob
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def read_points(files: list[Path], n_features: int) -> tuple[list[str], list[lis
             first = False
             if len(values) != n_features:
                 skipped.append((f"{path}:{line_no}", f"{len(values)} values, the model takes {n_features}"))
+                continue
+            if not all(math.isfinite(v) for v in values):  # nan/inf parse as floats; their scores would be nan
+                skipped.append((f"{path}:{line_no}", f"not finite numbers: {','.join(row)}"))
                 continue
             names.append(f"{path}:{line_no}")
             rows.append(values)
@@ -173,7 +177,8 @@ def to_csv(r: dict) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="train.py predict", description=__doc__.split("\n")[0], exit_on_error=False)
+    parser = ArgumentParser(prog="train.py predict", description=__doc__.split("\n")[0], exit_on_error=False,
+                            allow_abbrev=False)
     add_source_arguments(parser, "Use")
     parser.add_argument("--inputs", nargs="+", required=True,
                         help="Image files, folders or quoted globs ('imgs/*.png'); CSV files of points for two-moons.")
