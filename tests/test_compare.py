@@ -147,10 +147,15 @@ def test_changed_budget_refuses_to_reuse(compared, capsys):
     (["--seeds_for", "{lenet5: 2}"], "key 'lenet5' names a model or dataset this command does not train"),
     (["--args_for", "{mnist/mlp: --trainer.max_epochs 1}"], "key 'mnist/mlp' names a model or dataset"),
     (["--args_for", "{mpl: --trainer.max_epochs 1}"], "key 'mpl' is neither a model name"),
+    (["--epochs", "0"], "--epochs 0: give at least 1"),
+    (["--train_fraction", "1.5"], "--train_fraction 1.5: give a fraction"),
+    (["--train_args", '--model.lr "0.1'], "--train_args '--model.lr \"0.1': No closing quotation"),
+    (["--args_for", "{mlp: \"--model.lr '0.1\"}"], "--args_for mlp: \"--model.lr '0.1\": No closing quotation"),
 ])
-def test_a_seed_or_key_that_would_train_nothing_or_be_ignored_is_refused(extra, says, tmp_path, capsys):
-    """Refused before any run: --seeds 0 wrote a table of baselines alone, and a --seeds_for or --args_for
-    key for a model the command does not train was silently ignored."""
+def test_a_budget_seed_or_key_that_cannot_work_is_refused_before_any_run(extra, says, tmp_path, capsys):
+    """Refused before any run: --seeds 0 wrote a table of baselines alone, a --seeds_for or --args_for key
+    for a model the command does not train was silently ignored, --epochs 0 stopped the command in its
+    first run, and unbalanced quotes were a traceback."""
     args = ["compare", "--models", "[mlp]", "--datasets", "[moons]", "--out", str(tmp_path / "out"),
             "--runs_root", str(tmp_path / "runs"), *extra]
     assert train.main(args) == 2

@@ -136,6 +136,12 @@ def test_bad_format_and_path_are_clear_errors(moons_ckpt, tmp_path, capsys):
         capsys.readouterr().err
     assert train.main(["export", "--checkpoint", str(moons_ckpt), "--out", str(tmp_path / "no" / "m.pt")]) == 2
     assert "existing folder" in capsys.readouterr().err
+    # A file named for one format never holds another; an explicit --format that agrees is fine.
+    assert train.main(["export", "--checkpoint", str(moons_ckpt), "--format", "torchscript",
+                       "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--format torchscript but --out" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+    assert train.main(["export", "--checkpoint", str(moons_ckpt), "--format", "pt2",
+                       "--out", str(tmp_path / "m.pt2")]) == 0
 
 
 def test_export_function_reports_the_check(moons_ckpt, tmp_path):

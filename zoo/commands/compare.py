@@ -190,6 +190,15 @@ def seed_list(seeds: int | list[int], flag: str = "--seeds") -> list[int]:
     return out
 
 
+def split_args(flag: str, text: str) -> list[str]:
+    """A string of train.py fit options as the shell would split it."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:  # "No closing quotation"
+        raise ZooError(f"{flag} {text!r}: {e}. Quote the options as a shell would, e.g. "
+                       f"--train_args '--model.lr 0.01 --data.augment true'.") from None
+
+
 def plan(models: list[str], datasets: list[str], seeds: int | list[int], seeds_for: dict, epochs: int | None,
          train_fraction: float | None, train_args: str, args_for: dict, root: Path) -> tuple[list[Job], dict]:
     """Every run the command asks for, with its state on disk, and the pairs skipped with their reason."""
@@ -210,6 +219,13 @@ def plan(models: list[str], datasets: list[str], seeds: int | list[int], seeds_f
     seed_list(seeds)
     for key, value in seeds_for.items():
         seed_list(value, f"--seeds_for {key}:")
+    # Checked here, not by each run's fit: a bad budget would stop the command after its first run started.
+    if epochs is not None and epochs < 1 and epochs != -1:
+        raise ZooError(f"--epochs {epochs}: give at least 1 (or -1 for no limit).")
+    if train_fraction is not None and not 0 < train_fraction <= 1:
+        raise ZooError(f"--train_fraction {train_fraction}: give a fraction of the training split in (0, 1].")
+    common = split_args("--train_args", train_args)
+    extra = {key: split_args(f"--args_for {key}:", value) for key, value in args_for.items()}
     jobs, skipped = [], {}
     for data in datasets:
         skipped[data] = {}
@@ -224,8 +240,7 @@ def plan(models: list[str], datasets: list[str], seeds: int | list[int], seeds_f
                 args += ["--trainer.max_epochs", str(epochs)]
             if train_fraction is not None:
                 args += ["--data.init_args.train_fraction", str(train_fraction)]
-            args += shlex.split(train_args) + shlex.split(args_for.get(model, ""))
-            args += shlex.split(args_for.get(f"{data}/{model}", ""))
+            args += common + extra.get(model, []) + extra.get(f"{data}/{model}", [])
             for seed in seed_list(seeds_for.get(f"{data}/{model}", seeds_for.get(model, seeds))):
                 run = root / data / model / f"seed{seed}"
                 job = Job(data, model, seed, run, [*args, "--seed_everything", str(seed)], run_state(run))

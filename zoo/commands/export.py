@@ -179,8 +179,12 @@ def main(args: list[str] | None = None) -> int:
                         help="The file to write (e.g. model.pt2, model.pt, model.onnx).")
     cfg = parser.parse_args(args)
     # A ZooError goes up to train.main: one paragraph, exit status 2, the traceback with --debug.
+    named = SUFFIXES.get(Path(cfg.out).suffix.lower())
+    if cfg.format and named and cfg.format != named:  # a .onnx file that holds TorchScript misleads its reader
+        raise ZooError(f"--format {cfg.format} but --out {cfg.out} is named for {named}. Give the file the "
+                       f"format's suffix, or leave out --format: the suffix picks it.")
+    fmt = cfg.format or named or "torchscript"
     ckpt, source = load_trained(cfg.checkpoint, cfg.pretrained, cfg.model, cfg.manifest)
-    fmt = cfg.format or SUFFIXES.get(Path(cfg.out).suffix.lower(), "torchscript")
     r = export(ckpt, fmt, cfg.out)
     m = r["metadata"]
     print(f"exported {m['model']} on {m['data']} ({source}) to {r['out']} ({r['format']})")
