@@ -408,7 +408,7 @@ def cli_main(args: list[str] | None = None) -> ZooCLI:
                   trainer_defaults={"max_epochs": 20}, save_config_kwargs={"overwrite": True},
                   load_from_checkpoint_support=False, auto_configure_optimizers=False,
                   # exit_on_error: raise, so main() prints one clear line; allow_abbrev: whole option names
-                  # only (--data would otherwise be taken for a --data_dir, a prefix, not refused)
+                  # only (argparse takes a prefix for the one option it begins: --trainer.max_epo)
                   parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
                   args=args)
 
