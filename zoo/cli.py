@@ -229,6 +229,9 @@ def check_trainer_options(cfg) -> None:
         raise ZooError("--trainer.accelerator mps: Apple's MPS backend is not available on this machine. Use "
                        "--trainer.accelerator auto (takes MPS on a Mac with it, the CPU otherwise) or cpu.")
     devices = int(t.devices) if str(t.devices).isdigit() else None  # may arrive as "2"
+    if devices == 0:
+        raise ZooError("--trainer.devices 0 trains on nothing. Pass how many devices to use (1, 2, ...), -1 or "
+                       "auto for all of them, or a list of GPU indices such as [0, 1].")
     if devices:
         if accelerator in ("gpu", "cuda") and devices > torch.cuda.device_count():
             raise ZooError(f"--trainer.devices {devices}: only {torch.cuda.device_count()} GPU(s) here. "

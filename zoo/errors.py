@@ -46,6 +46,11 @@ def one_paragraph(message: str) -> str:
     """jsonargparse's report of a value that fits none of an option's types, in one sentence:
     `--model.lr -0.1: not a valid value; it must be a number with v>0 (or null)`. Other messages as they are."""
     key = re.search(r'Parser key "([^"]+)"', message)
+    refused = re.search(r"given class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message)
+    if key and refused:  # --data.cutout on a datamodule without that option (moons)
+        cls, option = refused.group(1), refused.group(2)
+        return (f"--{key.group(1)}.{option}: {cls.rpartition('.')[2]} takes no option {option!r}. See the options it "
+                f"takes with --{key.group(1)}.help {cls}, or leave this one out.")
     given = (re.search(r"Given value: (.*)", message) or re.search(r"Got value: (.*)", message)
              or re.search(r"Not of type \w+: (\S+) does not conform", message)
              or re.search(r"(?:invalid literal for int\(\) with base 10|could not convert string to float): '(.*)'",
