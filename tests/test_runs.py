@@ -204,6 +204,12 @@ def test_a_config_file_without_a_data_section_trains_the_moons_recipe_under_it(c
         "fit", f"--config={cli.CONFIGS / 'mnist.yaml'}"]
 
 
+def test_an_empty_runs_root_is_refused_not_taken_for_the_current_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert fit("--runs_root", "") == 2
+    assert "--runs_root is empty" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_model_name_makes_no_directory_anywhere(tmp_path, capsys):
     """The model's name becomes part of the run directory's path: it is checked before any is made,
     so a name like ../../x cannot make directories outside --runs_root."""

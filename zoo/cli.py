@@ -216,6 +216,20 @@ def check_trainer_options(cfg) -> None:
                            f"out, or pass a positive number.")
     if t.max_epochs is not None and t.max_epochs != -1 and t.max_epochs < 1:
         raise ZooError(f"--trainer.max_epochs must be at least 1 (or -1 for no limit), got {t.max_epochs}.")
+    # Lightning divides by these (a ZeroDivisionError traceback) or, for the clip, silently flips the
+    # gradients: a negative max norm makes clip_grad_norm_'s scale negative, gradient ascent.
+    for what, value, least in (("accumulate_grad_batches", t.accumulate_grad_batches, "1"),
+                               ("check_val_every_n_epoch", t.check_val_every_n_epoch, "1 (or null)")):
+        if isinstance(value, int) and value < 1:
+            raise ZooError(f"--trainer.{what} {value}: give at least {least}.")
+    if isinstance(t.val_check_interval, int | float) and t.val_check_interval <= 0:
+        raise ZooError(f"--trainer.val_check_interval {t.val_check_interval}: give a fraction of an epoch in (0, 1] "
+                       f"or a number of training batches (at least 1).")
+    if isinstance(t.gradient_clip_val, int | float) and t.gradient_clip_val < 0:
+        raise ZooError(f"--trainer.gradient_clip_val {t.gradient_clip_val}: a clipping threshold is positive (0 or "
+                       f"null: no clipping); a negative one would reverse the gradients.")
+    if cfg.get("runs_root") is not None and not str(cfg.runs_root).strip():
+        raise ZooError("--runs_root is empty: give the directory run directories go in (default: checkpoints).")
     accelerator = str(t.accelerator)
     if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
         raise ZooError(f"--trainer.accelerator {accelerator}: lightning-zoo runs on auto, cpu, gpu (cuda) or mps; "
