@@ -120,6 +120,8 @@ CASES = [
      ["--trainer.val_check_interval 0", "(0, 1]"]),
     ("validation every 0 epochs", ["fit", "--data", "moons", "--trainer.check_val_every_n_epoch", "0"],
      ["--trainer.check_val_every_n_epoch 0", "at least 1"]),
+    ("minimum epochs above the maximum", ["fit", "--data", "moons", "--trainer.min_epochs", "5",
+                                          "--trainer.max_epochs", "2"], ["--trainer.min_epochs 5", "max_epochs 2"]),
     ("negative gradient clipping", ["fit", "--data", "moons", "--trainer.gradient_clip_val", "-1"],
      ["--trainer.gradient_clip_val -1", "reverse the gradients"]),
     ("a dataset option the dataset does not take", ["fit", "--data", "moons", "--data.cutout", "8"],

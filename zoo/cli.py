@@ -228,6 +228,11 @@ def check_trainer_options(cfg) -> None:
     if isinstance(t.gradient_clip_val, int | float) and t.gradient_clip_val < 0:
         raise ZooError(f"--trainer.gradient_clip_val {t.gradient_clip_val}: a clipping threshold is positive (0 or "
                        f"null: no clipping); a negative one would reverse the gradients.")
+    for low, high in (("min_epochs", "max_epochs"), ("min_steps", "max_steps")):  # Lightning lets the max win
+        lo, hi = getattr(t, low), getattr(t, high)
+        if isinstance(lo, int) and isinstance(hi, int) and hi != -1 and lo > hi:
+            raise ZooError(f"--trainer.{low} {lo} is more than --trainer.{high} {hi}, which would end the run "
+                           f"first. Lower {low} or raise {high}.")
     if cfg.get("runs_root") is not None and not str(cfg.runs_root).strip():
         raise ZooError("--runs_root is empty: give the directory run directories go in (default: checkpoints).")
     accelerator = str(t.accelerator)
