@@ -267,7 +267,9 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
     user's own flags always win over it. When neither --data nor a --config file with a `data:`
     section names the dataset, fit/validate/test take the two-moons recipe (configs/moons.yaml),
     the README's default, under the user's flags and files (a file of trainer settings alone works)."""
-    out, recipes, named, dataset, i = [], [], False, None, 0
+    named = any("data" in read_config(path) or not Path(path).is_file()  # a bad file: the parser says so
+                for flag, path in flags_with_values(args) if flag in ("--config", "-c"))
+    out, recipes, dataset, i = [], [], None, 0
     while i < len(args):
         a = args[i]
         if a.startswith("--data="):
@@ -275,9 +277,6 @@ def expand_data_shorthand(args: list[str]) -> list[str]:
         else:
             name = args[i + 1] if a == "--data" and i + 1 < len(args) else None
         named |= a == "--data" or a.startswith(("--data=", "--data.class_path"))
-        if a in ("--config", "-c") or a.startswith("--config="):
-            path = a.partition("=")[2] or (args[i + 1] if "=" not in a and i + 1 < len(args) else "")
-            named |= "data" in read_config(path) or not Path(path).is_file()  # a bad file: the parser says so
         if name is None or "." in name or name.endswith("DataModule") or name.startswith("{"):
             out.append(a)
             i += 1

@@ -7,12 +7,19 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, ArgumentParser
 
 
 class ZooError(ValueError):
     """A mistake in what the user asked for (a name, a path, an option), with a message that
     says how to fix it. The entry points print it as one paragraph and exit with status 2."""
+
+
+def command_parser(prog: str, description: str) -> ArgumentParser:
+    """The parser of a command run by run_main: a mistyped option raises (run_main prints it as one
+    paragraph, not argparse's usage block), and only whole option names count (argparse would take a
+    prefix for the one option it begins: evaluate.py --data mnist for --data_dir mnist)."""
+    return ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
 
 
 def run_main(main: Callable[[list[str]], int | None], args: list[str]) -> int:

@@ -29,7 +29,6 @@ from typing import get_args
 
 import lightning
 import yaml
-from jsonargparse import ArgumentParser
 from torch.utils.collect_env import get_env_info
 
 from datamodules import DATAMODULES, get_datamodule_class
@@ -38,7 +37,7 @@ from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.commands.baselines import knn_baseline, majority
 from zoo.commands.doctor import cpu_name
 from zoo.commands.evaluate import TTA, evaluate
-from zoo.errors import ZooError
+from zoo.errors import ZooError, command_parser
 from zoo.models.profile import format_count, profile
 from zoo.models.registry import MODELS, create_model
 from zoo.module import RECIPE_KEYS, ZooModule, resolve_recipe
@@ -145,9 +144,8 @@ def compare(
 
 def main(args: list[str]) -> int:
     """`train.py compare ...`: parse the options (jsonargparse, so --help lists them) and run."""
-    parser = ArgumentParser(prog="train.py compare", allow_abbrev=False, exit_on_error=False,
-                            description="Train zoo models on datasets over seeds (reusing "
-                            "finished runs, resuming interrupted ones) and tabulate test accuracy against cost.")
+    parser = command_parser("train.py compare", "Train zoo models on datasets over seeds (reusing finished runs, "
+                            "resuming interrupted ones) and tabulate test accuracy against cost.")
     parser.add_function_arguments(compare, skip={"command"})
     cfg = parser.parse_args(args)
     try:

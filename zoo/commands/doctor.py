@@ -242,10 +242,9 @@ def render(rows: list[Row]) -> None:
 
 
 def main(args: list[str] | None = None) -> int:
-    from jsonargparse import ArgumentParser
+    from zoo.errors import command_parser  # here, like jsonargparse (which it imports): doctor checks packages
 
-    parser = ArgumentParser(prog="train.py doctor", allow_abbrev=False, exit_on_error=False,
-                            description=__doc__.split("\n")[0])
+    parser = command_parser("train.py doctor", __doc__.split("\n")[0])
     parser.add_argument("--data_dir", type=str | None, default=None,
                         help="Data directory to check (default: $ZOO_DATA, else ./data).")
     parser.add_argument("--require_data", type=bool, default=False,

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse import ArgumentError
 
 from datamodules import get_datamodule_class
 from zoo.checkpoint import atomic_write_bytes, check_args, check_output, load_checkpoint, resolve_checkpoint
-from zoo.errors import ZooError, one_paragraph
+from zoo.errors import ZooError, command_parser, one_paragraph
 from zoo.weights import pick_device
 
 # Lightning (Trainer, ZooModule, the pictures) is imported inside evaluate() and main(), when a
@@ -153,8 +153,7 @@ def report(r: dict) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0].split(": ", 1)[1],
-                            exit_on_error=False, allow_abbrev=False)
+    parser = command_parser("evaluate.py", __doc__.split("\n")[0].split(": ", 1)[1])
     parser.add_argument("checkpoints", nargs="+", help="Checkpoint files or run directories.")
     parser.add_argument("--data_dir", type=str | None, default=None, help="Override the data directory.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or mps.")

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from jsonargparse import ArgumentParser
 
 from datamodules.images import normalize
 from zoo.checkpoint import atomic_write_bytes, check_output, network_from_checkpoint
-from zoo.errors import ZooError, run_main
+from zoo.errors import ZooError, command_parser, run_main
 from zoo.weights import add_source_arguments, datamodule_state, load_trained, pretrained_cfg
 
 Format = Literal["pt2", "torchscript", "onnx"]
@@ -169,8 +168,7 @@ def export(ckpt: dict, fmt: str, out: str | Path) -> dict:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="train.py export", description=__doc__.split("\n")[0], exit_on_error=False,
-                            allow_abbrev=False)
+    parser = command_parser("train.py export", __doc__.split("\n")[0])
     add_source_arguments(parser, "Export")
     parser.add_argument("--format", type=Format | None, default=None,
                         help="pt2 (torch.export), torchscript or onnx; default: by the --out suffix "

@@ -22,13 +22,12 @@ import sys
 from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
 from jsonargparse.typing import PositiveInt
 from PIL import Image
 
 from datamodules.images import IMAGE_EXTENSIONS, list_images
 from zoo.checkpoint import atomic_write_bytes, check_output, network_from_checkpoint
-from zoo.errors import ZooError, run_main
+from zoo.errors import ZooError, command_parser, run_main
 from zoo.weights import Transform, add_source_arguments, load_trained, pick_device, pretrained_cfg
 
 
@@ -177,8 +176,7 @@ def to_csv(r: dict) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="train.py predict", description=__doc__.split("\n")[0], exit_on_error=False,
-                            allow_abbrev=False)
+    parser = command_parser("train.py predict", __doc__.split("\n")[0])
     add_source_arguments(parser, "Use")
     parser.add_argument("--inputs", nargs="+", required=True,
                         help="Image files, folders or quoted globs ('imgs/*.png'); CSV files of points for two-moons.")
