@@ -227,6 +227,65 @@ def test_a_damaged_history_is_named_not_a_traceback(compared, tmp_path, capsys):
     assert "history.csv is not a history written by train.py fit" in err and "Traceback" not in err
 
 
+# (file in the first run's copy, damaged text, words of the one paragraph): a hand edit, a merge conflict,
+# another program's file, and a config describing a model too big to build.
+DAMAGES = [
+    ("runs/moons/mlp/seed0/metrics.json", "{not json", "cannot be read as JSON"),
+    ("runs/moons/mlp/seed0/metrics.json", "[]", "is not what compare writes there"),
+    ("runs/moons/mlp/seed0/metrics.json", None, "is not what compare writes there"),  # test_acc as text
+    ("runs/moons/mlp/seed0/config.yaml", "trainer: [", "cannot be read as YAML"),
+    ("runs/moons/mlp/seed0/config.yaml", "- a list\n", "is not a config that train.py fit wrote"),
+    ("runs/moons/mlp/seed0/config.yaml", "model: {arch: mlp, hidden: [200000, 200000]}\ntrainer: {}\n",
+     "refused before allocating"),
+    ("compare.json", "<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> other\n", "cannot be read as JSON"),
+    ("compare.json", '{"profiles": {"x": {"latency_ms_b1": "fast"}}}', "is not what compare writes there"),
+]
+
+
+@pytest.mark.parametrize("name, text, words", DAMAGES)
+def test_damaged_results_files_are_named_not_a_traceback(compared, tmp_path, capsys, name, text, words):
+    import shutil
+
+    copy = tmp_path / "out"
+    shutil.copytree(compared / "out", copy)
+    path = copy / name
+    if text is None:
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps({**metrics, "test_acc": str(metrics["test_acc"])}))
+    else:
+        path.write_text(text)
+    assert train.main(["compare", "--from_runs", str(copy), "--out", str(tmp_path / "rebuilt")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and words in err and "git checkout" in err and "Traceback" not in err, err
+    assert not (tmp_path / "rebuilt" / "moons.md").exists()
+
+
+def test_a_damaged_compare_args_file_is_named_when_the_run_is_reused(compared, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(compared / "runs", tmp_path / "runs")
+    args = (tmp_path / "runs/moons/linear/seed0/compare-args.json")
+    args.write_text('{"not": "a list"}')
+    assert train.main(compare_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert str(args) in err and "is not what compare writes there" in err and "Traceback" not in err, err
+
+
+def test_every_committed_result_passes_the_checks():
+    """The checks accept every file compare has written into results/ (they must not refuse our own)."""
+    from zoo.commands.compare import read_meta, read_run
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    metas = sorted(results.glob("*/compare.json"))
+    runs = sorted(p.parent for p in results.glob("*/runs/*/*/seed*/metrics.json"))
+    assert metas and runs
+    for path in metas:
+        read_meta(path)
+    for run in runs:
+        metrics, config = read_run(run)
+        assert metrics["model"] == run.parts[-2] and config["model"]["arch"] == metrics["model"]
+
+
 def test_recipe_text_names_every_departure_from_the_defaults():
     airbench = {"model": {"arch": "airbench94"},
                 "data": {"init_args": {"translate": 2, "pad_mode": "reflect", "alternate_flip": True}}}

@@ -131,6 +131,17 @@ def test_shipped_runs_are_chosen_on_validation_only(tmp_path):
     assert best["cifar10", "resnet20"][2] == chosen
 
 
+def test_a_damaged_results_metrics_file_is_named(tmp_path):
+    d = tmp_path / "t" / "runs" / "cifar10" / "resnet20" / "seed0"
+    d.mkdir(parents=True)
+    for text, words in (("{not json", "cannot be read as JSON"), ('{"data": "cifar10", "model": "resnet20", '
+                                                                  '"monitor": "val/acc", "best_score": "0.9"}',
+                                                                  "is not what compare writes there")):
+        (d / "metrics.json").write_text(text)
+        with pytest.raises(ZooError, match=words):
+            best_runs(tmp_path)
+
+
 def test_reshipping_named_rows_refuses_an_unknown_one(tmp_path):
     d = tmp_path / "t" / "runs" / "cifar10" / "resnet20" / "seed0"
     d.mkdir(parents=True)

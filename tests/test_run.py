@@ -177,6 +177,21 @@ def test_a_resume_cannot_stretch_a_planned_schedule(tmp_path, capsys):
     assert checksums(run) == before
 
 
+def test_a_damaged_config_of_the_run_to_resume_is_named(tmp_path, capsys):
+    """The run's config.yaml says how long its schedule was planned; damaged, it is named (was a
+    traceback inside the length check), and nothing of the run changes."""
+    common = ["--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons", "--model.scheduler", "onecycle"]
+    assert train.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    for text in ("- a list\n", "trainer: [1, 2]\n", "trainer: {max_epochs: [\n"):
+        (run / "config.yaml").write_text(text)
+        before = checksums(run)
+        assert train.main(["fit", "--ckpt_path", str(run), *common, "--trainer.max_epochs", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'config.yaml'} is damaged" in err and "Traceback" not in err, err
+        assert checksums(run) == before
+
+
 def test_a_crafted_run_timing_in_a_checkpoint_is_refused_in_one_paragraph(tmp_path, capsys):
     common = ["--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons"]
     assert train.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0

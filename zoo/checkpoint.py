@@ -162,24 +162,24 @@ def check_optimizer_state(states, net: nn.Module, path: str | os.PathLike, hp: d
         raise ZooError(f"{path}: its optimizer state does not fit the model ({why}). {FIX}")
 
 
-def check_hparams(hp: dict, path: str | os.PathLike) -> nn.Module:
+def check_hparams(hp: dict, path: str | os.PathLike, fix: str = FIX) -> nn.Module:
     """The model's hyperparameters as ZooModule takes them (names, types, choices, ranges), and a
     network of at most MAX_PARAMS parameters; returns that network built on the meta device (shapes
-    only, no memory)."""
-    check_args(HParams, hp, path, "hyperparameter", REQUIRED)
+    only, no memory). `fix` ends each message: what to do about the file at `path`."""
+    check_args(HParams, hp, path, "hyperparameter", REQUIRED, fix)
     shape = hp["input_shape"]
     if shape and math.prod(shape) > MAX_INPUT:
         raise ZooError(f"{path}: input_shape {reprlib.repr(shape)} means {math.prod(shape):,} numbers per input, "
-                       f"more than the {MAX_INPUT:,} this project allows. {FIX}")
+                       f"more than the {MAX_INPUT:,} this project allows. {fix}")
     try:
         with torch.device("meta"):  # parameters without storage: counting 40 billion costs nothing
             net = create_model(hp["arch"], shape, hp["num_classes"], **network_options(hp))
     except ZooError as e:
-        raise ZooError(f"{path} holds hyperparameters that do not make a model: {e} {FIX}") from None
+        raise ZooError(f"{path} holds hyperparameters that do not make a model: {e} {fix}") from None
     n = sum(p.numel() for p in net.parameters())
     if n > MAX_PARAMS:
         raise ZooError(f"{path} describes a {hp['arch']} of {n:,} parameters ({4 * n / 1e9:.1f} GB), more than "
-                       f"the {MAX_PARAMS:,} this project builds; refused before allocating it. {FIX}")
+                       f"the {MAX_PARAMS:,} this project builds; refused before allocating it. {fix}")
     return net
 
 
@@ -198,23 +198,24 @@ def check_weights(state_dict: dict, net: nn.Module, path: str | os.PathLike, hp:
                        f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. {FIX}")
 
 
-def check_args(fn: Callable, values: dict, path: str | os.PathLike, what: str, required: tuple[str, ...] = ()) -> None:
+def check_args(fn: Callable, values: dict, path: str | os.PathLike, what: str, required: tuple[str, ...] = (),
+               fix: str = FIX) -> None:
     """`values` (from a file) as keyword arguments of `fn`: known names, the annotated types, the
     required ones present. Keys starting with '_' are Lightning's bookkeeping and are skipped."""
     params = [p for p in inspect.signature(fn).parameters if p != "self"]
     hints = typing.get_type_hints(fn)
     for key in required:
         if key not in values:
-            raise ZooError(f"{path} lacks the {what} '{key}'. {FIX}")
+            raise ZooError(f"{path} lacks the {what} '{key}'. {fix}")
     for key, value in values.items():
         if key.startswith("_"):
             continue
         if key not in params:
             raise ZooError(f"{path} has an unknown {what} '{key}' (= {reprlib.repr(value)}); {fn.__qualname__} "
-                           f"takes only {', '.join(params)}. It was written by another program or version. {FIX}")
+                           f"takes only {', '.join(params)}. It was written by another program or version. {fix}")
         if key in hints and not fits(value, hints[key]):
             raise ZooError(f"{path}: the {what} '{key}' is {reprlib.repr(value)} ({type(value).__name__}), but "
-                           f"must be {type_name(hints[key])}. {FIX}")
+                           f"must be {type_name(hints[key])}. {fix}")
 
 
 def fits(value: Any, hint: Any) -> bool:

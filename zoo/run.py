@@ -216,7 +216,15 @@ class Run:
         saved = self.dir / "config.yaml"
         if scheduler == "none" or not saved.is_file():
             return
-        run, now = training_length(yaml.safe_load(saved.read_text()) or {}), training_length(self.cfg)
+        try:
+            config = yaml.safe_load(saved.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            config = e
+        if not isinstance(config, dict) or not all(isinstance(config.get(k) or {}, dict) for k in ("trainer", "data")):
+            raise ZooError(f"Cannot resume {self.ckpt_path}: the run's {saved} is damaged (not the mapping train.py "
+                           f"fit wrote), and it says how long the run's {scheduler} schedule was planned. Fix: "
+                           f"restore it (from a backup or git), or start a new run.")
+        run, now = training_length(config), training_length(self.cfg)
         changed = [f"{k}: run {run[k]!r}, command {now[k]!r}" for k in run
                    if run[k] is not None and now[k] is not None and run[k] != now[k]]
         if changed:

@@ -33,7 +33,7 @@ from torch.utils.collect_env import get_env_info
 
 from datamodules import DATAMODULES, get_datamodule_class
 from zoo import cli, insight
-from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo.checkpoint import atomic_write_bytes, check_hparams, load_checkpoint
 from zoo.commands.baselines import knn_baseline, majority
 from zoo.commands.doctor import cpu_name
 from zoo.commands.evaluate import TTA, evaluate
@@ -256,8 +256,12 @@ def run_state(run: Path) -> str:
 def check_same_args(job: Job) -> None:
     """Refuse to reuse or resume a run that was started with other options (another budget, say)."""
     saved = job.run / "compare-args.json"
-    if job.state != "new" and saved.is_file() and json.loads(saved.read_text()) != job.args:
-        raise ZooError(f"{job.run} was trained with `{shlex.join(json.loads(saved.read_text()))}`, but this command "
+    if job.state == "new" or not saved.is_file():
+        return
+    args = read_json(saved, lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
+                     "the fit options of the run, as a JSON list of strings", f"delete {job.run} to retrain it")
+    if args != job.args:
+        raise ZooError(f"{job.run} was trained with `{shlex.join(args)}`, but this command "
                        f"asks for `{shlex.join(job.args)}`. Pass another --runs_root (and --out), or delete "
                        f"{job.run} to retrain it.")
 
@@ -313,7 +317,7 @@ TTA_FILES = tuple(f"tta_{t}.json" for t in get_args(TTA) if t != "none")
 def evaluate_tta(run: Path, tta: str) -> None:
     """The run's tested checkpoint evaluated again with test-time augmentation: tta_<kind>.json beside
     metrics.json (accuracy on the full test set, and on the original-pixel images where there are some)."""
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_run(run)[0]
     ckpt = metrics.get("best_ckpt") if Path(metrics.get("best_ckpt") or "").is_file() else run / "last.ckpt"
     r = evaluate(str(ckpt), device="cpu", tta=tta)
     out = {"tta": tta, "test_acc": r["test_acc"], "test_acc_exact": r["test_acc_exact"], "n_exact": r["n_exact"],
@@ -341,7 +345,29 @@ def seed_of(run: Path) -> int:
 # `--from_runs` on another machine shows the numbers measured with the runs.
 
 def read_meta(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """compare.json: the cached baselines and profiles (numbers), the command and machine (text)."""
+    return read_json(path, meta_ok, "the baselines and model profiles compare measured, with the command and "
+                     "machine", "delete it to measure them again on this machine") if path.is_file() else {}
+
+
+def meta_ok(meta: object) -> bool:
+    def numbers(d: object, text: tuple[str, ...] = ()) -> bool:  # a dict of numbers (or None), some keys text
+        return isinstance(d, dict) and all(isinstance(v, str) if k in text else v is None or (
+            isinstance(v, int | float) and not isinstance(v, bool)) for k, v in d.items())
+
+    def baseline(b: object) -> bool:
+        knn = b.get("knn") if isinstance(b, dict) else None
+        return (isinstance(knn, dict) and isinstance(b.get("data_options"), dict) and numbers(b.get("majority"))
+                and numbers(knn.get("val_grid", {}))
+                and numbers({k: v for k, v in knn.items() if k != "val_grid"}, text=("metric",)))
+
+    def dicts(key: str) -> list:  # the values of meta[key], if it is a dict of dicts
+        d = meta.get(key, {})
+        return list(d.values()) if isinstance(d, dict) and all(isinstance(v, dict) for v in d.values()) else [None]
+
+    return (isinstance(meta, dict) and all(isinstance(meta.get(k, ""), str) for k in ("command", "machine"))
+            and None not in dicts("skipped") and all(map(baseline, dicts("baselines")))
+            and all(map(numbers, dicts("profiles"))))
 
 
 def machine() -> str:
@@ -379,11 +405,15 @@ def measure_baselines(data: str, options: dict, meta: dict) -> dict:
     return result
 
 
-def measure_profile(data: str, model_options: dict, meta: dict) -> dict:
+def measure_profile(data: str, model_options: dict, meta: dict, source: Path) -> dict:
+    """Parameters, FLOPs and CPU latency of the model that `source` (a run's config.yaml) describes."""
     key = json.dumps([data, model_options], sort_keys=True)
+    dm = get_datamodule_class(data)
+    options = {**model_options, "num_classes": dm.num_classes, "input_shape": list(dm.input_shape)}
+    # Checked on the meta device first: a crafted config must not make us allocate a 40 GB model.
+    check_hparams(options, source, f"Fix: restore it (git checkout -- {source}), or delete its run folder.")
     if key not in meta.setdefault("profiles", {}):
-        dm = get_datamodule_class(data)
-        module = ZooModule(**{**model_options, "num_classes": dm.num_classes, "input_shape": list(dm.input_shape)})
+        module = ZooModule(**options)
         meta["profiles"][key] = profile(module.model, dm.input_shape, latency=True)
         meta["machine"] = machine()
     return meta["profiles"][key]
@@ -450,11 +480,11 @@ def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselin
         if not paths:
             continue
         paths = sorted(paths, key=seed_of)
-        loaded = [(json.loads((p / "metrics.json").read_text()), yaml.safe_load((p / "config.yaml").read_text()))
-                  for p in paths]
+        loaded = [read_run(p) for p in paths]
         runs_of[model] = loaded
         histories[model] = [read_history(p / "history.csv") for p in paths]
-        row = model_row(data, model, loaded, measure_profile(data, loaded[0][1]["model"], meta))
+        cost = measure_profile(data, loaded[0][1]["model"], meta, paths[0] / "config.yaml")
+        row = model_row(data, model, loaded, cost)
         add_tta(row, paths)
         rows.append(row)
     rows.sort(key=lambda r: (r.params, r.model))
@@ -478,6 +508,64 @@ def build_table(data: str, runs: dict[str, list[Path]], meta: dict, with_baselin
             "skipped": meta.get("skipped", {}).get(data, {})}
 
 
+def read_json(path: Path, ok, what: str, fix: str) -> object:
+    """A JSON file that compare wrote, if `ok` accepts it; anything else (damaged, hand-edited, a merge
+    conflict) is named in one paragraph."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ZooError(f"{path} cannot be read as JSON ({type(e).__name__}: {e}); it should hold {what}. Fix: "
+                       f"restore it (git checkout -- {path}), or {fix}.") from None
+    if not ok(value):
+        raise ZooError(f"{path} is not what compare writes there ({what}). Fix: restore it "
+                       f"(git checkout -- {path}), or {fix}.")
+    return value
+
+
+# What the tables read from a run's metrics.json, as train.py fit writes it.
+NUMBER = (int, float)
+METRICS = {"data": str, "model": str, "test_acc": NUMBER, "params": int, "flops": NUMBER, "macs": NUMBER,
+           "epochs": NUMBER, "fit_seconds": NUMBER, "seed": int, "device": str}
+METRICS_OPTIONAL = {"devices": int, "fit_parts": int, "test_acc_exact": (*NUMBER, type(None)),
+                    "best_ckpt": (str, type(None)), "best_score": (*NUMBER, type(None)), "monitor": (str, type(None))}
+
+
+def metrics_ok(m: object) -> bool:
+    def fits(value: object, kind) -> bool:
+        return isinstance(value, kind) and not isinstance(value, bool)
+
+    return (isinstance(m, dict) and all(fits(m.get(k), kind) for k, kind in METRICS.items())
+            and all(fits(m[k], kind) for k, kind in METRICS_OPTIONAL.items() if k in m)
+            and 0 <= m["test_acc"] <= 1 and m["fit_seconds"] >= 0 and m.get("devices", 1) >= 1
+            and isinstance(m.get("versions"), dict) and all(isinstance(m["versions"].get(k), str)
+                                                            for k in ("torch", "lightning")))
+
+
+def config_ok(c: object) -> bool:
+    return (isinstance(c, dict) and isinstance(c.get("trainer"), dict) and isinstance(c.get("model"), dict)
+            and isinstance(c.get("data") or {}, dict) and isinstance((c.get("data") or {}).get("init_args") or {}, dict)
+            and (c["trainer"].get("max_epochs") is None or type(c["trainer"]["max_epochs"]) is int))
+
+
+def read_run(run: Path) -> tuple[dict, dict]:
+    """A finished run's metrics.json and config.yaml (as compare copies them), checked for what the
+    tables read, so a damaged or hand-edited copy is named instead of failing deep in the table code."""
+    fix = f"delete {run} (a results copy) or rerun the compare command that trained it"
+    metrics = read_json(run / "metrics.json", metrics_ok, "the metrics train.py fit wrote: test_acc, params, "
+                        "flops, macs, epochs, fit_seconds, seed, device, versions", fix)
+    path = run / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ZooError(f"{path} cannot be read as YAML ({type(e).__name__}: {first}); it should hold the run's "
+                       f"resolved config. Fix: restore it (git checkout -- {path}), or {fix}.") from None
+    if not config_ok(config):
+        raise ZooError(f"{path} is not a config that train.py fit wrote (a mapping with trainer, model and data "
+                       f"sections). Fix: restore it (git checkout -- {path}), or {fix}.")
+    return metrics, config
+
+
 def read_history(path: Path) -> list[dict]:
     """A run's history.csv (one row per epoch: seconds so far, val/acc, ...), [] when it has none."""
     if not path.is_file():
@@ -499,7 +587,8 @@ def model_row(data: str, model: str, runs: list[tuple[dict, dict]], cost: dict) 
         model=model, dataset=data, params=runs[0][0]["params"], macs=runs[0][0]["macs"], flops=runs[0][0]["flops"],
         latency_ms_b1=cost["latency_ms_b1"], throughput=cost["throughput_b256"],
         epochs=statistics.mean(m["epochs"] for m, _ in runs),
-        max_epochs=max(c["trainer"]["max_epochs"] for _, c in runs),
+        max_epochs=max((c["trainer"]["max_epochs"] for _, c in runs if c["trainer"]["max_epochs"] is not None),
+                       default=None),
         fit_seconds=statistics.mean(m["fit_seconds"] for m, _ in runs), device=", ".join(devices),
         seeds=[m["seed"] for m, _ in runs], acc=statistics.mean(accs), acc_std=std,
         recipe=recipe_text(data, runs[0][1]),

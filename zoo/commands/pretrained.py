@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo.commands.compare import read_json
 from zoo.commands.evaluate import evaluate
 from zoo.errors import ZooError
 from zoo.weights import MANIFEST, WEIGHTS_DIR, pretrained_cfg, pretrained_path, read_manifest, sha256
@@ -71,6 +72,13 @@ def save_pretrained(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, co
 CLEAR_MARGIN = 0.02  # a shipped network beats its dataset's linear model by at least this much test accuracy
 
 
+def ranked(m: object) -> bool:
+    """A metrics.json with what best_runs ranks by."""
+    return (isinstance(m, dict) and isinstance(m.get("data"), str) and isinstance(m.get("model"), str)
+            and isinstance(m.get("monitor") or "", str)
+            and (m.get("best_score") is None or type(m["best_score"]) in (int, float)))
+
+
 def best_runs(results: str | os.PathLike = "results") -> dict[tuple[str, str], tuple[float, dict, Path]]:
     """Per (dataset, model), the committed run with the best validation score: {key: (score, metrics,
     run folder)}. Only runs that chose their checkpoint on validation compete: one trained on every
@@ -78,7 +86,8 @@ def best_runs(results: str | os.PathLike = "results") -> dict[tuple[str, str], t
     about unseen images and cannot be ranked against a validation accuracy."""
     best: dict[tuple[str, str], tuple[float, dict, Path]] = {}
     for path in sorted(Path(results).glob("*/runs/*/*/seed*/metrics.json")):
-        m = json.loads(path.read_text())
+        m = read_json(path, ranked, "the metrics of a run: data, model, monitor, best_score",
+                      f"delete {path.parent} (a results copy)")
         monitor = m.get("monitor") or ""
         if m.get("best_score") is None or not monitor.startswith("val/"):
             continue
