@@ -28,6 +28,8 @@ VARIANTS = {
     "bf16 CL compile": dict(channels_last=True, bf16=True, compile="model"),
     # MobileNetV2 as it was before its strided depthwise layers ran in fp32 (zoo/models/mobilenetv2.py)
     "bf16 CL dw-bf16": dict(channels_last=True, bf16=True, strided_depthwise_bf16=True),
+    # ReLU6 out of place: in place, autograd clones each input first (aten::clone under hardtanh_)
+    "fp32 CL relu6-out": dict(channels_last=True, bf16=False, relu6_out_of_place=True),
 }
 
 
@@ -49,9 +51,13 @@ if __name__ == "__main__":
     for name in names:
         options = dict(VARIANTS[name])
         dw_bf16 = options.pop("strided_depthwise_bf16", False)
+        relu6_out = options.pop("relu6_out_of_place", False)
         loop = BareLoop(dm, arch, **options)
         if dw_bf16:
             plain_strided_depthwise(loop.model)
+        for m in loop.model.modules() if relu6_out else []:
+            if isinstance(m, torch.nn.ReLU6):
+                m.inplace = False
         start = time.perf_counter()
         loop.seconds_per_step(1, warmup=2)  # warm-up, and the compile when there is one
         warm = time.perf_counter() - start
