@@ -116,6 +116,20 @@ def test_stale_lock_is_taken_over_with_a_notice(finished_run, capsys):
     assert not (finished_run / LOCK_FILE).exists()
 
 
+@pytest.mark.parametrize("text", ['{"pid": 1000000000000000000000, "host": "HOST"}', '{"pid": 0, "host": "HOST"}',
+                                  '{"pid": -1, "host": "HOST"}', '{"pid": true, "host": "HOST"}', "[1, 2]", "{"])
+def test_a_garbled_lock_is_taken_over_never_named_as_a_process(tmp_path, capsys, text):
+    """A lock's pid is only believed if it can be one: a huge one was an OverflowError traceback, and
+    pid 0 or -1 made the message say `kill -1` (every process of the user)."""
+    (tmp_path / LOCK_FILE).write_text(text.replace("HOST", os.uname().nodename))
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert lock.held and "its lock file was unreadable or garbled" in capsys.readouterr().err
+    (tmp_path / LOCK_FILE).write_text("[1]")  # replaced under us by something that is not a lock
+    lock.release()  # not ours: left in place, and no error
+    assert (tmp_path / LOCK_FILE).read_text() == "[1]"
+
+
 def test_lock_is_exclusive_within_and_across_processes(tmp_path):
     first, second = RunLock(tmp_path), RunLock(tmp_path)
     first.acquire()
