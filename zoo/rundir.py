@@ -122,18 +122,18 @@ class RunLock:
         text = _read(self.path)
         try:
             other = json.loads(text)
-            pid, host = other["pid"], str(other["host"])
+            pid, host, since = other["pid"], str(other["host"]), str(other.get("started", "?"))[:40]
             if type(pid) is not int or not 0 < pid < 1 << 22:  # Linux's largest pid_max; and never `kill -1`
                 raise ValueError(pid)
         except (ValueError, KeyError, TypeError):
-            other, pid, host = None, None, None  # empty or garbled: its writer died while writing
+            other, pid, host, since = None, None, None, None  # empty or garbled: its writer died while writing
         if other is not None and host != me["host"]:
-            raise ZooError(f"The run in {self.path.parent} is locked by process {pid} on host {host} (since "
-                           f"{str(other.get('started', '?'))[:40]}). Two processes must not train one run at once: wait for "
+            raise ZooError(f"The run in {self.path.parent} is locked by process {pid} on host {host[:64]} (since "
+                           f"{since}). Two processes must not train one run at once: wait for "
                            f"it to finish, or, if it is no longer running, delete {self.path}.")
         if other is not None and pid != me["pid"] and _alive(pid):
             raise ZooError(f"The run in {self.path.parent} is being trained by process {pid} (since "
-                           f"{str(other.get('started', '?'))[:40]}); two processes must not train one run at once. Wait for "
+                           f"{since}); two processes must not train one run at once. Wait for "
                            f"it to finish or stop it (kill {pid}), then resume with --ckpt_path {self.path.parent}.")
         why = f"process {pid} that held it is no longer running" if other else "its lock file was unreadable or garbled"
         print(f"Taking over the lock of {self.path.parent}: {why}.", file=sys.stderr)
