@@ -185,6 +185,33 @@ def test_a_missing_or_broken_config_file_is_named(tmp_path, capsys, form):
         assert "/bin/bash" not in err  # never the file's contents
 
 
+@pytest.mark.parametrize("flag", ["--data", "--model", "--trainer", "--trainer.callbacks", "--data.init_args"])
+def test_a_file_given_to_any_option_is_named_never_echoed(tmp_path, capsys, flag):
+    """jsonargparse loads a file given as any option's value as YAML; a text file that is not options
+    was quoted whole in its error (`--data ../../etc/passwd`: a path with a dot is no dataset name)."""
+    text = tmp_path / "secret.txt"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1\n")
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(b"\x80\xff\x00\xfe" * 64)
+    for path, words in [(text, ["secret.txt", "holds a YAML str, not a mapping"]),
+                        (binary, ["weights.bin", "cannot be read as text"])]:
+        rc = train.main(["fit", flag, str(path), "--runs_root", str(tmp_path), *FAST])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+        assert f"{flag} {path}" in err and all(word in err for word in words), err
+        assert "/bin/bash" not in err and "daemon" not in err  # never the file's contents
+
+
+def test_option_files_of_options_still_load(tmp_path):
+    model, callbacks = tmp_path / "model.yaml", tmp_path / "callbacks.yaml"
+    model.write_text("arch: mlp\nhidden: [8]\n")
+    callbacks.write_text("- class_path: lightning.pytorch.callbacks.ModelSummary\n")
+    assert train.main(["fit", "--model", str(model), "--trainer.callbacks", str(callbacks),
+                       "--trainer.max_epochs", "1", "--runs_root", str(tmp_path), *FAST]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert json.loads((run / "metrics.json").read_text())["params"] == 2 * 8 + 8 + 8 * 2 + 2
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -384,8 +384,15 @@ def expand_name_shorthand(args: list[str]) -> list[str]:
     return out
 
 
+# Options whose value is a path of their own; any other option given an existing file loads it as YAML.
+PATH_OPTIONS = ("--ckpt_path", "--run_dir", "--runs_root", "--trainer.default_root_dir")
+
+
 def check_config_files(args: list[str]) -> None:
-    """A missing or broken --config file named in one sentence (jsonargparse would not name it)."""
+    """A missing or broken --config file named in one sentence (jsonargparse would not name it). Any
+    other option's value that is a file is a config too for jsonargparse (`--data my_data.yaml`,
+    `--trainer.callbacks callbacks.yaml`): one that is not YAML text of options is named the same way,
+    never echoed (the parser's error would quote the whole file, /etc/passwd say)."""
     for flag, value in flags_with_values(args):
         if flag in ("--config", "-c") and value:  # a bare --config: the parser says so
             path = Path(value)
@@ -393,19 +400,28 @@ def check_config_files(args: list[str]) -> None:
                 what = "is a directory, not a file" if path.is_dir() else "not found"
                 raise ZooError(f"Config file {path}: {what}. Check the path (dataset configs are in "
                                f"{CONFIGS}, a run's resolved config is <run dir>/config.yaml).")
-            try:
-                cfg = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as e:
-                where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
-                raise ZooError(f"Config file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}. "
-                               f"Fix the file (indentation, brackets, colons).") from None
-            except (OSError, UnicodeDecodeError) as e:
-                raise ZooError(f"Config file {path} cannot be read as text ({e.__class__.__name__}). "
-                               f"A config file is a YAML text file: check the path.") from None
-            if cfg is not None and not isinstance(cfg, dict):  # else the parser echoes the whole file
-                raise ZooError(f"Config file {path} holds a YAML {type(cfg).__name__}, not a mapping of options. "
-                               f"A config maps option names to values, e.g. `model: {{arch: mlp}}`: check "
-                               f"the path (dataset configs are in {CONFIGS}).")
+            check_yaml_file(f"Config file {path}", path, (dict,))
+        elif (flag.startswith("--") and flag not in PATH_OPTIONS and not flag.endswith("data_dir") and value
+              and not value.startswith("-") and Path(value).is_file()):
+            check_yaml_file(f"{flag} {value}: a file given as an option's value is read as YAML options, and this "
+                            f"file", Path(value), (dict, list))
+
+
+def check_yaml_file(what: str, path: Path, kinds: tuple[type, ...]) -> None:
+    """`path` must be YAML text of one of `kinds` (or empty); `what` starts each message."""
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+        raise ZooError(f"{what} is not valid YAML{where}: {getattr(e, 'problem', e)}. "
+                       f"Fix the file (indentation, brackets, colons).") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ZooError(f"{what} cannot be read as text ({e.__class__.__name__}). "
+                       f"A config file is a YAML text file: check the path.") from None
+    if cfg is not None and not isinstance(cfg, kinds):  # else the parser echoes the whole file
+        raise ZooError(f"{what} holds a YAML {type(cfg).__name__}, not a mapping of options. A config maps "
+                       f"option names to values (`model: {{arch: mlp}}` in a --config file, `arch: mlp` in a "
+                       f"--model file): check the path (dataset configs are in {CONFIGS}).")
 
 
 def not_our_optimizer_flag(key: str) -> ZooError:
