@@ -202,6 +202,17 @@ def test_a_file_given_to_any_option_is_named_never_echoed(tmp_path, capsys, flag
         assert "/bin/bash" not in err and "daemon" not in err  # never the file's contents
 
 
+def test_a_file_named_inside_a_config_is_named_never_echoed(tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1\n")
+    for text, key in (("data: secret.txt\n", "data"), ("trainer:\n  callbacks: secret.txt\n", "trainer.callbacks")):
+        config = tmp_path / "config.yaml"
+        config.write_text(text)
+        assert train.main(["fit", "--config", str(config), "--runs_root", str(tmp_path), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"{config}: {key}: secret.txt is a file" in err and "/bin/bash" not in err, err
+
+
 def test_option_files_of_options_still_load(tmp_path):
     model, callbacks = tmp_path / "model.yaml", tmp_path / "callbacks.yaml"
     model.write_text("arch: mlp\nhidden: [8]\n")

@@ -401,10 +401,24 @@ def check_config_files(args: list[str]) -> None:
                 raise ZooError(f"Config file {path}: {what}. Check the path (dataset configs are in "
                                f"{CONFIGS}, a run's resolved config is <run dir>/config.yaml).")
             check_yaml_file(f"Config file {path}", path, (dict,))
+            check_files_inside(path, read_config(str(path)))
         elif (flag.startswith("--") and flag not in PATH_OPTIONS and not flag.endswith("data_dir") and value
               and not value.startswith("-") and Path(value).is_file()):
             check_yaml_file(f"{flag} {value}: a file given as an option's value is read as YAML options, and this "
                             f"file", Path(value), (dict, list))
+
+
+def check_files_inside(config: Path, cfg: dict, keys: str = "") -> None:
+    """A config's values that name files are loaded by the parser too (`data: my_data.yaml`, relative to
+    the config's folder): checked as an option's file is, so that none is quoted in an error."""
+    for key, value in cfg.items():
+        name = f"{keys}.{key}" if keys else str(key)
+        if isinstance(value, dict):
+            check_files_inside(config, value, name)
+        elif (isinstance(value, str) and f"--{name}" not in PATH_OPTIONS and not name.endswith("data_dir")
+              and (config.parent / value).is_file()):
+            check_yaml_file(f"{config}: {name}: {value} is a file, read as YAML options, and it",
+                            config.parent / value, (dict, list))
 
 
 def check_yaml_file(what: str, path: Path, kinds: tuple[type, ...]) -> None:
