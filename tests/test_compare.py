@@ -235,6 +235,7 @@ DAMAGES = [
     ("runs/moons/mlp/seed0/metrics.json", None, "is not what compare writes there"),  # test_acc as text
     ("runs/moons/mlp/seed0/config.yaml", "trainer: [", "cannot be read as YAML"),
     ("runs/moons/mlp/seed0/config.yaml", "- a list\n", "is not a config that train.py fit wrote"),
+    ("runs/moons/mlp/seed0/config.yaml", "model: {arch: mlp}\ntrainer: {}\nema: fast\n", "is not a config that"),
     ("runs/moons/mlp/seed0/config.yaml", "model: {arch: mlp, hidden: [200000, 200000]}\ntrainer: {}\n",
      "refused before allocating"),
     ("compare.json", "<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> other\n", "cannot be read as JSON"),

@@ -542,9 +542,15 @@ def metrics_ok(m: object) -> bool:
 
 
 def config_ok(c: object) -> bool:
-    return (isinstance(c, dict) and isinstance(c.get("trainer"), dict) and isinstance(c.get("model"), dict)
-            and isinstance(c.get("data") or {}, dict) and isinstance((c.get("data") or {}).get("init_args") or {}, dict)
-            and (c["trainer"].get("max_epochs") is None or type(c["trainer"]["max_epochs"]) is int))
+    def number(value: object) -> bool:  # or None
+        return value is None or type(value) in (int, float)
+
+    data = (c.get("data") or {}) if isinstance(c, dict) else None
+    options = (data.get("init_args") or {}) if isinstance(data, dict) else None
+    return (isinstance(options, dict) and isinstance(c.get("trainer"), dict) and isinstance(c.get("model"), dict)
+            and (c["trainer"].get("max_epochs") is None or type(c["trainer"]["max_epochs"]) is int)
+            and all(number(v) for v in (c.get("ema"), c.get("patience"), options.get("train_fraction"),
+                                        options.get("batch_size"))))
 
 
 def read_run(run: Path) -> tuple[dict, dict]:
