@@ -18,6 +18,8 @@ from torch import Tensor
 from datamodules.tensor import TensorDataModule
 from zoo.errors import ZooError
 
+MAX_SAMPLES = 10_000_000  # sklearn generates float64 points, then splits and copies them: ~1 GB at most
+
 
 class MoonsDataModule(TensorDataModule):
     """Two-moons: 2 float features, 2 classes, generated in memory (no files).
@@ -67,9 +69,10 @@ class MoonsDataModule(TensorDataModule):
         from sklearn.model_selection import train_test_split
 
         # Checked here, not in __init__: the CLI would wrap an error raised there in a long traceback.
-        if self.n_samples < 2:  # one point for the test split (30%, rounded up) and one to train on
-            raise ZooError(f"moons: n_samples must be at least 2 (one test point and one to train on), got "
-                           f"{self.n_samples}. Fix: pass e.g. --data.n_samples 200 (the default).")
+        if not 2 <= self.n_samples <= MAX_SAMPLES:  # a test point (30%, rounded up) and one to train on
+            raise ZooError(f"moons: n_samples must be from 2 (one test point and one to train on) to {MAX_SAMPLES:,} "
+                           f"(~1 GB in memory), got {self.n_samples:,}. Fix: pass e.g. --data.n_samples 200 (the "
+                           f"default).")
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise ZooError(f"moons: noise is the standard deviation of the noise added to the points, so it must be "
                            f"a finite number >= 0, got {self.noise}. Fix: pass e.g. --data.noise 0.2 (the default).")

@@ -176,9 +176,10 @@ def test_image_folder_bad_options_are_one_paragraph(args, words, tmp_path, capsy
 
 # --- two-moons options that make no data set ----------------------------------------------------
 @pytest.mark.parametrize("option, value, words", [
-    ("n_samples", "0", ["n_samples must be at least 2", "got 0"]),
-    ("n_samples", "1", ["n_samples must be at least 2", "got 1"]),
-    ("n_samples", "-5", ["n_samples must be at least 2", "got -5"]),
+    ("n_samples", "0", ["n_samples must be from 2", "got 0"]),
+    ("n_samples", "1", ["n_samples must be from 2", "got 1"]),
+    ("n_samples", "-5", ["n_samples must be from 2", "got -5"]),
+    ("n_samples", "1000000000000", ["to 10,000,000", "got 1,000,000,000,000"]),  # was 16 TB of points
     ("n_samples", "20", ["larger than the training split", "--data.n_samples"]),
     ("noise", "-0.1", ["noise", ">= 0", "got -0.1"]),
 ])
