@@ -130,6 +130,16 @@ def test_early_stopping_stops_a_plateau(tmp_path):
     assert m["epochs"] < 50 and m["stopped"].startswith("early stopping"), m
 
 
+@pytest.mark.parametrize("args, reason", [
+    (["--trainer.max_epochs", "2"], "reached max_epochs=2"),
+    (["--trainer.max_steps", "3", "--monitor", "train/loss"], "reached max_steps=3"),  # said max_epochs=150
+    (["--trainer.max_time", "00:00:00:01", "--trainer.max_epochs", "100000", "--patience", "0"], "reached max_time"),
+])
+def test_the_summary_says_which_limit_ended_the_run(tmp_path, args, reason):
+    m = metrics(fit(tmp_path, "--data", "moons", *args))
+    assert m["stopped"].startswith(reason), m["stopped"]
+
+
 def test_lenet5_on_mnist_fraction_of_an_epoch(tmp_path):
     require_data("mnist")
     run = fit(tmp_path, "--data", "mnist", "--model.arch", "lenet5", "--trainer.max_epochs", "1",

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from datamodules import registered_name
@@ -294,10 +294,17 @@ class Run:
             return
         # Read how the fit ended before testing: trainer.test restores the callbacks' state.
         es = self.early_stopping
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         if es is not None and es.stopped_epoch > 0:
             stopped = f"early stopping: {es.monitor} did not improve for {es.patience} epochs"
-        else:
+        elif trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+            stopped = f"reached max_steps={trainer.max_steps}"
+        elif timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0:
+            stopped = f"reached max_time after {timer.time_elapsed('train'):.0f} s of training"
+        elif trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
             stopped = f"reached max_epochs={trainer.max_epochs}"
+        else:
+            stopped = f"stopped by a callback after {trainer.global_step} steps"
         epochs = trainer.current_epoch
         best_score = float(cb.best_model_score) if cb.best_model_score is not None else None
         best = cb.best_model_path or str(self.dir / "last.ckpt")
