@@ -478,6 +478,11 @@ class TensorDataModule(L.LightningDataModule):
                 f">= 0, got {t!r}. Fix: pass e.g. --data.translate 2, --data.translate 0 for no crop, or leave "
                 f"--data.translate out for {self.name}'s default ({self.pad})."
             )
+        side = min(self.input_shape[1:], default=0) if len(self.input_shape) == 3 else 0
+        if t is not None and side and t >= side:
+            raise ZooError(f"{self.name}: translate {t} would shift the {side}-pixel images out of view (crops of "
+                           f"nothing but padding). Fix: pass a few pixels, e.g. --data.translate 2, or leave it out "
+                           f"for {self.name}'s default ({self.pad}).")
         # A flag that would change nothing is refused: it is a wrong flag, or augment was forgotten.
         if self.alternate_flip and not self.flip:
             raise ZooError(f"{self.name}: alternate_flip changes how training images are flipped, but {self.name} "

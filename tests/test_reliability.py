@@ -83,6 +83,8 @@ CASES = [
     ("zero epochs", ["fit", "--data", "moons", "--trainer.max_epochs", "0"], ["max_epochs", "at least 1"]),
     ("negative translation", ["fit", "--data", "mnist", "--data.init_args.translate", "-1"],
      ["translate", "--data.translate 2"]),
+    ("translation beyond the image", ["fit", "--data", "mnist", "--data.init_args.translate", "100000"],
+     ["translate 100000", "28-pixel images out of view", "--data.translate 2"]),
     ("alternating flip on digits", ["fit", "--data", "mnist", "--data.init_args.alternate_flip", "true"],
      ["alternate_flip", "never flipped", "no effect"]),
     ("unknown padding mode", ["fit", "--data", "mnist", "--data.init_args.pad_mode", "wrap"], ["wrap", "reflect"]),
