@@ -32,6 +32,14 @@ from zoo.errors import ZooError
 TEST_SPLIT_SEED = 0  # the carved test split never changes with --seed_everything: results stay comparable
 
 
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, where the OS says (Linux, macOS); None elsewhere."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -147,6 +155,15 @@ class ImageFolderDataModule(TensorDataModule):
         if not test_files:
             raise ZooError(f"image_folder: the test split of {self.data_dir} is empty. Fix: add images to "
                            f"test/, or raise --data.test_fraction.")
+        # Every image is held in memory as uint8, and loading briefly holds about three copies: check
+        # before decoding, not after minutes of it (--data.image_size 4000 on a folder of photos).
+        n, ram = len(train_files) + len(test_files), physical_memory()
+        need = 3 * n * self.channels * self.image_size ** 2
+        if ram and need > ram:
+            raise ZooError(f"image_folder: {n:,} images of {self.channels}x{self.image_size}x{self.image_size} "
+                           f"pixels need ~{need / 1e9:.1f} GB of memory to load (they are kept as uint8 tensors), "
+                           f"more than this machine's {ram / 1e9:.1f} GB. Fix: a smaller --data.image_size (the zoo's "
+                           f"nets are built for 28-32) or fewer images.")
         x_train, y_train = self._read(train_files, train_y)
         x_test, y_test = self._read(test_files, test_y)
         return x_train, y_train, x_test, y_test

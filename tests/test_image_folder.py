@@ -97,6 +97,19 @@ def test_unreadable_files_are_skipped(tmp_path, capsys):
     assert "broken.png" in capsys.readouterr().err
 
 
+def test_an_image_size_the_memory_cannot_hold_is_refused_before_decoding(tmp_path, monkeypatch):
+    import datamodules.image_folder as image_folder
+
+    make_folder(tmp_path, per_class=5)
+    decoded = []
+    monkeypatch.setattr(image_folder, "load_image", lambda *a: decoded.append(a))
+    monkeypatch.setattr(image_folder, "physical_memory", lambda: 10**9)  # a 1 GB machine
+    dm = ImageFolderDataModule(data_dir=str(tmp_path), image_size=4000)  # 15 x 3 x 4000^2 x 3 copies: 2.2 GB
+    with pytest.raises(ZooError, match=r"15 images of 3x4000x4000 pixels need ~2.2 GB .* 1.0 GB"):
+        dm.setup()
+    assert not decoded
+
+
 def test_transparent_pixels_become_white(tmp_path):
     im = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
     ImageDraw.Draw(im).rectangle((0, 0, 4, 9), fill=(0, 0, 0, 255))
