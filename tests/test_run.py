@@ -183,7 +183,7 @@ def test_a_damaged_config_of_the_run_to_resume_is_named(tmp_path, capsys):
     common = ["--runs_root", str(tmp_path), "--quiet", "true", "--data", "moons", "--model.scheduler", "onecycle"]
     assert train.main(["fit", *common, "--trainer.max_epochs", "1"]) == 0
     (run,) = tmp_path.glob("moons/mlp/*")
-    for text in ("- a list\n", "trainer: [1, 2]\n", "trainer: {max_epochs: [\n"):
+    for text in ("- a list\n", "trainer: [1, 2]\n", "trainer: {max_epochs: [\n", "data: {init_args: [1]}\n"):
         (run / "config.yaml").write_text(text)
         before = checksums(run)
         assert train.main(["fit", "--ckpt_path", str(run), *common, "--trainer.max_epochs", "1"]) == 2

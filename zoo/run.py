@@ -220,7 +220,9 @@ class Run:
             config = yaml.safe_load(saved.read_text()) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             config = e
-        if not isinstance(config, dict) or not all(isinstance(config.get(k) or {}, dict) for k in ("trainer", "data")):
+        data = (config.get("data") or {}) if isinstance(config, dict) else None
+        if not (isinstance(data, dict) and isinstance(config.get("trainer") or {}, dict)
+                and isinstance(data.get("init_args") or {}, dict)):
             raise ZooError(f"Cannot resume {self.ckpt_path}: the run's {saved} is damaged (not the mapping train.py "
                            f"fit wrote), and it says how long the run's {scheduler} schedule was planned. Fix: "
                            f"restore it (from a backup or git), or start a new run.")
