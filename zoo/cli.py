@@ -392,7 +392,7 @@ def check_config_files(args: list[str]) -> None:
     """A missing or broken --config file named in one sentence (jsonargparse would not name it). Any
     other option's value that is a file is a config too for jsonargparse (`--data my_data.yaml`,
     `--trainer.callbacks callbacks.yaml`): one that is not YAML text of options is named the same way,
-    never echoed (the parser's error would quote the whole file, /etc/passwd say)."""
+    never echoed (the parser's error quoted its text: /etc/passwd's first line, say)."""
     for flag, value in flags_with_values(args):
         if flag in ("--config", "-c") and value:  # a bare --config: the parser says so
             path = Path(value)
