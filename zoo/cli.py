@@ -385,7 +385,12 @@ def expand_name_shorthand(args: list[str]) -> list[str]:
 
 
 # Options whose value is a path of their own; any other option given an existing file loads it as YAML.
-PATH_OPTIONS = ("--ckpt_path", "--run_dir", "--runs_root", "--trainer.default_root_dir")
+PATH_OPTIONS = ("ckpt_path", "run_dir", "runs_root", "trainer.default_root_dir")
+
+
+def loads_a_file(option: str) -> bool:
+    """Whether jsonargparse reads a file named as this option's value (`trainer.callbacks`) as YAML."""
+    return option not in PATH_OPTIONS and not option.endswith("data_dir")
 
 
 def check_config_files(args: list[str]) -> None:
@@ -400,10 +405,9 @@ def check_config_files(args: list[str]) -> None:
                 what = "is a directory, not a file" if path.is_dir() else "not found"
                 raise ZooError(f"Config file {path}: {what}. Check the path (dataset configs are in "
                                f"{CONFIGS}, a run's resolved config is <run dir>/config.yaml).")
-            check_yaml_file(f"Config file {path}", path, (dict,))
-            check_files_inside(path, read_config(str(path)))
-        elif (flag.startswith("--") and flag not in PATH_OPTIONS and not flag.endswith("data_dir") and value
-              and not value.startswith("-") and Path(value).is_file()):
+            check_files_inside(path, check_yaml_file(f"Config file {path}", path, (dict,)) or {})
+        elif flag.startswith("--") and loads_a_file(flag[2:]) and value and not value.startswith("-") and Path(
+                value).is_file():
             check_yaml_file(f"{flag} {value}: a file given as an option's value is read as YAML options, and this "
                             f"file", Path(value), (dict, list))
 
@@ -415,14 +419,13 @@ def check_files_inside(config: Path, cfg: dict, keys: str = "") -> None:
         name = f"{keys}.{key}" if keys else str(key)
         if isinstance(value, dict):
             check_files_inside(config, value, name)
-        elif (isinstance(value, str) and f"--{name}" not in PATH_OPTIONS and not name.endswith("data_dir")
-              and (config.parent / value).is_file()):
+        elif isinstance(value, str) and loads_a_file(name) and (config.parent / value).is_file():
             check_yaml_file(f"{config}: {name}: {value} is a file, read as YAML options, and it",
                             config.parent / value, (dict, list))
 
 
-def check_yaml_file(what: str, path: Path, kinds: tuple[type, ...]) -> None:
-    """`path` must be YAML text of one of `kinds` (or empty); `what` starts each message."""
+def check_yaml_file(what: str, path: Path, kinds: tuple[type, ...]) -> object:
+    """`path` must be YAML text of one of `kinds` (or empty), which is returned; `what` starts each message."""
     try:
         cfg = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -436,6 +439,7 @@ def check_yaml_file(what: str, path: Path, kinds: tuple[type, ...]) -> None:
         raise ZooError(f"{what} holds a YAML {type(cfg).__name__}, not a mapping of options. A config maps "
                        f"option names to values (`model: {{arch: mlp}}` in a --config file, `arch: mlp` in a "
                        f"--model file): check the path (dataset configs are in {CONFIGS}).")
+    return cfg
 
 
 def not_our_optimizer_flag(key: str) -> ZooError:

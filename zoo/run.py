@@ -218,8 +218,8 @@ class Run:
             return
         try:
             config = yaml.safe_load(saved.read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            config = e
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            config = None
         data = (config.get("data") or {}) if isinstance(config, dict) else None
         if not (isinstance(data, dict) and isinstance(config.get("trainer") or {}, dict)
                 and isinstance(data.get("init_args") or {}, dict)):

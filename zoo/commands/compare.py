@@ -33,7 +33,7 @@ from torch.utils.collect_env import get_env_info
 
 from datamodules import DATAMODULES, get_datamodule_class
 from zoo import cli, insight
-from zoo.checkpoint import atomic_write_bytes, check_hparams, load_checkpoint
+from zoo.checkpoint import atomic_write_bytes, check_hparams, fits, load_checkpoint
 from zoo.commands.baselines import knn_baseline, majority
 from zoo.commands.doctor import cpu_name
 from zoo.commands.evaluate import TTA, evaluate
@@ -352,8 +352,7 @@ def read_meta(path: Path) -> dict:
 
 def meta_ok(meta: object) -> bool:
     def numbers(d: object, text: tuple[str, ...] = ()) -> bool:  # a dict of numbers (or None), some keys text
-        return isinstance(d, dict) and all(isinstance(v, str) if k in text else v is None or (
-            isinstance(v, int | float) and not isinstance(v, bool)) for k, v in d.items())
+        return isinstance(d, dict) and all(fits(v, str if k in text else float | None) for k, v in d.items())
 
     def baseline(b: object) -> bool:
         knn = b.get("knn") if isinstance(b, dict) else None
@@ -522,18 +521,15 @@ def read_json(path: Path, ok, what: str, fix: str) -> object:
     return value
 
 
-# What the tables read from a run's metrics.json, as train.py fit writes it.
-NUMBER = (int, float)
-METRICS = {"data": str, "model": str, "test_acc": NUMBER, "params": int, "flops": NUMBER, "macs": NUMBER,
-           "epochs": NUMBER, "fit_seconds": NUMBER, "seed": int, "device": str}
-METRICS_OPTIONAL = {"devices": int, "fit_parts": int, "test_acc_exact": (*NUMBER, type(None)),
-                    "best_ckpt": (str, type(None)), "best_score": (*NUMBER, type(None)), "monitor": (str, type(None))}
+# What the tables read from a run's metrics.json, as train.py fit writes it (types as zoo.checkpoint.fits
+# reads them: an int is a float, a bool is neither).
+METRICS = {"data": str, "model": str, "test_acc": float, "params": int, "flops": float, "macs": float,
+           "epochs": float, "fit_seconds": float, "seed": int, "device": str}
+METRICS_OPTIONAL = {"devices": int, "fit_parts": int, "test_acc_exact": float | None, "best_ckpt": str | None,
+                    "best_score": float | None, "monitor": str | None}
 
 
 def metrics_ok(m: object) -> bool:
-    def fits(value: object, kind) -> bool:
-        return isinstance(value, kind) and not isinstance(value, bool)
-
     return (isinstance(m, dict) and all(fits(m.get(k), kind) for k, kind in METRICS.items())
             and all(fits(m[k], kind) for k, kind in METRICS_OPTIONAL.items() if k in m)
             and 0 <= m["test_acc"] <= 1 and m["fit_seconds"] >= 0 and m.get("devices", 1) >= 1
@@ -542,15 +538,12 @@ def metrics_ok(m: object) -> bool:
 
 
 def config_ok(c: object) -> bool:
-    def number(value: object) -> bool:  # or None
-        return value is None or type(value) in (int, float)
-
     data = (c.get("data") or {}) if isinstance(c, dict) else None
     options = (data.get("init_args") or {}) if isinstance(data, dict) else None
     return (isinstance(options, dict) and isinstance(c.get("trainer"), dict) and isinstance(c.get("model"), dict)
-            and (c["trainer"].get("max_epochs") is None or type(c["trainer"]["max_epochs"]) is int)
-            and all(number(v) for v in (c.get("ema"), c.get("patience"), options.get("train_fraction"),
-                                        options.get("batch_size"))))
+            and fits(c["trainer"].get("max_epochs"), int | None)
+            and all(fits(v, float | None) for v in (c.get("ema"), c.get("patience"), options.get("train_fraction"),
+                                                    options.get("batch_size"))))
 
 
 def read_run(run: Path) -> tuple[dict, dict]:

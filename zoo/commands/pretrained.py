@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo.checkpoint import atomic_write_bytes, fits, load_checkpoint
 from zoo.commands.compare import read_json
 from zoo.commands.evaluate import evaluate
 from zoo.errors import ZooError
@@ -76,7 +76,7 @@ def ranked(m: object) -> bool:
     """A metrics.json with what best_runs ranks by."""
     return (isinstance(m, dict) and isinstance(m.get("data"), str) and isinstance(m.get("model"), str)
             and isinstance(m.get("monitor") or "", str)
-            and (m.get("best_score") is None or type(m["best_score"]) in (int, float)))
+            and fits(m.get("best_score"), float | None))
 
 
 def best_runs(results: str | os.PathLike = "results") -> dict[tuple[str, str], tuple[float, dict, Path]]:
