@@ -120,6 +120,27 @@ def test_an_explicit_precision_wins(shapes, tmp_path):
     assert evaluate.evaluate(str(run), device="cpu")["precision"] == "float32"
 
 
+def test_bf16_kept_on_a_machine_that_emulates_it_says_so_and_names_the_faster_flag(tmp_path, monkeypatch, capsys):
+    """A bf16 run (from an AMX CPU or a GPU) evaluated where bf16 is emulated keeps its arithmetic, so the
+    numbers match, but that is many times slower: one line says so and names the fp32 flag."""
+    assert train.main(["fit", "--runs_root", str(tmp_path), *MOONS_BF16]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert "does not do bf16 in hardware" not in capsys.readouterr().err  # a fit chose its precision itself
+    monkeypatch.setattr(zoo.module, "bf16_native", lambda accelerator="auto": False)
+    r = evaluate.evaluate(str(run), device="cpu")
+    err = capsys.readouterr().err
+    assert "trained in bf16-mixed" in err and "pass --precision 32." in err, err
+    assert r["test_acc"] == json.loads((run / "metrics.json").read_text())["test_acc"]  # still the run's arithmetic
+    evaluate.evaluate(str(run), device="cpu", precision="32")  # asked for fp32: nothing to say
+    assert "does not do bf16" not in capsys.readouterr().err
+    assert train.main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "best.ckpt"),
+                       "--trainer.precision", "null"]) == 0
+    assert "pass --trainer.precision 32-true." in capsys.readouterr().err
+    monkeypatch.setattr(zoo.module, "bf16_native", lambda accelerator="auto": True)
+    evaluate.evaluate(str(run), device="cpu")
+    assert "does not do bf16" not in capsys.readouterr().err
+
+
 def test_evaluate_refuses_an_unknown_precision(tiny_moons_run):
     with pytest.raises(cli.ZooError, match="fp8"):
         evaluate.evaluate(str(tiny_moons_run), precision="fp8")

@@ -762,6 +762,18 @@ def default_precision(arch: str, accelerator: str = "auto") -> str:
     return "bf16-mixed" if convolutional(arch) and bf16_native(accelerator) else "32-true"
 
 
+def emulated_bf16_note(precision: str, accelerator: str, flag: str) -> str | None:
+    """A notice when a checkpoint's bf16 arithmetic is kept (so numbers match the run's) on a device
+    that only emulates bf16, e.g. a bf16 run from an AMX CPU or a GPU evaluated on an AVX2-only CPU,
+    where it is many times slower than fp32 (results/README.md); None where bf16 is native or unused."""
+    if not str(precision).startswith("bf16") or bf16_native(accelerator):
+        return None
+    return (f"note: this checkpoint was trained in {precision} and keeps that arithmetic here, so its numbers match "
+            f"the run's; this machine's {'CPU' if accelerator in ('auto', 'cpu') else accelerator} does not do bf16 in "
+            f"hardware and torch emulates it, many times slower than fp32. For a faster result that can differ "
+            f"slightly from the run's, pass {flag}.")
+
+
 def init_loss_expected(num_classes: int) -> float:
     """Cross-entropy of a uniform guess: what a well-initialised classifier should start near."""
     return math.log(num_classes)

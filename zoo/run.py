@@ -39,7 +39,7 @@ from zoo.checkpoint import atomic_write_bytes, load_checkpoint
 from zoo.errors import ZooError
 from zoo.models import profile
 from zoo.models.registry import check_model_name
-from zoo.module import RESOLVED, default_precision, resolve_hparams
+from zoo.module import RESOLVED, default_precision, emulated_bf16_note, resolve_hparams
 from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale_temp_files
 
 # The run directory, for the DDP workers Lightning starts by re-running the command (LOCAL_RANK 1, 2, ...):
@@ -120,6 +120,9 @@ class Run:
         if cfg.trainer.precision is None:  # not given: as the weights were trained, else the fast path
             if self.ckpt_precision:
                 cfg.trainer.precision = self.ckpt_precision
+                if note := emulated_bf16_note(self.ckpt_precision, str(cfg.trainer.accelerator),
+                                              "--trainer.precision 32-true"):
+                    print(note, file=sys.stderr, flush=True)
             elif self.ckpt_hparams is not None or (self.subcommand != "fit" and cfg.model.pretrained):
                 cfg.trainer.precision = "32-true"  # older checkpoints and the shipped weights: fp32 throughout
             else:

@@ -87,7 +87,7 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto", preci
                        f"it without --tta (or --tta none).")
     from lightning.pytorch import Trainer  # here, not at the top: start-up (see the note there)
 
-    from zoo.module import ZooModule
+    from zoo.module import ZooModule, emulated_bf16_note
 
     model = ZooModule.from_checkpoint(ckpt)
     dm = rebuild_datamodule(ckpt, data_dir, ckpt_path)
@@ -98,6 +98,8 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto", preci
     # numbers match fit's; `--precision 32` evaluates in full precision instead.
     chosen = (ckpt.get("precision") or "32-true") if precision == "auto" else precision
     chosen = "32-true" if chosen == "32" or dev.type not in ("cpu", "cuda") else chosen  # MPS: partial autocast
+    if precision == "auto" and (note := emulated_bf16_note(chosen, dev.type, "--precision 32")):
+        print(note, file=sys.stderr, flush=True)
     trainer = Trainer(accelerator=dev.type, devices=[dev.index] if dev.index is not None else 1, precision=chosen,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False)
