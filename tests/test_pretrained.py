@@ -149,3 +149,26 @@ def test_reshipping_named_rows_refuses_an_unknown_one(tmp_path):
                                                 "best_score": 0.9, "test_acc": 0.9}))
     with pytest.raises(ZooError, match="No committed run for cifar10/resnet56.*cifar10/resnet20"):
         build_from_results(tmp_path, tmp_path / "weights", only="cifar10/resnet56")
+
+
+def test_weights_ship_from_a_clone_in_another_directory(tiny_moons_run, tmp_path, monkeypatch):
+    """metrics.json names the tested checkpoint by absolute path (the committed runs say /work/main/...);
+    in a clone elsewhere the run's own directory, run_dir relative to the project root, holds it."""
+    import shutil
+
+    project = tmp_path / "clone"
+    run = project / "checkpoints" / "moons" / "mlp" / "seed0"
+    shutil.copytree(tiny_moons_run, run)
+    metrics = json.loads((tiny_moons_run / "metrics.json").read_text())
+    metrics.update(best_ckpt="/elsewhere/checkpoints/moons/mlp/seed0/best.ckpt",
+                   run_dir="checkpoints/moons/mlp/seed0")
+    copy = project / "results" / "moons" / "runs" / "moons" / "mlp" / "seed0"
+    copy.mkdir(parents=True)
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    shutil.copyfile(tiny_moons_run / "config.yaml", copy / "config.yaml")
+    monkeypatch.chdir(project)
+    (entry,) = build_from_results("results", "weights")
+    assert entry["model"] == "mlp" and entry["test_acc"] == pytest.approx(metrics["test_acc"], abs=0.001)
+    metrics["run_dir"] = "checkpoints/gone"
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    assert build_from_results("results", "weights2") == []  # not here at all: skipped, and said so

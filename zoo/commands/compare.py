@@ -318,7 +318,7 @@ def evaluate_tta(run: Path, tta: str) -> None:
     """The run's tested checkpoint evaluated again with test-time augmentation: tta_<kind>.json beside
     metrics.json (accuracy on the full test set, and on the original-pixel images where there are some)."""
     metrics = read_run(run)[0]
-    ckpt = metrics.get("best_ckpt") if Path(metrics.get("best_ckpt") or "").is_file() else run / "last.ckpt"
+    ckpt = tested_checkpoint(metrics) or run / "last.ckpt"
     r = evaluate(str(ckpt), device="cpu", tta=tta)
     out = {"tta": tta, "test_acc": r["test_acc"], "test_acc_exact": r["test_acc_exact"], "n_exact": r["n_exact"],
            "checkpoint": str(ckpt)}
@@ -526,7 +526,7 @@ def read_json(path: Path, ok, what: str, fix: str) -> object:
 METRICS = {"data": str, "model": str, "test_acc": float, "params": int, "flops": float, "macs": float,
            "epochs": float, "fit_seconds": float, "seed": int, "device": str}
 METRICS_OPTIONAL = {"devices": int, "fit_parts": int, "test_acc_exact": float | None, "best_ckpt": str | None,
-                    "best_score": float | None, "monitor": str | None}
+                    "best_score": float | None, "monitor": str | None, "run_dir": str | None}
 
 
 def metrics_ok(m: object) -> bool:
@@ -544,6 +544,19 @@ def config_ok(c: object) -> bool:
             and fits(c["trainer"].get("max_epochs"), int | None)
             and all(fits(v, float | None) for v in (c.get("ema"), c.get("patience"), options.get("train_fraction"),
                                                     options.get("batch_size"))))
+
+
+def tested_checkpoint(metrics: dict) -> Path | None:
+    """The checkpoint a run was tested with, or None when it is not here. metrics.json names it by
+    absolute path, which no longer exists once the project is cloned or moved elsewhere (committed runs
+    name /work/main/...); then the same file in the run's directory, run_dir, relative to the project root."""
+    best, run_dir = metrics.get("best_ckpt"), metrics.get("run_dir")
+    if not (isinstance(best, str) and best):
+        return None
+    if Path(best).is_file():
+        return Path(best)
+    moved = Path(run_dir) / Path(best).name if isinstance(run_dir, str) and run_dir else None
+    return moved if moved is not None and moved.is_file() else None
 
 
 def read_run(run: Path) -> tuple[dict, dict]:
@@ -806,8 +819,8 @@ def write_outputs(table: dict, out: Path, meta: dict, stats: dict, command: str,
     if tuple(get_datamodule_class(data).input_shape) == (2,):  # a plane we can draw
         for model, runs in table["runs"].items():
             metrics, config = runs[0]
-            if Path(metrics["best_ckpt"]).is_file():  # the checkpoints stay out of results/: plot while they exist
-                plot_boundary(Path(metrics["best_ckpt"]), data, config, out / f"{data}_boundary_{model}.png")
+            if ckpt := tested_checkpoint(metrics):  # the checkpoints stay out of results/: plot while they exist
+                plot_boundary(ckpt, data, config, out / f"{data}_boundary_{model}.png")
     print("\n" + markdown + f"\nwrote {out / data}.md, .csv and plots", flush=True)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from zoo.checkpoint import atomic_write_bytes, fits, load_checkpoint
-from zoo.commands.compare import read_json
+from zoo.commands.compare import read_json, tested_checkpoint
 from zoo.commands.evaluate import evaluate
 from zoo.errors import ZooError
 from zoo.weights import MANIFEST, WEIGHTS_DIR, pretrained_cfg, pretrained_path, read_manifest, sha256
@@ -128,9 +128,10 @@ def build_from_results(results: str | os.PathLike = "results", out_dir: str | os
                   f"by {CLEAR_MARGIN:.0%}")
             remove_entry(model, data, out_dir)
             continue
-        ckpt = Path(m["best_ckpt"])
-        if not ckpt.is_file():
-            print(f"skip {model} on {data}: its checkpoint {ckpt} is not here (train it with the table's command)")
+        ckpt = tested_checkpoint(m)
+        if ckpt is None:
+            print(f"skip {model} on {data}: its checkpoint {m.get('best_ckpt')} is not here, nor in its run "
+                  f"directory {m.get('run_dir')} (train it with the table's command)")
             continue
         command = f"python train.py fit --config {run / 'config.yaml'}"
         entry = save_pretrained(ckpt, out_dir, command, half=True)
