@@ -89,6 +89,27 @@ def test_nodes_of_one_job_share_a_run_dir_other_jobs_do_not(tmp_path, monkeypatc
 
 # --- one process per run: the lock ----------------------------------------------------------------
 
+def test_a_run_resumed_in_a_moved_directory_keeps_its_best(finished_run, tmp_path):
+    """A clone or a copy elsewhere: Lightning reloads the best score only when the run's directory is where
+    the checkpoint was written, so the first resumed epoch would replace a better best.ckpt with itself."""
+    last = torch.load(finished_run / "last.ckpt", weights_only=False)
+    (state,) = [s for s in last["callbacks"].values() if s.get("monitor") == "val/loss"]
+    unbeatable = torch.tensor(-1.0)  # a best that no later epoch can improve on (val/loss is minimised)
+    state.update(best_model_score=unbeatable, kth_value=unbeatable,
+                 best_k_models={k: unbeatable for k in state["best_k_models"]})
+    torch.save(last, finished_run / "last.ckpt")
+    best = (finished_run / "best.ckpt").read_bytes()
+    moved = tmp_path / "clone" / "run"
+    moved.parent.mkdir()
+    finished_run.rename(moved)
+    assert fit("--config", str(moved / "config.yaml"), "--ckpt_path", str(moved), "--trainer.max_epochs", "3") == 0
+    assert (moved / "best.ckpt").read_bytes() == best  # epoch 3 did not beat the best: best.ckpt kept
+    after = torch.load(moved / "last.ckpt", weights_only=False)
+    (state,) = [s for s in after["callbacks"].values() if s.get("monitor") == "val/loss"]
+    assert float(state["best_model_score"]) == -1.0
+    assert state["best_model_path"] == str(moved.resolve() / "best.ckpt") and state["dirpath"] == str(moved.resolve())
+
+
 def test_resume_of_a_run_being_trained_is_refused(finished_run, capsys):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live 'trainer'
     try:

@@ -56,6 +56,25 @@ RUN_DIR_ENV = "ZOO_RUN_DIR"
 AUTO_CHUNK, SMALL_STEP_FLOPS = 50, 1e9
 
 
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that resumes its best-so-far in a run directory that moved (a clone or a copy
+    elsewhere). Lightning reloads best_model_score and the rest only when the saved directory equals the
+    current one, so a moved run took its first resumed epoch as the best and overwrote a better best.ckpt.
+    A resume always continues the checkpoint's own directory, so the saved paths are mapped into it."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            def moved(path):
+                return os.path.join(new, os.path.basename(path)) if path and os.path.dirname(path) == old else path
+
+            state_dict = {**state_dict, "dirpath": new,
+                          **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                   "last_model_path")},
+                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
 class Run:
     """A command of train.py (fit, validate, test) as one object, built once from its parsed config
     (`cfg`: the subcommand's namespace, which it completes: recipe, precision, ckpt_path)."""
@@ -156,12 +175,12 @@ class Run:
             return []
         cfg = self.cfg
         mode = "min" if "loss" in cfg.monitor else "max"
-        self.checkpoint = ModelCheckpoint(dirpath=self.dir, filename="best", monitor=cfg.monitor, mode=mode,
-                                          enable_version_counter=False)
+        self.checkpoint = RunCheckpoint(dirpath=self.dir, filename="best", monitor=cfg.monitor, mode=mode,
+                                        enable_version_counter=False)
         # last.ckpt every epoch, after best.ckpt (so it records the new best). Not save_last=True:
         # Lightning 2.6 then writes last.ckpt only in epochs that improved the best, and a resume
         # after a crash would lose every epoch since the last improvement.
-        last = ModelCheckpoint(dirpath=self.dir, filename="last", enable_version_counter=False)
+        last = RunCheckpoint(dirpath=self.dir, filename="last", enable_version_counter=False)
         self.run_info = RunInfo(self.dir)
         callbacks = [self.checkpoint, last, self.run_info, loggers.RunSettings(self.data)]
         if cfg.get("ema"):
