@@ -216,15 +216,19 @@ def test_exact_pixel_column_only_where_the_data_has_it():
     assert "| 90.00 | 92.50 |" in md and "1,017" in md
 
 
-def test_a_damaged_history_is_named_not_a_traceback(compared, tmp_path, capsys):
+@pytest.mark.parametrize("text", ["epoch,step,seconds\n0,1,not a number\n",
+                                  "epoch,val/acc\n0,0.5\n",  # no seconds: the plot's KeyError
+                                  "epoch,seconds,val/acc\n0,inf,0.5\n", "epoch,seconds,val/acc\n0,1,93\n"])
+def test_a_damaged_history_is_named_not_a_traceback(compared, tmp_path, capsys, text):
     import shutil
 
     copy = tmp_path / "out"
     shutil.copytree(compared / "out", copy)
-    (copy / "runs/moons/mlp/seed0/history.csv").write_text("epoch,step,seconds\n0,1,not a number\n")
+    (copy / "runs/moons/mlp/seed0/history.csv").write_text(text)
     assert train.main(["compare", "--from_runs", str(copy), "--out", str(tmp_path / "rebuilt")]) == 2
     err = capsys.readouterr().err
     assert "history.csv is not a history written by train.py fit" in err and "Traceback" not in err
+    assert not any((tmp_path / "rebuilt").glob("*")), "nothing half-written"
 
 
 # (file in the first run's copy, damaged text, words of the one paragraph): a hand edit, a merge conflict,
@@ -274,7 +278,7 @@ def test_a_damaged_compare_args_file_is_named_when_the_run_is_reused(compared, t
 
 def test_every_committed_result_passes_the_checks():
     """The checks accept every file compare has written into results/ (they must not refuse our own)."""
-    from zoo.commands.compare import read_meta, read_run
+    from zoo.commands.compare import read_history, read_meta, read_run
 
     results = Path(__file__).resolve().parents[1] / "results"
     metas = sorted(results.glob("*/compare.json"))
@@ -285,6 +289,7 @@ def test_every_committed_result_passes_the_checks():
     for run in runs:
         metrics, config = read_run(run)
         assert metrics["model"] == run.parts[-2] and config["model"]["arch"] == metrics["model"]
+        read_history(run / "history.csv")
 
 
 def test_recipe_text_names_every_departure_from_the_defaults():

@@ -584,7 +584,12 @@ def read_history(path: Path) -> list[dict]:
         return []
     try:
         with path.open(newline="") as f:
-            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+            rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        for i, row in enumerate(rows, 2):  # what the plot reads: a line number in the message
+            if not ("epoch" in row and "seconds" in row and all(map(math.isfinite, row.values()))
+                    and row["epoch"] >= 0 and row["seconds"] >= 0 and 0 <= row.get("val/acc", 0) <= 1):
+                raise ValueError(f"line {i} lacks a finite epoch, seconds >= 0 or a val/acc in [0, 1]")
+        return rows
     except (OSError, UnicodeDecodeError, csv.Error, ValueError, TypeError) as e:
         raise ZooError(f"{path} is not a history written by train.py fit (one row of numbers per epoch: "
                        f"{type(e).__name__}: {e}). Fix: restore it (git checkout -- {path}), or delete it: the "
