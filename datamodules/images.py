@@ -30,6 +30,8 @@ def image_to_uint8(im: Image.Image, channels: int, size: Sequence[int], interpol
     and for `predict` alike: the stored rotation applied, transparent pixels white, grayscale (C=1)
     or RGB (C=3), resized to size=(H, W) (bilinear with antialiasing, like torchvision's Resize)."""
     im = ImageOps.exif_transpose(im)  # phone photos: apply the stored rotation
+    if im.mode.startswith("I") or im.mode == "F":  # 16-bit (or wider) grayscale: PIL's convert clips it at 255
+        im = Image.fromarray(deep_to_uint8(np.asarray(im), im.mode))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -38,6 +40,20 @@ def image_to_uint8(im: Image.Image, channels: int, size: Sequence[int], interpol
     im = im.resize((size[1], size[0]), Image.Resampling[interpolation.upper()])  # (W, H) for PIL
     array = np.asarray(im, dtype=np.uint8).reshape(size[0], size[1], channels)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
+
+
+def deep_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """A 16-bit grayscale image scaled to 0..255 (65535 -> 255), where PIL's own conversion turns every
+    value above 255 white. Mode I;16* is 16-bit (16-bit PNGs open so); mode I (32-bit integers, older
+    Pillows' 16-bit PNGs) is read as 8-bit when no value passes 255 and as 16-bit up to 65535. Wider or
+    float images have no fixed full scale, so they are refused rather than guessed at."""
+    if mode == "I" and array.size and 0 <= array.min() and array.max() <= 255:
+        return array.astype(np.uint8)
+    if mode != "F" and array.size and 0 <= array.min() and array.max() <= 65535:
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    kind = "floating-point" if mode == "F" else "32-bit integer"
+    raise ValueError(f"a {kind} grayscale image (PIL mode {mode}) has no fixed scale to 0..255; save it as an "
+                     f"8- or 16-bit PNG")
 
 
 def list_images(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:

@@ -10,6 +10,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -246,3 +247,19 @@ def test_predict_with_pretrained_name(moons_run, tmp_path, capsys):
     ckpt, source = load_trained(None, "moons", None, weights / "manifest.json")
     assert source == "pretrained mlp on moons"
     assert {v.dtype for v in ckpt["state_dict"].values()} == {torch.float32}  # half weights come back as float32
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """PIL's own conversion of a 16-bit grayscale PNG clips every value above 255 to white; training
+    (image_folder) and predict read it scaled to 0..255 instead, and refuse what has no fixed scale."""
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "sixteen.png")  # 61% grey
+    Image.fromarray(np.full((8, 8), 1000, np.int32)).save(tmp_path / "wide.tif")  # mode I, 16-bit range
+    Image.fromarray(np.full((8, 8), 100, np.int32)).save(tmp_path / "narrow.tif")  # mode I, 8-bit range
+    for name, value in (("sixteen.png", 156), ("wide.tif", 4), ("narrow.tif", 100)):  # round(40000 / 257) = 156
+        for channels in (1, 3):
+            assert load_image(tmp_path / name, channels, (4, 4)).unique().tolist() == [value], name
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "float.tif")
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "huge.tif")
+    for name in ("float.tif", "huge.tif"):
+        with pytest.raises(ValueError, match="has no fixed scale to 0..255"):
+            load_image(tmp_path / name, 1, (4, 4))
