@@ -15,6 +15,7 @@ import torch
 
 import train
 from conftest import require_data
+from test_train import BILLION_LAUGHS
 from zoo.commands import evaluate
 from zoo.commands.baselines import knn, majority, vote
 from zoo.commands.compare import read_tta, recipe_text
@@ -239,6 +240,8 @@ DAMAGES = [
     ("runs/moons/mlp/seed0/metrics.json", None, "is not what compare writes there"),  # test_acc as text
     ("runs/moons/mlp/seed0/config.yaml", "trainer: [", "cannot be read as YAML"),
     ("runs/moons/mlp/seed0/config.yaml", "- a list\n", "is not a config that train.py fit wrote"),
+    ("runs/moons/mlp/seed0/config.yaml", "model: {arch: mlp}\ntrainer: {}\n" + BILLION_LAUGHS.replace("a0:", "ema:"),
+     "expands to more than 100,000 values"),
     ("runs/moons/mlp/seed0/config.yaml", "model: {arch: mlp}\ntrainer: {}\nema: fast\n", "is not a config that"),
     ("runs/moons/mlp/seed0/config.yaml", "model: {arch: mlp, hidden: [200000, 200000]}\ntrainer: {}\n",
      "refused before allocating"),

@@ -173,6 +173,10 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, args, words):
         assert word in err, (word, err)
 
 
+BILLION_LAUGHS = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+
+
 @pytest.mark.parametrize("form", ["--config PATH", "--config=PATH", "-c PATH"])
 def test_a_missing_or_broken_config_file_is_named(tmp_path, capsys, form):
     broken = tmp_path / "broken.yaml"
@@ -181,7 +185,10 @@ def test_a_missing_or_broken_config_file_is_named(tmp_path, capsys, form):
     text.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1\n")
     binary = tmp_path / "weights.bin"
     binary.write_bytes(b"\x80\xff\x00\xfe" * 64)
+    bomb = tmp_path / "laughs.yaml"  # 387 million strings once expanded: jsonargparse copying it hung
+    bomb.write_text(BILLION_LAUGHS)
     for path, words in [(tmp_path / "nope.yaml", ["nope.yaml", "not found"]),
+                        (bomb, ["laughs.yaml", "expands to more than 100,000 values"]),
                         (tmp_path, ["is a directory, not a file"]),
                         (broken, ["broken.yaml", "is not valid YAML", "line"]),
                         (text, ["secret.txt", "holds a YAML str, not a mapping"]),

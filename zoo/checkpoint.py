@@ -218,6 +218,27 @@ def check_args(fn: Callable, values: dict, path: str | os.PathLike, what: str, r
                            f"must be {type_name(hints[key])}. {fix}")
 
 
+YAML_VALUES_CAP = 100_000  # a training config holds a few hundred values
+
+
+def expands_past(value: Any, cap: int = YAML_VALUES_CAP) -> bool:
+    """Whether a value parsed from YAML holds more than `cap` values once its aliases are expanded.
+    safe_load shares an aliased node, but whatever copies or walks the value meets every repetition
+    (jsonargparse copied a --config file value by value and hung): nine aliases of nine aliases, nine
+    levels deep (a 'billion laughs' file), are 387 million strings written in 400 bytes."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > cap:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
 def fits(value: Any, hint: Any) -> bool:
     """Whether a plain value read from a file has the type an annotation asks for (int for float
     is fine, bool for int is not)."""

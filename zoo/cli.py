@@ -34,6 +34,7 @@ from rich.text import Text
 
 from datamodules import DATAMODULES, TensorDataModule, registered_name
 from zoo import ZooError, ZooModule, errors, insight, loggers
+from zoo.checkpoint import YAML_VALUES_CAP, expands_past
 from zoo.models.registry import RECIPES, Fraction
 from zoo.module import skip_gpu_probes
 from zoo.run import Run, fill_in_recipe
@@ -435,6 +436,10 @@ def check_yaml_file(what: str, path: Path, kinds: tuple[type, ...]) -> object:
     except (OSError, UnicodeDecodeError) as e:
         raise ZooError(f"{what} cannot be read as text ({e.__class__.__name__}). "
                        f"A config file is a YAML text file: check the path.") from None
+    if expands_past(cfg):
+        raise ZooError(f"{what} expands to more than {YAML_VALUES_CAP:,} values through its YAML aliases (&name and "
+                       f"*name that repeat one another), where a config holds a few hundred; reading it would "
+                       f"hang. Fix: write the values out without aliases, or check where the file came from.")
     if cfg is not None and not isinstance(cfg, kinds):  # else the parser echoes the whole file
         raise ZooError(f"{what} holds a YAML {type(cfg).__name__}, not a mapping of options. A config maps "
                        f"option names to values (`model: {{arch: mlp}}` in a --config file, `arch: mlp` in a "

@@ -33,7 +33,7 @@ from torch.utils.collect_env import get_env_info
 
 from datamodules import DATAMODULES, get_datamodule_class
 from zoo import cli, insight
-from zoo.checkpoint import atomic_write_bytes, check_hparams, fits, load_checkpoint
+from zoo.checkpoint import YAML_VALUES_CAP, atomic_write_bytes, check_hparams, expands_past, fits, load_checkpoint
 from zoo.commands.baselines import knn_baseline, majority
 from zoo.commands.doctor import cpu_name
 from zoo.commands.evaluate import TTA, evaluate
@@ -572,6 +572,10 @@ def read_run(run: Path) -> tuple[dict, dict]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ZooError(f"{path} cannot be read as YAML ({type(e).__name__}: {first}); it should hold the run's "
                        f"resolved config. Fix: restore it (git checkout -- {path}), or {fix}.") from None
+    if expands_past(config):
+        raise ZooError(f"{path} expands to more than {YAML_VALUES_CAP:,} values through its YAML aliases, where a "
+                       f"run's config holds a few hundred: not one that train.py fit wrote. Fix: restore it "
+                       f"(git checkout -- {path}), or {fix}.")
     if not config_ok(config):
         raise ZooError(f"{path} is not a config that train.py fit wrote (a mapping with trainer, model and data "
                        f"sections). Fix: restore it (git checkout -- {path}), or {fix}.")
