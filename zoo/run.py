@@ -65,14 +65,17 @@ class RunCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
-        if old and new and old != new:
+        if isinstance(old, str) and old and new and old != new:
             def moved(path):
-                return os.path.join(new, os.path.basename(path)) if path and os.path.dirname(path) == old else path
+                inside = isinstance(path, str) and os.path.dirname(path) == old
+                return os.path.join(new, os.path.basename(path)) if inside else path
 
+            best_k = state_dict.get("best_k_models")
             state_dict = {**state_dict, "dirpath": new,
                           **{k: moved(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
                                                                    "last_model_path")},
-                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+                          "best_k_models": {moved(k): v for k, v in best_k.items()} if isinstance(best_k, dict)
+                          else best_k}
         super().load_state_dict(state_dict)
 
 class Run:
