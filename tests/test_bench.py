@@ -218,3 +218,26 @@ def test_the_fit_step_probe_finds_every_piece_it_times():
     assert t["fit_seconds"] >= t["fit loop"] >= t["Lightning steps"] >= t["chunks"]
     assert t["chunks"] >= t["mlp_backprop"] + t["fused Adam"] + t["normalisation"]
     assert len({name for name, _, _ in ROWS}) == len(ROWS)
+
+
+def test_gpu_bundle_gives_back_every_byte_the_cifar10_build_reads(tmp_path):
+    """bench/gpu_bundle.py shrinks the shared CIFAR-10 sources 72 MiB -> ~30 MB to send them to a GPU
+    machine, claiming no loss: every JPEG the build decodes and every original-pixel prefix come back
+    byte for byte (the build on the GPU machine then matched SHA256SUMS)."""
+    shared = REPO.parent / "shared" / "data"  # where `make data` finds the offline copies
+    if not (shared / "cifar10_src" / "cifar10_jpegs.pack").is_file():
+        pytest.skip(f"no shared CIFAR-10 sources at {shared}")
+    from bench.gpu_bundle import pack, unpack
+
+    pack(shared, tmp_path / "bundle")
+    assert sum(p.stat().st_size for p in (tmp_path / "bundle").rglob("*")) < 40e6
+    unpack(tmp_path / "bundle", tmp_path / "full.pack")
+    sys.path.insert(0, str(shared / "tools"))
+    from build_cifar10 import Pack
+
+    before, after = Pack(shared / "cifar10_src" / "cifar10_jpegs.pack"), Pack(tmp_path / "full.pack")
+    kept = [i for i in range(60_000) if after.get(i)]
+    assert len(kept) == 60_000 - 6 * 1017  # all but the images whose original pixels the prefixes hold
+    assert all(after.get(i) == before.get(i) for i in kept)
+    for prefix in (shared / "cifar10_src" / "orig_prefix").iterdir():
+        assert (tmp_path / "orig_prefix" / prefix.name).read_bytes() == prefix.read_bytes()
