@@ -62,9 +62,10 @@ def unpack(bundle: Path, full_pack: Path) -> None:
     head, bodies = (bundle / "jpeg_head.bin").read_bytes(), Pack(bundle / "jpeg_bodies.pack")
     blobs = [bodies.get(i) for i in range(len(bodies.offs) - 1)]
     write_pack(full_pack, MAGIC, [head + b + b"\xff\xd9" if b else b"" for b in blobs])
+    prefixes = full_pack.parent / "orig_prefix"
+    prefixes.mkdir(exist_ok=True)
     for xz in (bundle / "orig_prefix").glob("*.xz"):
-        (full_pack.parent / "orig_prefix").mkdir(exist_ok=True)
-        (full_pack.parent / "orig_prefix" / xz.stem).write_bytes(lzma.decompress(xz.read_bytes()))
+        (prefixes / xz.stem).write_bytes(lzma.decompress(xz.read_bytes()))
 
 
 if __name__ == "__main__":

@@ -47,9 +47,10 @@ def deep_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     value above 255 white. Mode I;16* is 16-bit (16-bit PNGs open so); mode I (32-bit integers, older
     Pillows' 16-bit PNGs) is read as 8-bit when no value passes 255 and as 16-bit up to 65535. Wider or
     float images have no fixed full scale, so they are refused rather than guessed at."""
-    if mode == "I" and array.size and 0 <= array.min() and array.max() <= 255:
+    low, high = (array.min(), array.max()) if array.size and mode != "F" else (-1, -1)  # one pass each
+    if mode == "I" and 0 <= low and high <= 255:
         return array.astype(np.uint8)
-    if mode != "F" and array.size and 0 <= array.min() and array.max() <= 65535:
+    if 0 <= low and high <= 65535:
         return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
     kind = "floating-point" if mode == "F" else "32-bit integer"
     raise ValueError(f"a {kind} grayscale image (PIL mode {mode}) has no fixed scale to 0..255; save it as an "

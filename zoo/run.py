@@ -56,7 +56,6 @@ RUN_DIR_ENV = "ZOO_RUN_DIR"
 AUTO_CHUNK, SMALL_STEP_FLOPS = 50, 1e9
 
 
-
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that resumes its best-so-far in a run directory that moved (a clone or a copy
     elsewhere). Lightning reloads best_model_score and the rest only when the saved directory equals the
@@ -77,6 +76,7 @@ class RunCheckpoint(ModelCheckpoint):
                           "best_k_models": {moved(k): v for k, v in best_k.items()} if isinstance(best_k, dict)
                           else best_k}
         super().load_state_dict(state_dict)
+
 
 class Run:
     """A command of train.py (fit, validate, test) as one object, built once from its parsed config
