@@ -178,6 +178,44 @@ def test_compile_option_trains_and_keeps_plain_checkpoint_keys(tmp_path, monkeyp
 MOONS_BF16 = [*FAST, "--data", "moons", "--trainer.max_epochs", "2", "--trainer.precision", "bf16-mixed"]
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_compile_by_default_only_for_long_bf16_resnet_fits_on_amx(monkeypatch, amx):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu, long = torch.device("cpu"), zoo.module.COMPILE_MIN_STEPS
+    assert zoo.module.compile_by_default("resnet20", "bf16-mixed", cpu, long) is amx
+    assert zoo.module.compile_by_default("resnet56", "bf16-true", cpu, float("inf")) is amx  # max_epochs -1
+    for arch, precision, device, steps in [("mlp", "bf16-mixed", cpu, long), ("mobilenetv2", "bf16-mixed", cpu, long),
+                                           ("resnet20", "32-true", cpu, long), ("resnet20", "16-mixed", cpu, long),
+                                           ("resnet20", "bf16-mixed", torch.device("cuda"), long),
+                                           ("resnet20", "bf16-mixed", cpu, long - 1)]:
+        assert not zoo.module.compile_by_default(arch, precision, device, steps), (arch, precision, device, steps)
+
+
+@pytest.mark.parametrize("decides", [True, False])
+def test_an_unset_compile_follows_compile_by_default(tmp_path, monkeypatch, capsys, decides):
+    compiled, asked = fake_compiles(monkeypatch), []
+
+    def rule(*args):
+        asked.append(args)
+        return decides
+
+    monkeypatch.setattr(zoo.module, "compile_by_default", rule)
+    assert train.main(["fit", "--runs_root", str(tmp_path), *MOONS_BF16]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    (arch, precision, device, steps), = asked  # once per fit, with what the fit really uses
+    assert (arch, precision, device.type) == ("mlp", "bf16-mixed", "cpu")
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    assert steps == ckpt["global_step"]  # the whole fit's optimizer steps, as the schedule plans them
+    assert len(compiled) == int(decides)
+    assert json.loads((run / "metrics.json").read_text())["compiled"] is decides
+    out = capsys.readouterr().out
+    assert ("torch.compile: on, the default" in out) is decides and ("--model.compile false" in out) is decides
+    # Asked for either way, the option wins over the rule and the rule is not consulted.
+    asked.clear()
+    assert train.main(["fit", "--runs_root", str(tmp_path / "off"), *MOONS_BF16, "--model.compile", "false"]) == 0
+    assert asked == [] and len(compiled) == int(decides)
+
+
 def test_a_failed_compile_stops_the_run_with_a_clear_message(tmp_path, monkeypatch, capsys):
     compiled = fake_compiles(monkeypatch, fail=True)
     assert train.main(["fit", "--runs_root", str(tmp_path), *MOONS_BF16, "--model.compile", "true"]) != 0
@@ -186,6 +224,17 @@ def test_a_failed_compile_stops_the_run_with_a_clear_message(tmp_path, monkeypat
     assert "Traceback" not in err and "a long inductor trace" not in err, err
     assert len(compiled) == 1
     assert not any(tmp_path.rglob("*.ckpt"))  # it failed at the first step: nothing trained to keep
+
+
+def test_a_failed_default_compile_trains_on_without_it(tmp_path, monkeypatch, capsys):
+    compiled = fake_compiles(monkeypatch, fail=True)
+    monkeypatch.setattr(zoo.module, "compile_by_default", lambda *args: True)
+    assert train.main(["fit", "--runs_root", str(tmp_path), *MOONS_BF16]) == 0  # not asked for: no reason to stop
+    err = capsys.readouterr().err
+    assert "note: torch.compile failed" in err and "trains without it" in err and "Traceback" not in err, err
+    assert len(compiled) == 1  # tried once, then eager for the rest of the fit
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert json.loads((run / "metrics.json").read_text())["compiled"] is False
 
 
 def test_threads_option_sets_torch_and_the_workers_environment(tmp_path, monkeypatch):

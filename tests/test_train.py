@@ -160,7 +160,8 @@ def test_lenet5_on_mnist_fraction_of_an_epoch(tmp_path):
     (["fit", "--data", "moons", "--steps_per_execution", "abc"], ["--steps_per_execution abc", "a whole number"]),
     (["fit", "--data", "moons", "--histograms", "abc"], ["--histograms abc", "a whole number"]),
     (["fit", "--data", "moons", "--histograms", "-1"], ["--histograms -1", "v>=0"]),
-    (["fit", "--data", "moons", "--model.compile", "maybe"], ["--model.compile maybe", "must be true or false."]),
+    (["fit", "--data", "moons", "--model.compile", "maybe"],
+     ["--model.compile maybe", "must be true or false (or null: the default)."]),
     (["fit", "--data", "moons", "--data.cutout", "4"], ["cutout"]),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, capsys, args, words):

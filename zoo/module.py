@@ -10,6 +10,7 @@ strings, numbers and lists, so every checkpoint loads with torch's `weights_only
 import inspect
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,7 +131,7 @@ class ZooModule(L.LightningModule):
         lookahead: bool | None = None,
         channels_last: bool | None = None,
         pretrained: str | None = None,
-        compile: bool = False,
+        compile: bool | None = None,
     ) -> None:
         """
         Args:
@@ -157,9 +158,8 @@ class ZooModule(L.LightningModule):
             pretrained: Start from the shipped weights of this model trained on this dataset (e.g.
                 mnist; see results/weights/manifest.json), to evaluate or fine-tune them.
             compile: torch.compile the network for training (validation and tests run it eagerly).
-                Off by default: it made the MLP and LeNet-5 slower (results/bench.md, section 7) and
-                ResNet-20 1.25x faster on the Xeon's bare loop but no faster within train.py on the
-                Zen 5 VM, whose noise is larger than its effect (results/README.md, issue 16).
+                Default: only where it was measured to pay, see compile_by_default (a long ResNet fit
+                in bf16 on a CPU with AMX); off elsewhere.
         """
         super().__init__()
         # Fill the recipe's defaults in before saving, so the checkpoint records what was used
@@ -215,6 +215,7 @@ class ZooModule(L.LightningModule):
         self.test_correct: list[torch.Tensor] = []
         self._lookahead: Lookahead | None = None  # the slow weights (lookahead on), from the start of a fit
         self._fit_total_steps: int | float | None = None  # set with it, in on_fit_start
+        self._compile = compile  # whether training runs the compiled network; None: decided in on_fit_start
         self.steps_per_execution = 1  # see use_steps_per_execution
         self.last_step_in_epoch = False  # set before each training step (zoo.insight's histograms read it)
 
@@ -248,7 +249,7 @@ class ZooModule(L.LightningModule):
             x = x.to(self.dtype)
         if self.hparams.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if not (self.hparams.get("compile") and self.training):
+        if not (self._compile and self.training):
             return self.model(x)
         if "_compiled" not in self.__dict__:
             # Kept outside the module tree (not a submodule), so checkpoints keep the plain
@@ -260,6 +261,12 @@ class ZooModule(L.LightningModule):
             out = self.__dict__["_compiled"](x)
         except Exception as error:
             why = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            if not self.hparams.get("compile"):  # on by default, for speed alone: train on without it
+                print(f"note: torch.compile failed ({type(error).__name__}: {why}), so this run trains without it "
+                      f"(it is on by default here for speed only). On a CPU it needs a C++ compiler (g++ or "
+                      f"clang++, or $CXX) on the PATH.", file=sys.stderr, flush=True)
+                self._compile = False
+                return self.model(x)
             raise ZooError(f"--model.compile true: torch.compile failed ({type(error).__name__}: {why}). On a "
                            f"CPU it needs a C++ compiler (g++ or clang++, or $CXX) on the PATH; install one, or train "
                            f"without it: --model.compile false.") from error
@@ -378,7 +385,7 @@ class ZooModule(L.LightningModule):
         net = self.model
         if self.device.type != "cpu":  # (bitwise autograd's: tested on the CPU only)
             return None
-        if (self.hparams.label_smoothing or self.hparams.get("compile") or {"on_before_backward", "on_after_backward"}
+        if (self.hparams.label_smoothing or self._compile or {"on_before_backward", "on_after_backward"}
                 & listened or torch.is_autocast_enabled(self.device.type) or type(net) is not torch.nn.Sequential
                 or any(getattr(torch_module, f"_global_{h}") for h in (
                     "forward_hooks", "forward_pre_hooks", "backward_hooks", "backward_pre_hooks"))):
@@ -499,6 +506,13 @@ class ZooModule(L.LightningModule):
             self._lookahead = Lookahead(self.model)  # after the data initialisation, as the paper starts it
         # The fit's length, which Lookahead's schedule reads every step: worked out once per fit.
         self._fit_total_steps = self.total_steps() if self._lookahead is not None else None
+        self._compile = self.hparams.get("compile")
+        if self._compile is None:  # (the same answer when a run resumes on the same machine)
+            steps = self.total_steps()
+            self._compile = compile_by_default(self.hparams.arch, self.trainer.precision, self.device, steps)
+            if self._compile and self.trainer.is_global_zero:
+                print(f"torch.compile: on, the default for a ResNet in bf16 on a CPU with AMX over {steps:,} steps "
+                      f"(the first step waits for the compile); --model.compile false turns it off.", flush=True)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self.automatic_optimization:  # (chunks reseed per step in _train_chunk)
@@ -753,6 +767,24 @@ def bf16_native(accelerator: str = "auto") -> bool:
         return False
     cpu = getattr(torch, "cpu", None)
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+# torch.compile's default. On a 2-core AMX Xeon, train.py's ResNet-20 (bf16, channels_last, batch 128)
+# ran 1,484 img/s compiled against 1,150 eager (results/cifar_xeon_3c48c36.md), 25 ms less a step, and
+# the compile made a 160-epoch run's first epoch ~21 s longer than its next: repaid after ~900 steps.
+# 5,000 steps (14 CIFAR-10 epochs) keeps the compile a small part of what it saves.
+COMPILE_MIN_STEPS = 5000
+
+
+def compile_by_default(arch: str, precision: str, device: torch.device, steps: float) -> bool:
+    """Whether a fit compiles its network when --model.compile is not given: only where that was
+    measured to pay, a ResNet in bf16 on a CPU with AMX (results/README.md, issue 16), in a fit of at
+    least COMPILE_MIN_STEPS steps, where the compile is a small part of the time it saves. Not elsewhere:
+    compiling made the MLP and LeNet-5 slower (results/bench.md, section 7), gained nothing within
+    train.py on a CPU with AVX512-BF16 but no AMX (Zen 5), and is unmeasured on GPUs and for MobileNetV2."""
+    cpu = getattr(torch, "cpu", None)
+    return (arch.startswith("resnet") and str(precision).startswith("bf16") and device.type == "cpu"
+            and bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()) and steps >= COMPILE_MIN_STEPS)
 
 
 def default_precision(arch: str, accelerator: str = "auto") -> str:

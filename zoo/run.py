@@ -360,7 +360,7 @@ class Run:
             "fit_seconds": round(self.run_info.fit_seconds, 3), "fit_parts": self.run_info.fit_parts,
             "device": device_name(trainer), "devices": trainer.world_size,
             "precision": str(trainer.precision), "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
-            "steps_per_execution": model.steps_per_execution,
+            "steps_per_execution": model.steps_per_execution, "compiled": bool(model._compile),
             "run_dir": str(self.dir), "best_ckpt": best,
             "versions": {"torch": torch.__version__, "lightning": __import__("lightning").__version__},
         }

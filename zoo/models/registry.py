@@ -142,7 +142,7 @@ class HParams:
     lookahead: bool | None = None
     channels_last: bool | None = None
     pretrained: str | None = None
-    compile: bool = False
+    compile: bool | None = None
 
 
 def network_options(hp: dict) -> dict:
