@@ -770,9 +770,10 @@ def bf16_native(accelerator: str = "auto") -> bool:
 
 
 # torch.compile's default. On a 2-core AMX Xeon, train.py's ResNet-20 (bf16, channels_last, batch 128)
-# ran 1,484 img/s compiled against 1,150 eager (results/cifar_xeon_3c48c36.md), 25 ms less a step, and
-# the compile made a 160-epoch run's first epoch ~21 s longer than its next: repaid after ~900 steps.
-# 5,000 steps (14 CIFAR-10 epochs) keeps the compile a small part of what it saves.
+# ran 1,416 img/s compiled against 1,159 eager over 100 steps (1.22x, 20 ms less a step:
+# results/cifar10_conv/compile_fit_xeon.txt), and the compile cost 21-40 s (a 160-epoch run's first epoch
+# against its next; the probe's cold fit): repaid after 1,000-2,000 steps. 5,000 steps (14 CIFAR-10
+# epochs) keeps the compile a small part of what it saves.
 COMPILE_MIN_STEPS = 5000
 
 
@@ -781,7 +782,8 @@ def compile_by_default(arch: str, precision: str, device: torch.device, steps: f
     measured to pay, a ResNet in bf16 on a CPU with AMX (results/README.md, issue 16), in a fit of at
     least COMPILE_MIN_STEPS steps, where the compile is a small part of the time it saves. Not elsewhere:
     compiling made the MLP and LeNet-5 slower (results/bench.md, section 7), gained nothing within
-    train.py on a CPU with AVX512-BF16 but no AMX (Zen 5), and is unmeasured on GPUs and for MobileNetV2."""
+    train.py on a CPU with AVX512-BF16 but no AMX (Zen 5), sped MobileNetV2's step on the AMX Xeon by
+    1.04x for 78 s of compiling (results/cifar10_conv/compile_mobilenetv2_xeon.txt), and is unmeasured on GPUs."""
     cpu = getattr(torch, "cpu", None)
     return (arch.startswith("resnet") and str(precision).startswith("bf16") and device.type == "cpu"
             and bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()) and steps >= COMPILE_MIN_STEPS)
