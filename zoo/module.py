@@ -507,11 +507,12 @@ class ZooModule(L.LightningModule):
             init(x.to(memory_format=torch.channels_last) if self.hparams.channels_last and x.dim() == 4 else x)
         if self.hparams.lookahead and self._lookahead is None:  # (a resume restored it in on_load_checkpoint)
             self._lookahead = Lookahead(self.model)  # after the data initialisation, as the paper starts it
-        # The fit's length, which Lookahead's schedule reads every step: worked out once per fit.
-        self._fit_total_steps = self.total_steps() if self._lookahead is not None else None
+        # The fit's length, worked out once per fit: Lookahead's schedule reads it every step, and the
+        # compile default here.
+        steps = self.total_steps()
+        self._fit_total_steps = steps if self._lookahead is not None else None
         self._compile = self.hparams.get("compile")
         if self._compile is None:  # (the same answer when a run resumes on the same machine)
-            steps = self.total_steps()
             self._compile = compile_by_default(self.hparams.arch, self.trainer.precision, self.device, steps)
             if self._compile and self.trainer.is_global_zero:
                 print(f"torch.compile: on, the default for a ResNet in bf16 on a CPU with AMX over {steps:,} steps "
@@ -768,8 +769,14 @@ def bf16_native(accelerator: str = "auto") -> bool:
         return False  # MPS: bf16 autocast is partial there, keep fp32
     if accelerator not in ("auto", "cpu"):
         return False
+    return cpu_has("amx_tile", "avx512_bf16")
+
+
+def cpu_has(*features: str) -> bool:
+    """Whether the CPU has any of these features, by torch's own probes (torch.cpu._is_<feature>_supported);
+    False where this torch lacks the probe."""
     cpu = getattr(torch, "cpu", None)
-    return any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(getattr(cpu, f"_is_{f}_supported", lambda: False)() for f in features)
 
 
 # torch.compile's default. On a 2-core AMX Xeon, train.py's ResNet-20 (bf16, channels_last, batch 128)
@@ -787,9 +794,8 @@ def compile_by_default(arch: str, precision: str, device: torch.device, steps: f
     compiling made the MLP and LeNet-5 slower (results/bench.md, section 7), gained nothing within
     train.py on a CPU with AVX512-BF16 but no AMX (Zen 5), sped MobileNetV2's step on the AMX Xeon by
     1.04x for 78 s of compiling (results/cifar10_conv/compile_mobilenetv2_xeon.txt), and is unmeasured on GPUs."""
-    cpu = getattr(torch, "cpu", None)
     return (arch.startswith("resnet") and str(precision).startswith("bf16") and device.type == "cpu"
-            and bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()) and steps >= COMPILE_MIN_STEPS)
+            and cpu_has("amx_tile") and steps >= COMPILE_MIN_STEPS)
 
 
 def default_precision(arch: str, accelerator: str = "auto") -> str:
