@@ -475,6 +475,41 @@ def test_mlp_backprop_is_autograds_loss_logits_and_gradients_bitwise(shape, hidd
             a.grad = b.grad = None
 
 
+@pytest.mark.parametrize("shape, hidden", [((1, 28, 28), [128]), ((2,), [10, 10]), ((3, 8, 8), [])])
+def test_mlp_backprop_in_bf16_is_autograds_under_bf16_autocast_bitwise(shape, hidden):
+    from zoo.models.registry import create_model
+    torch.manual_seed(0)
+    nets = [create_model("mlp", list(shape), 10, hidden=hidden) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    for _ in range(3):
+        x, y = torch.randn(33, *shape), torch.randint(0, 10, (33,))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as Lightning's bf16-mixed runs a training step
+            logits = nets[0](x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            by_hand = zoo.module.mlp_backprop([m for m in nets[1] if isinstance(m, torch.nn.Linear)], x, y,
+                                              torch.bfloat16)
+        loss.backward()
+        assert logits.dtype == by_hand[0].dtype == torch.bfloat16 and by_hand[1].dtype == torch.float32
+        assert torch.equal(by_hand[0], logits) and torch.equal(by_hand[1], loss)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            assert b.grad.dtype == torch.float32 and torch.equal(a.grad, b.grad) and b.grad.is_contiguous()
+            with torch.no_grad():
+                a -= 0.1 * a.grad
+                b -= 0.1 * b.grad
+            a.grad = b.grad = None
+
+
+def test_plain_mlps_train_by_hand_in_bf16_mixed_to_the_autograd_paths_weights(tmp_path, monkeypatch):
+    bf16 = ["--trainer.precision", "bf16-mixed"]
+    plain = fit_moons(tmp_path / "plain", *NO_DROPOUT, *bf16, "--steps_per_execution", "1")
+    calls = counting_backprop(monkeypatch)
+    run = fit_moons(tmp_path / "chunks", *NO_DROPOUT, *bf16, "--steps_per_execution", "3")
+    assert len(calls) == 12
+    a, b = load_checkpoint(plain / "last.ckpt"), load_checkpoint(run / "last.ckpt")
+    assert a["state_dict"]["model.1.weight"].dtype == torch.float32
+    same_training(a, b)
+
+
 def test_plain_mlps_train_by_hand_in_chunks_to_the_same_weights(plain_mlp_moons, tmp_path, monkeypatch):
     calls = counting_backprop(monkeypatch)
     run = fit_moons(tmp_path, *NO_DROPOUT, "--steps_per_execution", "3")
@@ -532,7 +567,9 @@ def test_only_plain_full_precision_mlps_are_trained_by_hand(monkeypatch):
     assert linears(listened=["on_after_backward"]) is None and linears(listened=["on_before_backward"]) is None
     assert linears(listened=["on_before_optimizer_step"]) is not None  # called as before, after the gradients
     module = ZooModule("mlp", num_classes=3, input_shape=[1, 4, 4])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16-mixed: mlp_backprop takes autocast's step
+        assert module._backprop_by_hand(set()) is not None
+    with torch.autocast("cpu", dtype=torch.float16):  # 16-mixed: not written by hand
         assert module._backprop_by_hand(set()) is None
     module.model[1].weight.requires_grad_(False)  # a frozen layer
     assert module._backprop_by_hand(set()) is None

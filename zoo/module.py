@@ -314,6 +314,8 @@ class ZooModule(L.LightningModule):
         outputs, first_step = [], self.global_step
         linears = self._backprop_by_hand(listened) if direct else None
         by_hand_dtype = linears[0].weight.dtype if linears is not None else None
+        # bf16-mixed: autocast casts float32 (never float64) tensors for the Linear layers
+        low = torch.bfloat16 if by_hand_dtype == torch.float32 and torch.is_autocast_enabled("cpu") else None
         reseed, first_batch = self._reseeder(), batch_idx * self.steps_per_execution
         for j, (x, y) in enumerate(batch):
             reseed(first_batch + j)
@@ -321,7 +323,7 @@ class ZooModule(L.LightningModule):
             if last != self.last_step_in_epoch:  # (nn.Module's setattr is slow, and the flag changes twice an epoch)
                 self.last_step_in_epoch = last
             if x.dtype == by_hand_dtype:
-                logits, loss = mlp_backprop(linears, x, y)  # and the gradients: autograd's, bitwise
+                logits, loss = mlp_backprop(linears, x, y, low)  # and the gradients: autograd's, bitwise
                 self._step_directly(opt, None, listened)
             else:
                 logits, loss = self._train_loss(x, y)  # its NaN stop: below, for the whole chunk
@@ -380,16 +382,17 @@ class ZooModule(L.LightningModule):
     def _backprop_by_hand(self, listened: set[str]) -> list[torch.nn.Linear] | None:
         """The network's Linear layers where a chunk may train it with mlp_backprop instead of autograd:
         a plain MLP or linear model on the CPU (Flatten, Linear-ReLU blocks, Linear; no dropout, no module,
-        parameter or global hooks), full precision, no label smoothing, no compile, every parameter
-        trained, no callback listening for the backward, and ZooModule's own forward and loss (not a
-        subclass's). None (autograd) anywhere else."""
+        parameter or global hooks), full precision or bf16 autocast, no label smoothing, no compile, every
+        parameter trained, no callback listening for the backward, and ZooModule's own forward and loss
+        (not a subclass's). None (autograd) anywhere else."""
         from torch.nn.modules import module as torch_module
 
         net = self.model
         if self.device.type != "cpu":  # (bitwise autograd's: tested on the CPU only)
             return None
         if (self.hparams.label_smoothing or self._compile or {"on_before_backward", "on_after_backward"}
-                & listened or torch.is_autocast_enabled(self.device.type) or type(net) is not torch.nn.Sequential
+                & listened or type(net) is not torch.nn.Sequential or (torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") != torch.bfloat16)
                 or any(getattr(torch_module, f"_global_{h}") for h in (
                     "forward_hooks", "forward_pre_hooks", "backward_hooks", "backward_pre_hooks"))):
             return None
@@ -726,30 +729,36 @@ def fused_adam_step(opt: torch.optim.Optimizer) -> bool:
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
-def mlp_backprop(linears: list[torch.nn.Linear], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mlp_backprop(linears: list[torch.nn.Linear], x: torch.Tensor, y: torch.Tensor,
+                 low: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step's logits, mean cross-entropy loss and gradients (left in each parameter's
     .grad) for Flatten, Linear-ReLU blocks and a Linear head, computed with the aten kernels autograd
     itself calls for them, in its order, so the gradients are bitwise autograd's (tests/test_fast_path.py)
     without its graph, whose bookkeeping took a quarter of the lecture MLP's step (779 against 594 us at
     2 threads on a 2-core AVX2 EPYC: results/mlpstep_avx2.txt). The caller checks the network is that
-    (ZooModule._backprop_by_hand)."""
+    (ZooModule._backprop_by_hand). low=torch.bfloat16 takes the step as CPU autocast (bf16-mixed) does:
+    the Linear layers in bf16 from bf16 copies of the weights, the loss in float32, the gradients cast
+    back to the float32 weights' dtype."""
     aten = torch.ops.aten
     with torch.no_grad():
-        acts = [x.flatten(1)]
-        for i, fc in enumerate(linears):
-            z = torch.addmm(fc.bias, acts[-1], fc.weight.t())  # what F.linear does with a batch
+        weights = [fc.weight if low is None else fc.weight.to(low) for fc in linears]
+        acts = [x.flatten(1) if low is None else x.flatten(1).to(low)]
+        for i, fc in enumerate(linears):  # what F.linear does with a batch
+            z = torch.addmm(fc.bias if low is None else fc.bias.to(low), acts[-1], weights[i].t())
             acts.append(z.relu_() if i + 1 < len(linears) else z)
         logits = acts.pop()
-        log_p = torch.log_softmax(logits, 1)  # F.cross_entropy = nll_loss(log_softmax)
+        # F.cross_entropy = nll_loss(log_softmax), which autocast runs in float32
+        log_p = torch.log_softmax(logits if low is None else logits.float(), 1)
         loss, total_weight = aten.nll_loss_forward(log_p, y, None, 1, -100)  # 1: mean
         g = aten.nll_loss_backward(torch.ones_like(loss), log_p, y, None, 1, -100, total_weight)
         g = aten._log_softmax_backward_data(g, log_p, 1, log_p.dtype)
+        g = g if low is None else g.to(low)  # (the backward of autocast's cast to float32 for the loss)
         for i in reversed(range(len(linears))):
             fc, a = linears[i], acts[i]
-            fc.weight.grad = g.t().mm(a)  # (addmm's backward picks this layout for a transposed weight)
-            fc.bias.grad = g.sum(0)
+            grad_w, grad_b = g.t().mm(a), g.sum(0)  # (addmm's backward picks this layout for a transposed weight)
+            fc.weight.grad, fc.bias.grad = (grad_w, grad_b) if low is None else (grad_w.float(), grad_b.float())
             if i:  # (the input needs no gradient)
-                g = aten.threshold_backward(g.mm(fc.weight), a, 0)  # ReLU's backward, from its output
+                g = aten.threshold_backward(g.mm(weights[i]), a, 0)  # ReLU's backward, from its output
     return logits, loss
 
 
