@@ -5,9 +5,12 @@ alternating rounds; a cell is the median (min-max) of the rounds, in microsecond
 - autograd: loss.backward() and opt.step(), as the bare loop (bench/loops.py) and the plain path do;
 - autograd, direct Adam: the same backward, then zoo.module.fused_adam_step (a chunk before mlp_backprop);
 - by hand: zoo.module.mlp_backprop (autograd's own kernels without its graph) and fused_adam_step,
-  what a chunk of train.py runs now for a plain MLP.
+  what a chunk of train.py runs now for a plain MLP;
+- the last two in bf16-mixed (--trainer.precision bf16-mixed): autograd under CPU bf16 autocast, and
+  mlp_backprop's bf16 step (the same casts and kernels by hand), each with the fused Adam step.
 
-Every way ends with bitwise the same weights (checked here at the end, and in tests/test_fast_path.py).
+The float32 ways end with bitwise the same weights, and so do the two bf16 ones (checked here at the end,
+and in tests/test_fast_path.py).
 
     python bench/mlpstep.py [ROUNDS] [THREADS]   # e.g. 5 2 > results/mlpstep_avx2.txt
 """
@@ -46,6 +49,22 @@ def by_hand(net, opt, x, y) -> None:
         opt.step()
 
 
+def autograd_bf16(net, opt, x, y) -> None:
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    if not fused_adam_step(opt):
+        opt.step()
+
+
+def by_hand_bf16(net, opt, x, y) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as Lightning runs a bf16-mixed training step
+        mlp_backprop(net.linears, x, y, torch.bfloat16)
+    if not fused_adam_step(opt):
+        opt.step()
+
+
 def lecture_mlp() -> tuple[torch.nn.Sequential, torch.optim.Adam]:
     """The lecture's MLP, its Linear layers listed for mlp_backprop, and its fused Adam."""
     net = create_model("mlp", [1, 28, 28], 10)
@@ -59,7 +78,9 @@ def batches(steps: int = STEPS) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(steps, BATCH, 1, 28, 28), torch.randint(0, 10, (steps, BATCH))
 
 
-WAYS = {"autograd": autograd, "autograd, direct Adam": autograd_direct, "by hand (train.py now)": by_hand}
+WAYS = {"autograd": autograd, "autograd, direct Adam": autograd_direct, "by hand (train.py now)": by_hand,
+        "bf16 autocast, autograd": autograd_bf16, "bf16 by hand (train.py)": by_hand_bf16}
+BF16 = {"bf16 autocast, autograd", "bf16 by hand (train.py)"}
 
 
 def main(rounds: int) -> None:
@@ -81,9 +102,10 @@ def main(rounds: int) -> None:
         m = statistics.median(s)
         cell = f"{m:.0f} ({min(s):.0f}-{max(s):.0f})"
         print(f"{name:26s} {cell:>24s} {base / m:11.2f}x")
-    weights = [list(net.parameters()) for net in nets.values()]
-    same = all(torch.equal(a, b) for other in weights[1:] for a, b in zip(weights[0], other))
-    print(f"the same weights after {rounds * STEPS} steps each: {'yes, bitwise' if same else 'NO'}")
+    for kind, names in (("float32", set(WAYS) - BF16), ("bf16", BF16)):
+        weights = [list(nets[name].parameters()) for name in WAYS if name in names]
+        same = all(torch.equal(a, b) for other in weights[1:] for a, b in zip(weights[0], other))
+        print(f"the same weights after {rounds * STEPS} steps each, {kind} ways: {'yes, bitwise' if same else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -132,14 +132,16 @@ def test_the_hot_path_probe_times_each_piece_and_its_reference(capsys):
     assert len(rows) == 1 + len(work) and all(float(r.split("|")[3].split()[0]) > 0 for r in rows[1:])
 
 
-def test_the_mlp_step_probe_times_three_ways_to_the_same_weights(capsys):
-    """bench/mlpstep.py (issue 18): one round; its own check that every way ends bitwise level must say yes."""
+def test_the_mlp_step_probe_times_each_way_to_the_same_weights(capsys):
+    """bench/mlpstep.py (issue 18): one round; its own checks that the float32 ways, and the two bf16 ones,
+    end bitwise level must say yes."""
     from bench.mlpstep import WAYS, main
 
     main(1)
     out = capsys.readouterr().out
     assert all(re.search(rf"^{re.escape(name)}\s+\d+ \(\d+-\d+\)\s+[\d.]+x$", out, re.M) for name in WAYS), out
-    assert "the same weights after 550 steps each: yes, bitwise" in out, out
+    assert "the same weights after 550 steps each, float32 ways: yes, bitwise" in out, out
+    assert "the same weights after 550 steps each, bf16 ways: yes, bitwise" in out, out
 
 
 def test_the_ceiling_probe_counts_a_resnet_step_as_three_forwards_and_times_a_product():
