@@ -545,8 +545,8 @@ def test_a_by_hand_run_interrupted_mid_epoch_resumes_exactly(plain_mlp_moons, tm
 def test_nan_stop_names_the_step_on_the_by_hand_path(tmp_path, monkeypatch, capsys):
     calls, real = [], zoo.module.mlp_backprop
 
-    def poisoned(linears, x, y):  # the 5th step's loss is not finite
-        logits, loss = real(linears, x, y)
+    def poisoned(linears, x, y, low=None):  # the 5th step's loss is not finite
+        logits, loss = real(linears, x, y, low)
         return logits, loss * float("nan") if len(calls) == 5 else loss
 
     monkeypatch.setattr(zoo.module, "mlp_backprop", lambda *a: calls.append(1) or poisoned(*a))
