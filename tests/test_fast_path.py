@@ -555,7 +555,7 @@ def test_nan_stop_names_the_step_on_the_by_hand_path(tmp_path, monkeypatch, caps
     assert "The training loss became nan at epoch 1, step 4" in err and "Traceback" not in err, err
 
 
-def test_only_plain_full_precision_mlps_are_trained_by_hand(monkeypatch):
+def test_only_plain_mlps_in_full_precision_or_bf16_autocast_are_trained_by_hand(monkeypatch):
     def linears(arch="mlp", listened=(), **kw):
         return ZooModule(arch, num_classes=3, input_shape=[1, 4, 4], **kw)._backprop_by_hand(set(listened))
 
