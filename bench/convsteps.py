@@ -30,6 +30,10 @@ VARIANTS = {
     "bf16 CL dw-bf16": dict(channels_last=True, bf16=True, strided_depthwise_bf16=True),
     # ReLU6 out of place: in place, autograd clones each input first (aten::clone under hardtanh_)
     "fp32 CL relu6-out": dict(channels_last=True, bf16=False, relu6_out_of_place=True),
+    # MobileNetV2's ReLU6 with autograd's own in-place hardtanh_ (a clone of each input per step), as
+    # before zoo.models.mobilenetv2.ReLU6
+    "bf16 CL relu6-autograd": dict(channels_last=True, bf16=True, relu6_autograd=True),
+    "fp32 CL relu6-autograd": dict(channels_last=True, bf16=False, relu6_autograd=True),
 }
 
 
@@ -52,12 +56,16 @@ if __name__ == "__main__":
         options = dict(VARIANTS[name])
         dw_bf16 = options.pop("strided_depthwise_bf16", False)
         relu6_out = options.pop("relu6_out_of_place", False)
+        relu6_autograd = options.pop("relu6_autograd", False)
         loop = BareLoop(dm, arch, **options)
         if dw_bf16:
             plain_strided_depthwise(loop.model)
         for m in loop.model.modules() if relu6_out else []:
             if isinstance(m, torch.nn.ReLU6):
                 m.inplace = False
+        for m in loop.model.modules() if relu6_autograd else []:
+            if isinstance(m, torch.nn.ReLU6):
+                m.__class__ = torch.nn.ReLU6
         start = time.perf_counter()
         loop.seconds_per_step(1, warmup=2)  # warm-up, and the compile when there is one
         warm = time.perf_counter() - start

@@ -145,6 +145,70 @@ def test_mobilenetv2_strided_depthwise_layers_compute_in_fp32():
     assert torch.equal(conv(xd), F.conv2d(xd.float(), conv.weight.float(), None, 2, 1, 1, 144).bfloat16())
 
 
+def test_mobilenetv2_relu6_trains_in_place_without_copying_its_input():
+    # Autograd's in-place hardtanh_ clones its input for the backward; ours keeps the output instead.
+    from zoo.models.mobilenetv2 import ReLU6
+
+    def clones(module):
+        h = torch.randn(2, 8, 4, 4).requires_grad_() * 8  # a non-leaf, like BatchNorm's output
+        with torch.profiler.profile() as prof:
+            y = module(h)
+        return y, sum(e.count for e in prof.key_averages() if e.key in ("aten::clone", "aten::copy_"))
+
+    assert clones(torch.nn.ReLU6(inplace=True))[1] > 0
+    y, n = clones(ReLU6(inplace=True))
+    assert n == 0 and y.grad_fn is not None and "ReLU6InPlace" in type(y.grad_fn).__name__
+    model = create_model("mobilenetv2", (3, 32, 32), 10)
+    assert sum(type(m) is ReLU6 and m.inplace for m in model.modules()) == 35
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mobilenetv2_relu6_gradient_is_autograds_bit_for_bit(dtype):
+    from zoo.models.mobilenetv2 import ReLU6
+
+    # the edges: exactly 0 and 6 pass no gradient (hardtanh_backward's rule), below/above clamp
+    x = torch.tensor([-3.0, -0.0, 0.0, 0.25, 2.5, 5.5, 6.0, 6.5, 100.0], dtype=dtype)
+    x = torch.cat([x, torch.randn(991, dtype=dtype) * 5])
+    g = torch.randn_like(x)
+    results = []
+    for module in (ReLU6(inplace=True), torch.nn.ReLU6(inplace=True), torch.nn.ReLU6()):
+        leaf = x.clone().requires_grad_()
+        y = module(leaf * 1)
+        y.backward(g)
+        results.append((y.detach(), leaf.grad))
+    for y, grad in results[1:]:
+        assert torch.equal(results[0][0], y) and torch.equal(results[0][1], grad)
+    assert results[0][1][:9].tolist() == [0, 0, 0, g[3].item(), g[4].item(), g[5].item(), 0, 0, 0]
+
+
+def test_mobilenetv2_training_steps_match_plain_relu6_bit_for_bit():
+    # Two bf16-mixed SGD steps of the whole network with our ReLU6 and with nn.ReLU6: same weights.
+    models = []
+    for plain in (False, True):
+        torch.manual_seed(0)
+        model = create_model("mobilenetv2", (3, 32, 32), 10, width=0.5).to(memory_format=torch.channels_last)
+        for m in model.modules() if plain else []:
+            if isinstance(m, torch.nn.ReLU6):
+                m.__class__ = torch.nn.ReLU6
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        torch.manual_seed(1)
+        for _ in range(2):
+            x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), torch.arange(8) % 10)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        models.append(model)
+    ours, plain = (dict(m.state_dict()) for m in models)
+    assert all(torch.equal(ours[k], plain[k]) for k in ours)
+    models[0].eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(models[0], x)  # export traces the evaluation path: plain hardtanh
+        assert torch.equal(traced(x), models[0](x))
+
+
 def test_conv_model_on_flat_input_names_the_flat_models():
     with pytest.raises(ZooError, match="image input") as err:
         create_model("resnet20", (2,), num_classes=2)
