@@ -33,6 +33,8 @@ VARIANTS = {
     # MobileNetV2's ReLU6 with autograd's own in-place hardtanh_ (a clone of each input per step), as
     # before zoo.models.mobilenetv2.ReLU6
     "bf16 CL relu6-autograd": dict(channels_last=True, bf16=True, relu6_autograd=True),
+    # MobileNetV2 with every depthwise layer in fp32, not only the strided ones (bench/layers.py on the Xeon)
+    "bf16 CL dw-fp32": dict(channels_last=True, bf16=True, depthwise_fp32=True),
     "fp32 CL relu6-autograd": dict(channels_last=True, bf16=False, relu6_autograd=True),
 }
 
@@ -57,12 +59,17 @@ if __name__ == "__main__":
         dw_bf16 = options.pop("strided_depthwise_bf16", False)
         relu6_out = options.pop("relu6_out_of_place", False)
         relu6_autograd = options.pop("relu6_autograd", False)
+        depthwise_fp32 = options.pop("depthwise_fp32", False)
         loop = BareLoop(dm, arch, **options)
         if dw_bf16:
             plain_strided_depthwise(loop.model)
         for m in loop.model.modules() if relu6_out else []:
             if isinstance(m, torch.nn.ReLU6):
                 m.inplace = False
+        for m in loop.model.modules() if depthwise_fp32 else []:
+            if type(m) is torch.nn.Conv2d and m.groups == m.in_channels == m.out_channels > 1:
+                from zoo.models.mobilenetv2 import StridedDepthwiseConv2d
+                m.__class__ = StridedDepthwiseConv2d  # computes in fp32 under bf16 autocast, at any stride
         for m in loop.model.modules() if relu6_autograd else []:
             if isinstance(m, torch.nn.ReLU6):
                 m.__class__ = torch.nn.ReLU6
