@@ -33,9 +33,9 @@ VARIANTS = {
     # MobileNetV2's ReLU6 with autograd's own in-place hardtanh_ (a clone of each input per step), as
     # before zoo.models.mobilenetv2.ReLU6
     "bf16 CL relu6-autograd": dict(channels_last=True, bf16=True, relu6_autograd=True),
+    "fp32 CL relu6-autograd": dict(channels_last=True, bf16=False, relu6_autograd=True),
     # MobileNetV2 with every depthwise layer in fp32, not only the strided ones (bench/layers.py on the Xeon)
     "bf16 CL dw-fp32": dict(channels_last=True, bf16=True, depthwise_fp32=True),
-    "fp32 CL relu6-autograd": dict(channels_last=True, bf16=False, relu6_autograd=True),
 }
 
 

@@ -5,6 +5,7 @@ Fast by default (about 25 s on 2 idle CPU cores); the heavy overfit runs are mar
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -204,7 +205,8 @@ def test_mobilenetv2_training_steps_match_plain_relu6_bit_for_bit():
     assert all(torch.equal(ours[k], plain[k]) for k in ours)
     models[0].eval()
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*torch.jit.trace", FutureWarning)  # as zoo's export does
         traced = torch.jit.trace(models[0], x)  # export traces the evaluation path: plain hardtanh
         assert torch.equal(traced(x), models[0](x))
 
