@@ -3,10 +3,18 @@ own in-place nn.ReLU6 (a clone of each input per step), two networks in one proc
 of 8 steps, with the page faults each step caused (fresh allocations the clones need). Issue 16:
 
     python bench/relu6.py [ROUNDS] > results/cifar10_conv/relu6_xeon.txt
+
+`fit STEPS [ROUNDS]` instead times whole `train.py fit` runs of STEPS steps, one process per fit, alternating
+the two ReLU6s (fit_seconds from each run's metrics.json; validation off, the test pass not counted):
+
+    python bench/relu6.py fit 120 2 > results/cifar10_conv/relu6_fit_xeon.txt
 """
+import json
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +24,41 @@ import torch  # noqa: E402
 
 from bench.loops import BareLoop, setup_data  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+# a train.py fit with autograd's ReLU6 put back before the model is built (conv_bn_relu6 reads the name)
+FIT = ("import sys, torch, zoo.models.mobilenetv2 as m\n"
+       "if sys.argv[1] == 'autograd': m.ReLU6 = torch.nn.ReLU6\n"
+       "import train\nsys.exit(train.main(sys.argv[2:]))")
+
+
+def fit_seconds(variant: str, steps: int) -> float:
+    with tempfile.TemporaryDirectory() as run_dir:
+        subprocess.run([sys.executable, "-c", FIT, variant, "fit", "--data", "cifar10", "--model.arch", "mobilenetv2",
+                        "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
+                        "--trainer.limit_test_batches", "1", "--monitor", "train/loss", "--patience", "0",
+                        "--run_dir", run_dir, "--quiet", "true"],
+                       cwd=ROOT, check=True, capture_output=True)
+        return json.loads((Path(run_dir) / "metrics.json").read_text())["fit_seconds"]
+
+
+def fits(steps: int, rounds: int) -> None:
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python bench/relu6.py fit {steps} {rounds}; "
+          f"train.py fit --data cifar10 --model.arch mobilenetv2 (its defaults), {steps} steps of batch 128",
+          flush=True)
+    seconds: dict[str, list[float]] = {"ours": [], "autograd": []}
+    for r in range(rounds):
+        for name in seconds:
+            seconds[name].append(fit_seconds(name, steps))
+            print(f"round {r}  {name:8s}  fit {seconds[name][-1]:6.1f} s  {steps * 128 / seconds[name][-1]:6.1f} img/s",
+                  flush=True)
+    for name, v in seconds.items():
+        print(f"{name:8s} median {steps * 128 / statistics.median(v):6.1f} img/s over the fit")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["fit"]:
+        fits(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 2)
+        sys.exit()
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     dm = setup_data("cifar10", batch_size=128)
     loops = {"ours": BareLoop(dm, "mobilenetv2"), "autograd": BareLoop(dm, "mobilenetv2")}
