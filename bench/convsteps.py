@@ -46,6 +46,22 @@ def plain_strided_depthwise(model: torch.nn.Module) -> None:
         if isinstance(m, StridedDepthwiseConv2d):
             m.__class__ = torch.nn.Conv2d
 
+
+def autograd_relu6(model: torch.nn.Module) -> None:
+    """Give MobileNetV2's ReLU6 layers back autograd's in-place hardtanh_ (a clone of each input per step)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU6):
+            m.__class__ = torch.nn.ReLU6
+
+
+def fp32_depthwise(model: torch.nn.Module) -> None:
+    """Run every depthwise layer in fp32 under bf16 autocast, as StridedDepthwiseConv2d does the strided ones."""
+    from zoo.models.mobilenetv2 import StridedDepthwiseConv2d
+    for m in model.modules():
+        if type(m) is torch.nn.Conv2d and m.groups == m.in_channels == m.out_channels > 1:
+            m.__class__ = StridedDepthwiseConv2d  # fp32 at any stride
+
+
 if __name__ == "__main__":
     arch = sys.argv[1] if len(sys.argv) > 1 else "resnet20"
     torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else torch.get_num_threads())
@@ -66,13 +82,10 @@ if __name__ == "__main__":
         for m in loop.model.modules() if relu6_out else []:
             if isinstance(m, torch.nn.ReLU6):
                 m.inplace = False
-        for m in loop.model.modules() if depthwise_fp32 else []:
-            if type(m) is torch.nn.Conv2d and m.groups == m.in_channels == m.out_channels > 1:
-                from zoo.models.mobilenetv2 import StridedDepthwiseConv2d
-                m.__class__ = StridedDepthwiseConv2d  # computes in fp32 under bf16 autocast, at any stride
-        for m in loop.model.modules() if relu6_autograd else []:
-            if isinstance(m, torch.nn.ReLU6):
-                m.__class__ = torch.nn.ReLU6
+        if depthwise_fp32:
+            fp32_depthwise(loop.model)
+        if relu6_autograd:
+            autograd_relu6(loop.model)
         start = time.perf_counter()
         loop.seconds_per_step(1, warmup=2)  # warm-up, and the compile when there is one
         warm = time.perf_counter() - start

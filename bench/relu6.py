@@ -7,7 +7,7 @@ of 8 steps, with the page faults each step caused (fresh allocations the clones 
 `fit STEPS [ROUNDS]` instead times whole `train.py fit` runs of STEPS steps, one process per fit, alternating
 the two ReLU6s (fit_seconds from each run's metrics.json; validation off, the test pass not counted):
 
-    python bench/relu6.py fit 120 2 > results/cifar10_conv/relu6_fit_xeon.txt
+    python bench/relu6.py fit 100 2 > results/cifar10_conv/relu6_fit_xeon.txt
 """
 import json
 import resource
@@ -18,13 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.convsteps import autograd_relu6  # noqa: E402
 from bench.loops import BareLoop, setup_data  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+USAGE = "usage: python bench/relu6.py [ROUNDS]  |  python bench/relu6.py fit STEPS [ROUNDS]   (positive whole numbers)"
 # a train.py fit with autograd's ReLU6 put back before the model is built (conv_bn_relu6 reads the name)
 FIT = ("import sys, torch, zoo.models.mobilenetv2 as m\n"
        "if sys.argv[1] == 'autograd': m.ReLU6 = torch.nn.ReLU6\n"
@@ -56,15 +58,17 @@ def fits(steps: int, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["fit"]:
-        fits(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 2)
+    fit = sys.argv[1:2] == ["fit"]
+    numbers = sys.argv[2:] if fit else sys.argv[1:]
+    if not all(n.isdigit() and int(n) > 0 for n in numbers) or len(numbers) > 1 + fit or (fit and not numbers):
+        sys.exit(USAGE)
+    if fit:
+        fits(int(numbers[0]), int(numbers[1]) if len(numbers) > 1 else 2)
         sys.exit()
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    rounds = int(numbers[0]) if numbers else 5
     dm = setup_data("cifar10", batch_size=128)
     loops = {"ours": BareLoop(dm, "mobilenetv2"), "autograd": BareLoop(dm, "mobilenetv2")}
-    for m in loops["autograd"].model.modules():
-        if isinstance(m, torch.nn.ReLU6):
-            m.__class__ = torch.nn.ReLU6  # autograd's hardtanh_, as before
+    autograd_relu6(loops["autograd"].model)  # autograd's hardtanh_, as before
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python bench/relu6.py {rounds}; MobileNetV2, "
           f"batch 128, {torch.get_num_threads()} threads, bf16={loops['ours'].bf16}, channels_last", flush=True)
     for loop in loops.values():
