@@ -150,3 +150,101 @@ def test_damaged_lookahead_state_is_refused_in_one_paragraph(damage):
     with pytest.raises(ZooError, match="Lookahead state.*does not fit this model"):
         Lookahead.from_state(state, net)
     assert torch.equal(Lookahead.from_state(Lookahead(net).state(), net).slow["weight"], net.weight)
+
+
+# Knowledge distillation: a student learns from a frozen teacher's softened outputs (--model.teacher).
+DISTILL = ["--data", "moons", "--quiet", "true", "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4",
+           "--patience", "0", "--model.hidden", "[16]"]
+
+
+def test_distillation_loss_is_hintons_and_leaves_the_teacher_alone(tiny_moons_run):
+    teacher_file = tiny_moons_run / "best.ckpt"
+    student = ZooModule("mlp", hidden=[16], teacher=str(teacher_file), distill_weight=0.7, distill_temperature=2.0)
+    teacher = student.__dict__["_teacher"]
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x, y = torch.randn(32, 2), torch.randint(0, 2, (32,))
+    logits, loss = student._train_loss(x, y)
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    p_t = (teacher(x) / 2).softmax(-1)
+    kl = (p_t * (p_t.log() - (logits / 2).log_softmax(-1))).sum(-1).mean() * 4
+    assert torch.allclose(loss, 0.3 * ce + 0.7 * kl, atol=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert not any(k.startswith("_teacher") for k in student.state_dict())  # checkpoints hold the student only
+    assert ZooModule("mlp", teacher=str(teacher_file)).hparams.distill_weight == 0.9  # the defaults
+    assert ZooModule("mlp", teacher=str(teacher_file)).hparams.distill_temperature == 4.0
+
+
+def test_restandardise_maps_one_normalisation_onto_the_other():
+    from zoo.module import restandardise
+
+    raw = torch.rand(5, 3, 4, 4)
+    mean, std, t_mean, t_std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], [0.45, 0.5, 0.35], [0.22, 0.2, 0.28]
+    a, b = restandardise(mean, std, t_mean, t_std, 3)
+    x = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    want = (raw - torch.tensor(t_mean).view(1, 3, 1, 1)) / torch.tensor(t_std).view(1, 3, 1, 1)
+    assert torch.allclose(x * a + b, want, atol=1e-5)
+    assert restandardise(mean, std, mean, std, 3) is None and restandardise(None, None, mean, std, 3) is None
+
+
+def test_a_distilled_run_resumes_exactly_and_evaluates_without_its_teacher(tmp_path, tiny_moons_run, capsys):
+    teacher = tmp_path / "teacher.ckpt"
+    teacher.write_bytes((tiny_moons_run / "best.ckpt").read_bytes())
+    args = [*DISTILL, "--model.teacher", str(teacher)]
+    assert train.main(["fit", *args, "--runs_root", str(tmp_path / "a")]) == 0
+    (full,) = (tmp_path / "a").glob("moons/mlp/*")
+    rc = train.main(["fit", *args, "--runs_root", str(tmp_path / "b"),
+                     "--trainer.callbacks+=test_module.SigintAt", "--trainer.callbacks.step", "6"])
+    (part,) = (tmp_path / "b").glob("moons/mlp/*")
+    assert rc != 0 and load_checkpoint(part / "last.ckpt")["global_step"] == 6
+    assert train.main(["fit", *args, "--runs_root", str(tmp_path / "b"), "--ckpt_path", "last"]) == 0
+    a, b = load_checkpoint(full / "last.ckpt"), load_checkpoint(part / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 12
+    assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
+    assert a["hyper_parameters"]["teacher"] == str(teacher) and len(a["teacher_sha256"]) == 64
+    # The student differs from a run without the teacher (the term does something).
+    assert train.main(["fit", *DISTILL, "--runs_root", str(tmp_path / "c")]) == 0
+    (plain,) = (tmp_path / "c").glob("moons/mlp/*")
+    assert not torch.equal(load_checkpoint(plain / "last.ckpt")["state_dict"]["model.1.weight"],
+                           a["state_dict"]["model.1.weight"])
+    # Evaluating needs the student only: the teacher may be gone.
+    teacher.unlink()
+    import evaluate
+
+    capsys.readouterr()
+    assert evaluate.main([str(full / "best.ckpt"), "--png", "false"]) == 0
+    assert "per-class accuracy" in capsys.readouterr().out
+    assert train.main(["test", "--config", str(full / "config.yaml"), "--ckpt_path", str(full / "best.ckpt")]) == 0
+
+
+def test_a_resume_refuses_a_changed_teacher(tmp_path, tiny_moons_run, capsys):
+    teacher = tmp_path / "teacher.ckpt"
+    teacher.write_bytes((tiny_moons_run / "best.ckpt").read_bytes())
+    args = [*DISTILL, "--model.teacher", str(teacher), "--runs_root", str(tmp_path)]
+    assert train.main(["fit", *args, "--trainer.max_epochs", "1"]) == 0
+    ckpt = torch.load(teacher, weights_only=True)
+    ckpt["state_dict"]["model.1.weight"] += 1
+    torch.save(ckpt, teacher)
+    capsys.readouterr()
+    assert train.main(["fit", *args, "--trainer.max_epochs", "1", "--ckpt_path", "last"]) != 0
+    err = capsys.readouterr().err
+    assert "is not the file this run was distilled from" in err and "Traceback" not in err
+
+
+def test_distillation_flags_without_a_teacher_or_with_the_wrong_one_are_refused(tmp_path, tiny_moons_run, capsys):
+    assert train.main(["fit", *DISTILL, "--runs_root", str(tmp_path), "--model.distill_weight", "0.5"]) != 0
+    assert "no teacher is given" in capsys.readouterr().err
+    missing = str(tmp_path / "no.ckpt")
+    assert train.main(["fit", *DISTILL, "--runs_root", str(tmp_path), "--model.teacher", missing]) != 0
+    assert "Checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(ZooError, match="takes input \\[2\\] with 2 classes; this data has \\[3\\]"):
+        ZooModule("mlp", input_shape=[3], teacher=str(tiny_moons_run / "best.ckpt"))
+    other = tmp_path / "other.ckpt"  # the same network, said to be trained on other data
+    ckpt = torch.load(tiny_moons_run / "best.ckpt", weights_only=True)
+    ckpt["data_name"] = "mnist"
+    torch.save(ckpt, other)
+    assert train.main(["fit", *DISTILL, "--runs_root", str(tmp_path), "--model.teacher", str(other)]) != 0
+    err = capsys.readouterr().err
+    assert "was trained on mnist, and this run trains on moons" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("moons/mlp/*/*.ckpt"))  # refused before it trained anything

@@ -386,7 +386,7 @@ def expand_name_shorthand(args: list[str]) -> list[str]:
 
 
 # Options whose value is a path of their own; any other option given an existing file loads it as YAML.
-PATH_OPTIONS = ("ckpt_path", "run_dir", "runs_root", "trainer.default_root_dir")
+PATH_OPTIONS = ("ckpt_path", "run_dir", "runs_root", "trainer.default_root_dir", "model.teacher")
 
 
 def loads_a_file(option: str) -> bool:

@@ -27,6 +27,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from datamodules.tensor import mix_seed
+from zoo.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 from zoo.errors import ZooError
 from zoo.models.registry import (
     DEFAULT_RECIPE,
@@ -41,7 +42,7 @@ from zoo.models.registry import (
     create_model,
     optimizer_groups,
 )
-from zoo.weights import load_pretrained_checkpoint
+from zoo.weights import datamodule_state, load_pretrained_checkpoint, sha256
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # one YAML per dataset: batch size, epochs
 RECIPE_KEYS = tuple(DEFAULT_RECIPE)  # optimizer, lr, ..., lookahead: the model's part
@@ -132,6 +133,9 @@ class ZooModule(L.LightningModule):
         channels_last: bool | None = None,
         pretrained: str | None = None,
         compile: bool | None = None,
+        teacher: str | None = None,
+        distill_weight: Fraction | None = None,
+        distill_temperature: PositiveFloat | None = None,
     ) -> None:
         """
         Args:
@@ -160,6 +164,15 @@ class ZooModule(L.LightningModule):
             compile: torch.compile the network for training (validation and tests run it eagerly).
                 Default: only where it was measured to pay, see compile_by_default (a long ResNet fit
                 in bf16 on a CPU with AMX); off elsewhere.
+            teacher: Knowledge distillation (Hinton et al. 2015): a trained model to learn from, as a
+                checkpoint, a run directory or a shipped weights file (e.g. results/weights/airbench94_cifar10.pt)
+                of the same data. Its softened predictions on each training batch join the loss; it is
+                frozen, runs in eval mode, and is kept out of this model's checkpoints (they record its
+                path and sha256, and a resume refuses a changed file).
+            distill_weight: With a teacher: the distillation term's share of the loss, the cross-entropy
+                with the labels taking the rest (default 0.9).
+            distill_temperature: With a teacher: the softmax temperature of both models' outputs in the
+                distillation term (default 4), which is scaled by its square (Hinton et al.).
         """
         super().__init__()
         # Fill the recipe's defaults in before saving, so the checkpoint records what was used
@@ -174,6 +187,13 @@ class ZooModule(L.LightningModule):
         dropout, width, lr, weight_decay, momentum, label_smoothing = (
             None if v is None else float(v) for v in (dropout, width, lr, weight_decay, momentum, label_smoothing))
         lookahead = bool(lookahead)
+        if teacher:  # plain floats, as above; None without a teacher (nothing to record)
+            distill_weight = 0.9 if distill_weight is None else float(distill_weight)
+            distill_temperature = 4.0 if distill_temperature is None else float(distill_temperature)
+        elif distill_weight is not None or distill_temperature is not None:
+            raise ZooError("--model.distill_weight and --model.distill_temperature set how a student learns from a "
+                           "teacher, and no teacher is given: add --model.teacher PATH (a checkpoint, run directory or "
+                           "weights file of a model trained on this data), or drop them.")
         if optimizer not in OPTIMIZERS:
             raise ZooError(f"Unknown optimizer {optimizer!r}. Choose one of: {', '.join(OPTIMIZERS)} "
                            "(--model.optimizer).")
@@ -192,6 +212,9 @@ class ZooModule(L.LightningModule):
         self.model = create_model(arch, input_shape, num_classes, hidden=hidden, dropout=dropout, width=width)
         if pretrained:
             self._load_pretrained(pretrained)
+        self._teacher_sha256: str | None = None
+        if teacher:
+            self._load_teacher(teacher)
         self.example_input_array = torch.zeros(1, *input_shape)  # Lightning's summary: sizes and FLOPs
         if channels_last and len(input_shape) == 3:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -224,7 +247,8 @@ class ZooModule(L.LightningModule):
         """The module a checkpoint holds (what zoo.checkpoint.load_checkpoint returned, so its weights
         fit), float32 and in eval mode: the network zoo.checkpoint.network_from_checkpoint rebuilds too."""
         hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-        module = cls(**{**hp, "pretrained": None})  # the weights are this file's, not the shipped ones
+        # The weights are this file's, not the shipped ones; a teacher only matters in training.
+        module = cls(**{**hp, "pretrained": None, "teacher": None, "distill_weight": None, "distill_temperature": None})
         module.load_state_dict(ckpt["state_dict"])  # float16 weights are copied into the float32 parameters
         return module.eval()
 
@@ -243,6 +267,53 @@ class ZooModule(L.LightningModule):
                            f"{self.hparams.num_classes}. Train on {dataset} or drop --model.pretrained.")
         weights = {k[len("model."):]: v.float() for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         self.model.load_state_dict(weights)
+
+    def _load_teacher(self, path: str) -> None:
+        """The teacher network, frozen and in eval mode, held outside the module tree (a plain attribute,
+        not a submodule): checkpoints keep the student's weights only, and Lightning's train() leaves it
+        in eval mode. Refused unless it maps this input to these classes."""
+        file = resolve_checkpoint(path)
+        ckpt = load_checkpoint(file)  # weights_only, and checked like any checkpoint
+        hp = ckpt["hyper_parameters"]
+        if (hp["num_classes"], list(hp["input_shape"])) != (self.hparams.num_classes, self.hparams.input_shape):
+            raise ZooError(f"The teacher {file} ({hp['arch']}) takes input {list(hp['input_shape'])} with "
+                           f"{hp['num_classes']} classes; this data has {self.hparams.input_shape} and "
+                           f"{self.hparams.num_classes}. Give --model.teacher a model trained on this dataset.")
+        net = network_from_checkpoint(ckpt).requires_grad_(False)
+        self.__dict__["_teacher"] = net
+        self._teacher_data = ckpt.get("data_name")
+        self._teacher_stats = datamodule_state(ckpt)  # the normalisation it was trained with
+        self._teacher_sha256 = sha256(file)
+        self._teacher_affine: tuple[torch.Tensor, torch.Tensor] | None = None  # set in on_fit_start
+
+    def _setup_teacher(self) -> None:
+        """At the start of a fit: the teacher on this device, and its inputs normalised as it was trained:
+        the batches come standardised with this data's statistics, so x * a + b re-standardises them
+        with the teacher's (the identity when they agree, as for the same dataset and split)."""
+        teacher = self.__dict__["_teacher"].to(self.device)
+        self.__dict__["_teacher"] = teacher
+        datamodule = getattr(self.trainer, "datamodule", None)
+        name = getattr(datamodule, "name", None)
+        if self._teacher_data and name and self._teacher_data != name:
+            raise ZooError(f"The teacher {self.hparams.teacher} was trained on {self._teacher_data}, and this run "
+                           f"trains on {name}. Give --model.teacher a model trained on {name}.")
+        mine = (getattr(datamodule, "mean", None), getattr(datamodule, "std", None))
+        theirs = (self._teacher_stats.get("mean"), self._teacher_stats.get("std"))
+        affine = restandardise(*mine, *theirs, len(self.hparams.input_shape))
+        self._teacher_affine = None if affine is None else tuple(t.to(self.device) for t in affine)
+
+    def _distill(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Hinton et al.'s term: T^2 KL(teacher || student) of the outputs softened by temperature T,
+        averaged over the batch (the T^2 keeps its gradients' scale as T changes)."""
+        teacher, T = self.__dict__["_teacher"], self.hparams.distill_temperature
+        with torch.no_grad():
+            if self._teacher_affine is not None:
+                x = x * self._teacher_affine[0] + self._teacher_affine[1]
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = teacher(x.float()).float()  # (fp32 weights; autocast, if on, lowers it as it does the student)
+        return F.kl_div((logits.float() / T).log_softmax(-1), (target / T).log_softmax(-1), log_target=True,
+                        reduction="batchmean") * T * T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point() and x.dtype != self.dtype:  # bf16-true / 16-true weights
@@ -288,7 +359,11 @@ class ZooModule(L.LightningModule):
 
     def _train_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(x)
-        return logits, F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        if self.hparams.teacher:
+            w = self.hparams.distill_weight
+            loss = (1 - w) * loss + w * self._distill(logits, x)
+        return logits, loss
 
     def _stop_non_finite(self, loss: torch.Tensor, step: int) -> None:
         saved = [p for p in self._last_checkpoints() if p.is_file()]
@@ -390,9 +465,9 @@ class ZooModule(L.LightningModule):
         net = self.model
         if self.device.type != "cpu":  # (bitwise autograd's: tested on the CPU only)
             return None
-        if (self.hparams.label_smoothing or self._compile or {"on_before_backward", "on_after_backward"}
-                & listened or type(net) is not torch.nn.Sequential or (torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") != torch.bfloat16)
+        if (self.hparams.label_smoothing or self._compile or self.hparams.teacher
+                or {"on_before_backward", "on_after_backward"} & listened or type(net) is not torch.nn.Sequential
+                or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") != torch.bfloat16)
                 or any(getattr(torch_module, f"_global_{h}") for h in (
                     "forward_hooks", "forward_pre_hooks", "backward_hooks", "backward_pre_hooks"))):
             return None
@@ -508,6 +583,8 @@ class ZooModule(L.LightningModule):
             datamodule.setup("fit")
             x = datamodule.normalize(datamodule.train_x[:DATA_INIT_IMAGES].to(self.device))
             init(x.to(memory_format=torch.channels_last) if self.hparams.channels_last and x.dim() == 4 else x)
+        if self.hparams.teacher:
+            self._setup_teacher()
         if self.hparams.lookahead and self._lookahead is None:  # (a resume restored it in on_load_checkpoint)
             self._lookahead = Lookahead(self.model)  # after the data initialisation, as the paper starts it
         # The fit's length, worked out once per fit: Lookahead's schedule reads it every step, and the
@@ -549,6 +626,8 @@ class ZooModule(L.LightningModule):
             checkpoint["lookahead"] = self._lookahead.state()
         # Lightning's mid-epoch progress counts chunks of this many batches: a resume must keep it (zoo.run).
         checkpoint["steps_per_execution"] = self.steps_per_execution
+        if self._teacher_sha256:
+            checkpoint["teacher_sha256"] = self._teacher_sha256
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -583,8 +662,26 @@ class ZooModule(L.LightningModule):
             self._lookahead.step(self.model, self.global_step, self._fit_total_steps)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("teacher_sha256")
+        if self._teacher_sha256 and saved and saved != self._teacher_sha256:
+            raise ZooError(f"The teacher {self.hparams.teacher} is not the file this run was distilled from (its "
+                           f"sha256 differs from the one the checkpoint recorded), so the run would not continue as it "
+                           f"started. Put the original file back, or start a new run without --ckpt_path.")
         if self.hparams.lookahead and checkpoint.get("lookahead") is not None:
             self._lookahead = Lookahead.from_state(checkpoint["lookahead"], self.model)  # slow weights: exact resume
+
+
+def restandardise(mean, std, t_mean, t_std, dims: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(a, b) such that x * a + b turns inputs standardised with (mean, std) into inputs standardised
+    with (t_mean, t_std), per channel, for inputs of `dims` dimensions per sample; None when nothing
+    changes (equal statistics) or either is unknown (None)."""
+    if any(v is None for v in (mean, std, t_mean, t_std)):
+        return None
+    mean, std, t_mean, t_std = (torch.as_tensor(v, dtype=torch.float32) for v in (mean, std, t_mean, t_std))
+    if torch.equal(mean, t_mean) and torch.equal(std, t_std):
+        return None
+    shape = (1, -1) + (1,) * (dims - 1)
+    return (std / t_std).view(shape), ((mean - t_mean) / t_std).view(shape)
 
 
 class Triangle:

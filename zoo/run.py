@@ -139,6 +139,8 @@ class Run:
         cfg = self.cfg
         cfg.ckpt_path = str(self.ckpt_path) if self.ckpt_path else None  # the file, not `last` or a directory
         fill_in_recipe(cfg.model)
+        if self.subcommand != "fit" and cfg.model.get("teacher"):  # a teacher only matters in training
+            cfg.model.teacher = cfg.model.distill_weight = cfg.model.distill_temperature = None
         if cfg.trainer.precision is None:  # not given: as the weights were trained, else the fast path
             if self.ckpt_precision:
                 cfg.trainer.precision = self.ckpt_precision

@@ -143,6 +143,9 @@ class HParams:
     channels_last: bool | None = None
     pretrained: str | None = None
     compile: bool | None = None
+    teacher: str | None = None
+    distill_weight: Fraction | None = None
+    distill_temperature: PositiveFloat | None = None
 
 
 def network_options(hp: dict) -> dict:
