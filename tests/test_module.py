@@ -237,12 +237,12 @@ def test_distillation_flags_without_a_teacher_or_with_the_wrong_one_are_refused(
     assert "no teacher is given" in capsys.readouterr().err
     missing = str(tmp_path / "no.ckpt")
     assert train.main(["fit", *DISTILL, "--runs_root", str(tmp_path), "--model.teacher", missing]) != 0
-    assert "Checkpoint not found" in capsys.readouterr().err
+    assert f"--model.teacher {missing}: Checkpoint not found" in capsys.readouterr().err
     text = tmp_path / "notes.txt"  # not a checkpoint: refused by the safe loader, never quoted
     text.write_text("secret: do not print me\n")
     assert train.main(["fit", *DISTILL, "--runs_root", str(tmp_path), "--model.teacher", str(text)]) != 0
     err = capsys.readouterr().err
-    assert str(text) in err and "secret" not in err and "Traceback" not in err
+    assert f"--model.teacher {text}: " in err and "secret" not in err and "Traceback" not in err
     with pytest.raises(ZooError, match="takes input \\[2\\] with 2 classes; this data has \\[3\\]"):
         ZooModule("mlp", input_shape=[3], teacher=str(tiny_moons_run / "best.ckpt"))
     other = tmp_path / "other.ckpt"  # the same network, said to be trained on other data

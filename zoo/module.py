@@ -272,8 +272,11 @@ class ZooModule(L.LightningModule):
         """The teacher network, frozen and in eval mode, held outside the module tree (a plain attribute,
         not a submodule): checkpoints keep the student's weights only, and Lightning's train() leaves it
         in eval mode. Refused unless it maps this input to these classes."""
-        file = resolve_checkpoint(path)
-        ckpt = load_checkpoint(file)  # weights_only, and checked like any checkpoint
+        try:
+            file = resolve_checkpoint(path)
+            ckpt = load_checkpoint(file)  # weights_only, and checked like any checkpoint
+        except ZooError as error:  # the loader's message, said of the flag (a resume names a checkpoint too)
+            raise ZooError(f"--model.teacher {path}: {error}") from None
         hp = ckpt["hyper_parameters"]
         if (hp["num_classes"], list(hp["input_shape"])) != (self.hparams.num_classes, self.hparams.input_shape):
             raise ZooError(f"The teacher {file} ({hp['arch']}) takes input {list(hp['input_shape'])} with "
