@@ -223,6 +223,10 @@ BAD_CHECKPOINTS = {  # name: (change, what the message must name, the commands i
                              ["evaluate", "predict", "export"]),
     "mean of another shape": (lambda c: c["MoonsDataModule"].update(mean=[0.0, 0.0, 0.0]), "MoonsDataModule['mean']",
                               ["evaluate", "predict"]),
+    "std of zero": (lambda c: c["MoonsDataModule"].update(std=[1.0, 0.0]), "every std must be a positive finite",
+                    ["evaluate", "predict"]),
+    "infinite mean": (lambda c: c["MoonsDataModule"].update(mean=[0.0, float("inf")]), "every mean must be a finite",
+                      ["evaluate", "predict"]),
     "unknown datamodule option": (lambda c: c["datamodule_hyper_parameters"].update(shell="x"),
                                   "unknown datamodule option 'shell'", ["evaluate"]),
 }

@@ -124,6 +124,12 @@ def check_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
                 if stat in state and not (fits(state[stat], list[float]) and len(state[stat]) == channels):
                     raise ZooError(f"{path}: {key}['{stat}'] is {reprlib.repr(state[stat])}, not {channels} "
                                    f"numbers (one per input channel). {FIX}")
+                # Inputs are divided by std (and a teacher's re-standardised with it): a zero, negative or
+                # non-finite value would turn every prediction into inf/NaN without a word.
+                if stat in state and not all(math.isfinite(v) and (stat == "mean" or v > 0) for v in state[stat]):
+                    raise ZooError(f"{path}: {key}['{stat}'] is {reprlib.repr(state[stat])}: "
+                                   f"{'every std must be a positive' if stat == 'std' else 'every mean must be a'} "
+                                   f"finite number (training never writes anything else). {FIX}")
 
 
 def check_optimizer_state(states, net: nn.Module, path: str | os.PathLike, hp: dict) -> None:
