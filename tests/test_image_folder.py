@@ -171,6 +171,19 @@ def test_runs_are_named_after_the_folder_and_resume_finds_them(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
+def test_a_checkpoint_is_refused_for_images_of_another_size(tmp_path, capsys):
+    photos = make_folder(tmp_path / "photos", per_class=4)
+    data = ["--data", "image_folder", "--data.data_dir", str(photos), "--data.batch_size", "4", "--model", "mlp"]
+    assert train.main(["fit", "--runs_root", str(tmp_path / "runs"), "--quiet", "true", "--threads", "1", *data,
+                       "--patience", "0", "--trainer.max_epochs", "1"]) == 0
+    (best,) = (tmp_path / "runs").glob("*/mlp/*/best.ckpt")
+    capsys.readouterr()
+    assert train.main(["test", "--quiet", "true", *data, "--data.image_size", "28", "--ckpt_path", str(best)]) == 2
+    err = capsys.readouterr().err
+    assert "takes input [3, 32, 32] with 3 classes; this data has [3, 28, 28] and 3" in err, err
+    assert "Traceback" not in err and "config.yaml" in err
+
+
 def test_run_directory_names_for_folders():
     def name(data_dir: str | None) -> str:
         return zoo.run.run_data_name({"class_path": "datamodules.image_folder.ImageFolderDataModule",

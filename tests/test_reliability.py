@@ -151,6 +151,11 @@ CASES = [
      ["limit_train_batches", "trains nothing"]),
     ("--run_dir of an existing run", ["fit", "--data", "moons", "--run_dir", "{run}"],
      ["already holds a run", "--ckpt_path"]),
+    ("pretrained weights of another input shape", ["fit", "--data", "moons", "--model.pretrained", "mnist"],
+     ["pretrained mlp for mnist", "takes input [1, 28, 28] with 10 classes", "[2] and 2", "drop --model.pretrained"]),
+    ("teacher of another input shape", ["fit", "--data", "moons", "--model.teacher",
+                                        str(REPO / "results/weights/mlp_mnist.pt")],
+     ["teacher", "mlp_mnist.pt", "takes input [1, 28, 28] with 10 classes", "[2] and 2"]),
 ]
 
 
@@ -183,6 +188,8 @@ def test_bad_input(name, args, words, tmp_path, linear_run, monkeypatch, capsys)
         assert word.lower() in err.lower(), f"{name}: {word!r} not in: {err}"
     # Nothing half-written: a failed run leaves no run directory (or only one holding a checkpoint).
     assert all(any(d.glob("*.ckpt")) for d in runs.glob("*/*/*")), list(runs.glob("*/*/*"))
+    # ... nor the empty folders above one (--runs_root itself, the dataset's and the model's)
+    assert not [d for d in [runs, *runs.rglob("*")] if d.is_dir() and not any(d.iterdir())], list(runs.rglob("*"))
 
 
 def test_bad_input_table_in_readme_lists_every_case():

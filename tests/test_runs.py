@@ -292,3 +292,20 @@ def test_metric_that_never_comes_ends_without_best_ckpt_and_says_so(tmp_path, ca
     (run,) = tmp_path.glob("moons/mlp/*")
     assert "no best.ckpt" in capsys.readouterr().err
     assert not (run / "best.ckpt").exists() and (run / "last.ckpt").is_file() and (run / "metrics.json").is_file()
+
+
+def test_a_refused_run_removes_the_folders_it_made_and_only_those(tmp_path, capsys):
+    """A fit refused before its first checkpoint leaves the disk as it found it: its run directory
+    and the folders made above it go (--runs_root's data/model folders, or --run_dir's parents);
+    a folder that was there before, or that holds another run, stays."""
+    bad = ["--data", "moons", "--monitor", "val/accuracy"]  # refused once the datamodule is set up
+    assert fit(*bad, "--runs_root", str(tmp_path / "new" / "runs")) == 2
+    assert "val/accuracy" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert fit(*bad, "--run_dir", str(tmp_path / "a" / "b" / "run")) == 2
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "runs" / "moons" / "mlp" / "other"
+    kept.mkdir(parents=True)
+    assert fit(*bad, "--runs_root", str(tmp_path / "runs")) == 2
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == [
+        "runs", "runs/moons", "runs/moons/mlp", "runs/moons/mlp/other"]

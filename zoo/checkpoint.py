@@ -107,6 +107,16 @@ def network_from_checkpoint(ckpt: dict) -> nn.Module:
     return net.eval()
 
 
+def io_mismatch(hp: dict, input_shape, num_classes: int) -> str | None:
+    """None when a checkpoint's network (its hyper_parameters `hp`) takes this input shape to this many
+    classes; else the difference, for a message: "takes input [1, 28, 28] with 10 classes; this data has
+    [3, 32, 32] and 10". Loading it into a network of another shape fails deep in torch."""
+    theirs, mine = (list(hp["input_shape"]), hp["num_classes"]), (list(input_shape), num_classes)
+    if theirs == mine:
+        return None
+    return f"takes input {theirs[0]} with {theirs[1]} classes; this data has {mine[0]} and {mine[1]}"
+
+
 def check_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     """Refuse a checkpoint that would make us build something other than a zoo model of sane size
     with these very weights: everything below is decided by the file, so nothing is taken on trust."""

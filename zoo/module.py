@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from datamodules.tensor import mix_seed
-from zoo.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
+from zoo.checkpoint import io_mismatch, load_checkpoint, network_from_checkpoint, resolve_checkpoint
 from zoo.errors import ZooError
 from zoo.models.registry import (
     DEFAULT_RECIPE,
@@ -260,11 +260,9 @@ class ZooModule(L.LightningModule):
 
     def _load_pretrained(self, dataset: str) -> None:
         ckpt = load_pretrained_checkpoint(self.hparams.arch, dataset)  # sha256-checked, weights_only
-        hp = ckpt["hyper_parameters"]
-        if (hp["num_classes"], list(hp["input_shape"])) != (self.hparams.num_classes, self.hparams.input_shape):
-            raise ZooError(f"The pretrained {self.hparams.arch} for {dataset} takes input {hp['input_shape']} with "
-                           f"{hp['num_classes']} classes; this data has {self.hparams.input_shape} and "
-                           f"{self.hparams.num_classes}. Train on {dataset} or drop --model.pretrained.")
+        if differs := io_mismatch(ckpt["hyper_parameters"], self.hparams.input_shape, self.hparams.num_classes):
+            raise ZooError(f"The pretrained {self.hparams.arch} for {dataset} {differs}. Train on {dataset} or drop "
+                           f"--model.pretrained.")
         weights = {k[len("model."):]: v.float() for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         self.model.load_state_dict(weights)
 
@@ -278,10 +276,9 @@ class ZooModule(L.LightningModule):
         except ZooError as error:  # the loader's message, said of the flag (a resume names a checkpoint too)
             raise ZooError(f"--model.teacher {path}: {error}") from None
         hp = ckpt["hyper_parameters"]
-        if (hp["num_classes"], list(hp["input_shape"])) != (self.hparams.num_classes, self.hparams.input_shape):
-            raise ZooError(f"The teacher {file} ({hp['arch']}) takes input {list(hp['input_shape'])} with "
-                           f"{hp['num_classes']} classes; this data has {self.hparams.input_shape} and "
-                           f"{self.hparams.num_classes}. Give --model.teacher a model trained on this dataset.")
+        if differs := io_mismatch(hp, self.hparams.input_shape, self.hparams.num_classes):
+            raise ZooError(f"The teacher {file} ({hp['arch']}) {differs}. Give --model.teacher a model trained on "
+                           f"this dataset.")
         net = network_from_checkpoint(ckpt).requires_grad_(False)
         self.__dict__["_teacher"] = net
         self._teacher_data = ckpt.get("data_name")
@@ -312,7 +309,7 @@ class ZooModule(L.LightningModule):
         with torch.no_grad():
             if self._teacher_affine is not None:
                 x = x * self._teacher_affine[0] + self._teacher_affine[1]
-            if x.dim() == 4:
+            if x.dim() == 4:  # (a no-op on the student's channels_last batch, and the affine keeps that layout)
                 x = x.contiguous(memory_format=torch.channels_last)
             target = teacher(x.float()).float()  # (fp32 weights; autocast, if on, lowers it as it does the student)
         return F.kl_div((logits.float() / T).log_softmax(-1), (target / T).log_softmax(-1), log_target=True,
@@ -361,6 +358,8 @@ class ZooModule(L.LightningModule):
         return loss
 
     def _train_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hparams.teacher and self.hparams.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # once, for the student and the teacher
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         if self.hparams.teacher:

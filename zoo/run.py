@@ -35,7 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from datamodules import registered_name
 from zoo import checkpoint as zoo_checkpoint
 from zoo import insight, loggers
-from zoo.checkpoint import atomic_write_bytes, load_checkpoint
+from zoo.checkpoint import atomic_write_bytes, io_mismatch, load_checkpoint
 from zoo.errors import ZooError
 from zoo.models import profile
 from zoo.models.registry import check_model_name
@@ -93,6 +93,7 @@ class Run:
         self.ckpt_ema: float | None = None  # the checkpoint's --ema decay (0: off); None: not known
         self.dir: Path | None = None  # fit only
         self.made_dir = False  # made by this run: removed again if it ends before its first checkpoint
+        self.made_parents: list[Path] = []  # folders above it made with it: removed with it when left empty
         self.lock: RunLock | None = None
         self.told_children = False  # RUN_DIR_ENV set by this process
         self.checkpoint = self.run_info = self.early_stopping = None
@@ -159,9 +160,11 @@ class Run:
                 self.dir = inherited
             elif cfg.run_dir:
                 fresh = not Path(cfg.run_dir).exists() and job_id() is None
+                self.made_parents = missing_dirs(Path(cfg.run_dir).parent) if fresh else []
                 self.dir = claim_run_dir(Path(cfg.run_dir), resuming=False)
                 self.made_dir = fresh
             else:
+                self.made_parents = missing_dirs(Path(cfg.runs_root) / run_data_name(cfg.data) / self.arch)
                 self.dir = new_run_dir(Path(cfg.runs_root), run_data_name(cfg.data), self.arch)
                 self.made_dir = True
         if not inherited and global_rank() == 0:  # one lock per run: the job's first process holds it
@@ -210,10 +213,9 @@ class Run:
     def check_checkpoint_fits(self, model) -> None:
         """The data's shape and classes must be the checkpoint's, or loading fails deep in torch."""
         hp, mine = self.ckpt_hparams, model.hparams
-        if hp and (hp["num_classes"], list(hp["input_shape"])) != (mine.num_classes, list(mine.input_shape)):
-            raise ZooError(f"The checkpoint's {hp['arch']} takes input {list(hp['input_shape'])} with "
-                           f"{hp['num_classes']} classes, but {self.data} gives {list(mine.input_shape)} with "
-                           f"{mine.num_classes}. Use the data it was trained on (its run's config.yaml).")
+        if hp and (differs := io_mismatch(hp, mine.input_shape, mine.num_classes)):
+            raise ZooError(f"The checkpoint's {hp['arch']} {differs} ({self.data}). Use the data it was trained on "
+                           f"(its run's config.yaml).")
 
     def check_resume_matches(self, model) -> None:
         """A resume must train the model and recipe the checkpoint holds: say what differs before any
@@ -387,7 +389,12 @@ class Run:
             self.told_children = False
         if self.made_dir and self.dir.is_dir() and not any(self.dir.glob("*.ckpt")):
             shutil.rmtree(self.dir, ignore_errors=True)
-        self.made_dir = False
+            for folder in self.made_parents:  # deepest first; one another run has used since stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        self.made_dir, self.made_parents = False, []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,6 +469,15 @@ def inherited_run_dir() -> Path | None:
     return None
 
 
+def missing_dirs(path: Path) -> list[Path]:
+    """path and each of its ancestors that does not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def new_run_dir(runs_root: Path, data: str, arch: str) -> Path:
     parent = runs_root / data / arch
     try:
@@ -476,6 +492,8 @@ def new_run_dir(runs_root: Path, data: str, arch: str) -> Path:
             return run
         except FileExistsError:
             continue
+        except FileNotFoundError:  # a failed run elsewhere removed the (then empty) parent it had made
+            parent.mkdir(parents=True, exist_ok=True)
 
 
 def find_resume(spec: str, runs_root: Path, data: str, arch: str) -> Path:
