@@ -164,8 +164,9 @@ class Run:
                 self.dir = claim_run_dir(Path(cfg.run_dir), resuming=False)
                 self.made_dir = fresh
             else:
-                self.made_parents = missing_dirs(Path(cfg.runs_root) / run_data_name(cfg.data) / self.arch)
-                self.dir = new_run_dir(Path(cfg.runs_root), run_data_name(cfg.data), self.arch)
+                parent = Path(cfg.runs_root) / run_data_name(cfg.data) / self.arch
+                self.made_parents = missing_dirs(parent)
+                self.dir = new_run_dir(parent)
                 self.made_dir = True
         if not inherited and global_rank() == 0:  # one lock per run: the job's first process holds it
             self.lock = RunLock(self.dir)
@@ -478,22 +479,20 @@ def missing_dirs(path: Path) -> list[Path]:
     return missing
 
 
-def new_run_dir(runs_root: Path, data: str, arch: str) -> Path:
-    parent = runs_root / data / arch
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ZooError(f"Cannot create the run directory under {parent} ({e.strerror or e}). Choose a "
-                       f"writable place with --runs_root DIR.") from None
+def new_run_dir(parent: Path) -> Path:
+    """A new, empty run directory in parent (<runs_root>/<data>/<model>), made with its parents."""
     while True:  # time stamp for humans, random suffix so concurrent runs never collide
+        try:  # (in the loop: a run refused elsewhere may remove the parent it made, empty, in between)
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ZooError(f"Cannot create the run directory under {parent} ({e.strerror or e}). Choose a "
+                           f"writable place with --runs_root DIR.") from None
         run = parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         try:
             run.mkdir()
             return run
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):
             continue
-        except FileNotFoundError:  # a failed run elsewhere removed the (then empty) parent it had made
-            parent.mkdir(parents=True, exist_ok=True)
 
 
 def find_resume(spec: str, runs_root: Path, data: str, arch: str) -> Path:
