@@ -1,16 +1,19 @@
 """What autograd costs the lecture's MLP step (issue 18, goal 3): 784-128-10, batch 100, fused Adam,
-on random tensors shaped like Fashion-MNIST's (no files). Three ways to take the same step, in
+on random tensors shaped like Fashion-MNIST's (no files). Six ways to take the same step, in
 alternating rounds; a cell is the median (min-max) of the rounds, in microseconds per step:
 
 - autograd: loss.backward() and opt.step(), as the bare loop (bench/loops.py) and the plain path do;
 - autograd, direct Adam: the same backward, then zoo.module.fused_adam_step (a chunk before mlp_backprop);
 - by hand: zoo.module.mlp_backprop (autograd's own kernels without its graph) and fused_adam_step,
   what a chunk of train.py runs now for a plain MLP;
+- by hand with float32 products in bf16: the same step with oneDNN told to multiply float32 matrices in
+  bf16 (torch.backends.mkldnn.matmul.fp32_precision = "bf16", what torch.set_float32_matmul_precision("medium")
+  sets on a CPU; AMX on this kind of Xeon): the tensors stay float32, with no casts in Python;
 - the last two in bf16-mixed (--trainer.precision bf16-mixed): autograd under CPU bf16 autocast, and
   mlp_backprop's bf16 step (the same casts and kernels by hand), each with the fused Adam step.
 
-The float32 ways end with bitwise the same weights, and so do the two bf16 ones (checked here at the end,
-and in tests/test_fast_path.py).
+The float32 ways (but the one with bf16 products) end with bitwise the same weights, and so do the two
+bf16 ones (checked here at the end, and in tests/test_fast_path.py).
 
     python bench/mlpstep.py [ROUNDS] [THREADS]   # e.g. 5 2 > results/mlpstep_avx2.txt
 """
@@ -49,6 +52,15 @@ def by_hand(net, opt, x, y) -> None:
         opt.step()
 
 
+def by_hand_bf32(net, opt, x, y) -> None:
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        by_hand(net, opt, x, y)
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+
+
 def autograd_bf16(net, opt, x, y) -> None:
     opt.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -79,7 +91,8 @@ def batches(steps: int = STEPS) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 WAYS = {"autograd": autograd, "autograd, direct Adam": autograd_direct, "by hand (train.py now)": by_hand,
-        "bf16 autocast, autograd": autograd_bf16, "bf16 by hand (train.py)": by_hand_bf16}
+        "by hand, bf16 products": by_hand_bf32, "bf16 autocast, autograd": autograd_bf16,
+        "bf16 by hand (train.py)": by_hand_bf16}
 BF16 = {"bf16 autocast, autograd", "bf16 by hand (train.py)"}
 
 
@@ -102,7 +115,7 @@ def main(rounds: int) -> None:
         m = statistics.median(s)
         cell = f"{m:.0f} ({min(s):.0f}-{max(s):.0f})"
         print(f"{name:26s} {cell:>24s} {base / m:11.2f}x")
-    for kind, names in (("float32", set(WAYS) - BF16), ("bf16", BF16)):
+    for kind, names in (("float32", set(WAYS) - BF16 - {"by hand, bf16 products"}), ("bf16", BF16)):
         weights = [list(nets[name].parameters()) for name in WAYS if name in names]
         same = all(torch.equal(a, b) for other in weights[1:] for a, b in zip(weights[0], other))
         print(f"the same weights after {rounds * STEPS} steps each, {kind} ways: {'yes, bitwise' if same else 'NO'}")

@@ -142,6 +142,8 @@ def test_the_mlp_step_probe_times_each_way_to_the_same_weights(capsys):
     assert all(re.search(rf"^{re.escape(name)}\s+\d+ \(\d+-\d+\)\s+[\d.]+x$", out, re.M) for name in WAYS), out
     assert "the same weights after 550 steps each, float32 ways: yes, bitwise" in out, out
     assert "the same weights after 550 steps each, bf16 ways: yes, bitwise" in out, out
+    import torch
+    assert torch.backends.mkldnn.matmul.fp32_precision != "bf16"  # the bf16-products way put the setting back
 
 
 def test_the_ceiling_probe_counts_a_resnet_step_as_three_forwards_and_times_a_product():
