@@ -53,6 +53,7 @@ def by_hand(net, opt, x, y) -> None:
 
 
 def by_hand_bf32(net, opt, x, y) -> None:
+    # Switched on and back each step, so the other ways' rounds run without it (the switch is timed with the step).
     before = torch.backends.mkldnn.matmul.fp32_precision
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     try:
