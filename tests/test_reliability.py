@@ -311,7 +311,7 @@ def test_wandb_without_network_falls_back_to_offline(tmp_path, monkeypatch, caps
 
 # --- kill -9 and signals (separate processes) ----------------------------------------------------
 
-# Batch 8 (~480 steps an epoch): the 12 epochs last over a second even on a fast CPU, where at the default
+# Batch 8 (~480 steps an epoch): the 12 epochs last about a second even on a fast CPU, where at the default
 # batch 32 they took 0.3 s and a signal sent after the first checkpoint could land after training.
 KILL_ARGS = ["--data", "moons", "--data.init_args.n_samples", "6000", "--data.init_args.batch_size", "8",
              "--model.dropout", "0.1",

@@ -289,7 +289,7 @@ def test_two_node_torchrun_on_loopback(tmp_path):
          "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1",
          "--trainer.strategy", "ddp", "--trainer.max_epochs", "5", "--data.init_args.n_samples", "400"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV) for rank in (0, 1)]
-    try:  # one deadline for both; on a hang both are killed and both outputs shown, not rank 0's alone
+    try:  # on a hang both nodes are killed and both outputs shown, not rank 0's alone
         outs = [p.communicate(timeout=300)[0] for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
