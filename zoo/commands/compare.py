@@ -95,7 +95,7 @@ def compare(
             (default: results/compare; with --from_runs: that directory).
         runs_root: Where the runs (with checkpoints) go (default: checkpoints/compare/<name of out>).
         from_runs: Rebuild the tables from a compare output directory (or a runs root), no training.
-        baselines: Include the majority-class and k-NN baselines.
+        baselines: Include the majority-class and k-NN baselines (with --from_runs: where compare.json has them).
         tta: Also evaluate each run's best checkpoint with this test-time augmentation (evaluate.py --tta:
             flip or flip_translate) and show it in its own column beside the plain one, which stays the headline.
         verbose: Show each run's progress bar and model summary.
@@ -136,7 +136,10 @@ def compare(
             runs[job.data, job.model].append(out_dir / "runs" / job.data / job.model / f"seed{job.seed}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for data in [d for d in DATAMODULES if any(key[0] == d for key in runs) or d in (datasets or [])]:
-        table = build_table(data, {m: paths for (d, m), paths in runs.items() if d == data}, meta, baselines)
+        # A rebuild shows the baselines only where compare.json caches them: it measures nothing, needs no
+        # data, and a table made with --baselines false comes back without them, as it was.
+        shown = baselines and (from_runs is None or data in meta.get("baselines", {}))
+        table = build_table(data, {m: paths for (d, m), paths in runs.items() if d == data}, meta, shown)
         write_outputs(table, out_dir, meta, stats, command, time.perf_counter() - start, from_runs is not None)
     atomic_write_bytes(out_dir / "compare.json", json.dumps(meta, indent=1, sort_keys=True).encode())
     return 0
