@@ -289,15 +289,16 @@ def test_two_node_torchrun_on_loopback(tmp_path):
          "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1",
          "--trainer.strategy", "ddp", "--trainer.max_epochs", "5", "--data.init_args.n_samples", "400"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV) for rank in (0, 1)]
+    def tails(outs: list[str]) -> str:  # both nodes' last lines, labelled, for a hang or a failure alike
+        return "\n".join(f"node {i}:\n{out[-3000:]}" for i, out in enumerate(outs))
+
     try:  # on a hang both nodes are killed and both outputs shown, not rank 0's alone
         outs = [p.communicate(timeout=300)[0] for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-        outs = [p.communicate()[0] for p in procs]
-        shown = "\n".join(f"node {i}:\n{out[-3000:]}" for i, out in enumerate(outs))
-        pytest.fail(f"the two-node run hung for 300 s:\n{shown}")
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+        pytest.fail(f"the two-node run hung for 300 s:\n{tails([p.communicate()[0] for p in procs])}")
+    assert [p.returncode for p in procs] == [0, 0], tails(outs)
     check_distributed_run(run)
 
 
