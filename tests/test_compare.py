@@ -7,6 +7,7 @@ runs in-process through `train.main`, like a user's command line.
 import csv
 import json
 import os
+import shutil
 import statistics
 from pathlib import Path
 
@@ -122,6 +123,14 @@ def test_from_runs_rebuilds_the_same_table(compared):
     assert (compared / "rebuilt/moons_error_vs_params.png").read_bytes()[:8] == PNG
 
 
+def test_from_runs_without_compare_json_measures_the_baselines_again(compared, tmp_path):
+    shutil.copytree(compared / "out", tmp_path / "out")
+    (tmp_path / "out/compare.json").unlink()  # what its error message tells a user with a damaged one to do
+    assert train.main(["compare", "--from_runs", str(tmp_path / "out")]) == 0
+    assert list(read_csv(tmp_path / "out/moons.csv")) == ["majority", "knn", "linear", "mlp"]
+    assert "moons" in json.loads((tmp_path / "out/compare.json").read_text())["baselines"]
+
+
 def test_interrupted_run_resumes_in_its_directory(compared, capsys):
     run = compared / "runs/moons/linear/seed1"
     acc = json.loads((run / "metrics.json").read_text())["test_acc"]
@@ -221,7 +230,6 @@ def test_exact_pixel_column_only_where_the_data_has_it():
                                   "epoch,val/acc\n0,0.5\n",  # no seconds: the plot's KeyError
                                   "epoch,seconds,val/acc\n0,inf,0.5\n", "epoch,seconds,val/acc\n0,1,93\n"])
 def test_a_damaged_history_is_named_not_a_traceback(compared, tmp_path, capsys, text):
-    import shutil
 
     copy = tmp_path / "out"
     shutil.copytree(compared / "out", copy)
@@ -252,7 +260,6 @@ DAMAGES = [
 
 @pytest.mark.parametrize("name, text, words", DAMAGES)
 def test_damaged_results_files_are_named_not_a_traceback(compared, tmp_path, capsys, name, text, words):
-    import shutil
 
     copy = tmp_path / "out"
     shutil.copytree(compared / "out", copy)
@@ -269,7 +276,6 @@ def test_damaged_results_files_are_named_not_a_traceback(compared, tmp_path, cap
 
 
 def test_a_damaged_compare_args_file_is_named_when_the_run_is_reused(compared, tmp_path, capsys):
-    import shutil
 
     shutil.copytree(compared / "runs", tmp_path / "runs")
     args = (tmp_path / "runs/moons/linear/seed0/compare-args.json")

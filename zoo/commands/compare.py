@@ -136,9 +136,10 @@ def compare(
             runs[job.data, job.model].append(out_dir / "runs" / job.data / job.model / f"seed{job.seed}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for data in [d for d in DATAMODULES if any(key[0] == d for key in runs) or d in (datasets or [])]:
-        # A rebuild shows the baselines only where compare.json caches them: it measures nothing, needs no
-        # data, and a table made with --baselines false comes back without them, as it was.
-        shown = baselines and (from_runs is None or data in meta.get("baselines", {}))
+        # A rebuild shows the baselines only where compare.json caches them, so a table made with --baselines
+        # false comes back as it was and nothing is measured; without a compare.json (deleted to measure again,
+        # as its error says) they are measured as in a compare.
+        shown = baselines and (from_runs is None or not meta or data in meta.get("baselines", {}))
         table = build_table(data, {m: paths for (d, m), paths in runs.items() if d == data}, meta, shown)
         write_outputs(table, out_dir, meta, stats, command, time.perf_counter() - start, from_runs is not None)
     atomic_write_bytes(out_dir / "compare.json", json.dumps(meta, indent=1, sort_keys=True).encode())
