@@ -87,7 +87,7 @@ def export_torchscript(net: torch.nn.Module, example: torch.Tensor, meta: dict) 
         warnings.simplefilter("ignore", FutureWarning)
         # check_trace=False: torch's own check reruns the trace and compares with torch.testing, which
         # imports much of torch.distributed (the command took 1.54x `import torch` with it, 1.19x
-        # without: README, Speed); the check below runs the written file against the checkpoint instead.
+        # without: docs/speed.md); the check below runs the written file against the checkpoint instead.
         traced = torch.jit.trace(net, example, check_trace=False)
         # Into memory, not to a path: torch's C++ file writer aborts the process on a full disk.
         buffer = io.BytesIO()
