@@ -131,6 +131,26 @@ def test_from_runs_without_compare_json_measures_the_baselines_again(compared, t
     assert "moons" in json.loads((tmp_path / "out/compare.json").read_text())["baselines"]
 
 
+def test_from_runs_keeps_the_baselines_as_the_last_compare_left_them(compared, tmp_path, capsys):
+    """A table compared with baselines and then again with --baselines false keeps its cached baselines in
+    compare.json, but a rebuild shows the table as it was last written: without them, until a compare
+    shows them again (from the cache: nothing measured)."""
+    shutil.copytree(compared / "out", tmp_path / "out")
+    again = ["compare", "--models", "[linear,mlp,lenet5]", "--datasets", "[moons]", "--seeds", "2", "--epochs", "2",
+             "--out", str(tmp_path / "out"), "--runs_root", str(compared / "runs")]
+    rebuild = ["compare", "--from_runs", str(tmp_path / "out"), "--out", str(tmp_path / "rebuilt")]
+    assert train.main([*again, "--baselines", "false"]) == 0
+    assert list(read_csv(tmp_path / "out/moons.csv")) == ["linear", "mlp"]
+    assert "moons" in json.loads((tmp_path / "out/compare.json").read_text())["baselines"]  # still cached
+    assert train.main(rebuild) == 0
+    assert list(read_csv(tmp_path / "rebuilt/moons.csv")) == ["linear", "mlp"]
+    capsys.readouterr()
+    assert train.main(again) == 0
+    assert "measuring the baselines" not in capsys.readouterr().out
+    assert train.main(rebuild) == 0
+    assert list(read_csv(tmp_path / "rebuilt/moons.csv")) == ["majority", "knn", "linear", "mlp"]
+
+
 def test_interrupted_run_resumes_in_its_directory(compared, capsys):
     run = compared / "runs/moons/linear/seed1"
     acc = json.loads((run / "metrics.json").read_text())["test_acc"]

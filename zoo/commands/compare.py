@@ -95,7 +95,7 @@ def compare(
             (default: results/compare; with --from_runs: that directory).
         runs_root: Where the runs (with checkpoints) go (default: checkpoints/compare/<name of out>).
         from_runs: Rebuild the tables from a compare output directory (or a runs root), no training.
-        baselines: Include the majority-class and k-NN baselines (with --from_runs: where compare.json has them).
+        baselines: Include the majority-class and k-NN baselines (with --from_runs: where the rebuilt table had them).
         tta: Also evaluate each run's best checkpoint with this test-time augmentation (evaluate.py --tta:
             flip or flip_translate) and show it in its own column beside the plain one, which stays the headline.
         verbose: Show each run's progress bar and model summary.
@@ -136,10 +136,13 @@ def compare(
             runs[job.data, job.model].append(out_dir / "runs" / job.data / job.model / f"seed{job.seed}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for data in [d for d in DATAMODULES if any(key[0] == d for key in runs) or d in (datasets or [])]:
-        # A rebuild shows the baselines only where compare.json caches them, so a table made with --baselines
-        # false comes back as it was and nothing is measured; without a compare.json (deleted to measure again,
-        # as its error says) they are measured as in a compare.
-        shown = baselines and (from_runs is None or not meta or data in meta.get("baselines", {}))
+        # A rebuild shows the baselines where the last table did (compare.json records it), so a table made
+        # with --baselines false comes back as it was and nothing is measured, even when an earlier compare
+        # left them cached; older compare.json files without the record: where they are cached. Without a
+        # compare.json (deleted to measure again, as its error says) they are measured as in a compare.
+        shown_before = meta.get("baselines_shown", {}).get(data, data in meta.get("baselines", {}))
+        shown = baselines and (from_runs is None or not meta or shown_before)
+        meta.setdefault("baselines_shown", {})[data] = shown
         table = build_table(data, {m: paths for (d, m), paths in runs.items() if d == data}, meta, shown)
         write_outputs(table, out_dir, meta, stats, command, time.perf_counter() - start, from_runs is not None)
     atomic_write_bytes(out_dir / "compare.json", json.dumps(meta, indent=1, sort_keys=True).encode())
@@ -370,7 +373,9 @@ def meta_ok(meta: object) -> bool:
 
     return (isinstance(meta, dict) and all(isinstance(meta.get(k, ""), str) for k in ("command", "machine"))
             and None not in dicts("skipped") and all(map(baseline, dicts("baselines")))
-            and all(map(numbers, dicts("profiles"))))
+            and all(map(numbers, dicts("profiles")))
+            and isinstance(shown := meta.get("baselines_shown", {}), dict)
+            and all(isinstance(v, bool) for v in shown.values()))
 
 
 def machine() -> str:
