@@ -22,8 +22,12 @@ from bench.loops import setup_data
 from zoo.models.registry import create_model
 from zoo.module import resolve_recipe
 
-# The libraries a training run imports, the lazy ones included (pictures, TensorBoard, moons' sklearn).
-BASELINE = "import train, matplotlib.pyplot, torch.utils.tensorboard, sklearn.datasets, sklearn.model_selection"
+# The libraries a training run imports, the lazy ones included: train.py imports the training path (zoo.cli:
+# Lightning, torchmetrics, torchvision) only for training commands, so it is named here; then the pictures,
+# TensorBoard and moons' sklearn (contourpy: its decision-boundary picture). tests/test_bench.py checks
+# that a fit imports no other package.
+BASELINE = ("import train, zoo.cli, matplotlib.pyplot, contourpy, torch.utils.tensorboard, sklearn.datasets, "
+            "sklearn.model_selection")
 RUNS = {"moons": "mlp", "mnist": "lenet5", "fashion_mnist": "mlp", "cifar10": "resnet20"}  # dataset -> model
 LIMITS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "2",
           "--trainer.limit_test_batches", "2", "--patience", "0", "--quiet", "true"]

@@ -1,6 +1,7 @@
 """The benchmark suite's smoke test: `bench/run.py --quick` runs every benchmark for a few steps and
 writes a well-formed report. Nothing is timed here: benchmarks are commands (`python bench/run.py`),
 not tests."""
+import ast
 import re
 import subprocess
 import sys
@@ -245,3 +246,24 @@ def test_gpu_bundle_gives_back_every_byte_the_cifar10_build_reads(tmp_path):
     assert all(after.get(i) == before.get(i) for i in kept)
     for prefix in (shared / "cifar10_src" / "orig_prefix").iterdir():
         assert (tmp_path / "orig_prefix" / prefix.name).read_bytes() == prefix.read_bytes()
+
+
+def test_memory_baseline_imports_every_package_a_fit_imports(tmp_path):
+    """Section 6 subtracts a process that only imports what a run imports; when train.py's imports became
+    lazy, that process lost Lightning, torchmetrics and torchvision, and every run looked ~100 MiB heavier."""
+    from bench.memory import BASELINE
+
+    script = f"""
+import sys
+{BASELINE}
+def packages():
+    return {{m.split(".")[0] for m in sys.modules if not m.startswith("_")}} - set(sys.stdlib_module_names)
+before = packages()
+train.main(["fit", "--trainer.max_epochs", "1", "--quiet", "true", "--runs_root", {str(tmp_path)!r}])
+print(sorted(packages() - before))
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # attrs: jsonargparse's, a few hundred kB, imported while it parses the command line
+    assert set(ast.literal_eval(out.stdout.strip().splitlines()[-1])) <= {"attr", "attrs"}, out.stdout
+
