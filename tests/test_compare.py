@@ -275,6 +275,7 @@ DAMAGES = [
      "refused before allocating"),
     ("compare.json", "<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> other\n", "cannot be read as JSON"),
     ("compare.json", '{"profiles": {"x": {"latency_ms_b1": "fast"}}}', "is not what compare writes there"),
+    ("compare.json", '{"baselines_shown": {"moons": "yes"}}', "is not what compare writes there"),
 ]
 
 
