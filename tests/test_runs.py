@@ -286,6 +286,7 @@ def test_help_lists_every_subcommand(capsys):
     assert "predict   classify image files" in out  # ours, not Lightning's predict
 
 
+@pytest.mark.filterwarnings("ignore:.*could not find the monitored key")  # Lightning's, what this test is about
 def test_metric_that_never_comes_ends_without_best_ckpt_and_says_so(tmp_path, capsys):
     # 3 steps of a 4-step epoch: no validation epoch ends, so val/loss never exists.
     assert fit("--runs_root", str(tmp_path), "--data", "moons", "--trainer.max_steps", "3") == 0
