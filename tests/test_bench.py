@@ -266,4 +266,3 @@ print(sorted(packages() - before))
     assert out.returncode == 0, out.stderr[-2000:]
     # attrs: jsonargparse's, a few hundred kB, imported while it parses the command line
     assert set(ast.literal_eval(out.stdout.strip().splitlines()[-1])) <= {"attr", "attrs"}, out.stdout
-
