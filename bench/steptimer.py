@@ -1,5 +1,6 @@
 """Images/s of train.py's training steps, timed from after WARMUP optimizer steps to the last: a callback
-either version of the code loads with --trainer.callbacks+=steptimer.StepTimer (it imports nothing of the project, so old commits load it too)."""
+either version of the code loads with --trainer.callbacks+=steptimer.StepTimer (it imports nothing of the
+project, so old commits load it too)."""
 import json
 import os
 import time
