@@ -266,3 +266,16 @@ print(sorted(packages() - before))
     assert out.returncode == 0, out.stderr[-2000:]
     # attrs: jsonargparse's, a few hundred kB, imported while it parses the command line
     assert set(ast.literal_eval(out.stdout.strip().splitlines()[-1])) <= {"attr", "attrs"}, out.stdout
+
+
+def test_steptimer_counts_the_steps_after_the_warm_up(tmp_path, capsys):
+    """bench/code_vs_code.sh's callback: the images/s of the optimizer steps after the first 3, as one JSON line."""
+    import json
+
+    import train
+
+    assert train.main(["fit", "--trainer.max_steps", "7", "--quiet", "true", "--runs_root", str(tmp_path),
+                       "--trainer.callbacks+=bench.steptimer.StepTimer"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if '"img_per_s"' in x)
+    result = json.loads(line)
+    assert result["steps"] == 4 and result["images"] > 0 and result["img_per_s"] > 0
