@@ -136,8 +136,7 @@ def test_from_runs_keeps_the_baselines_as_the_last_compare_left_them(compared, t
     compare.json, but a rebuild shows the table as it was last written: without them, until a compare
     shows them again (from the cache: nothing measured)."""
     shutil.copytree(compared / "out", tmp_path / "out")
-    again = ["compare", "--models", "[linear,mlp,lenet5]", "--datasets", "[moons]", "--seeds", "2", "--epochs", "2",
-             "--out", str(tmp_path / "out"), "--runs_root", str(compared / "runs")]
+    again = compare_args(tmp_path, "--runs_root", str(compared / "runs"))  # the shared runs, reused
     rebuild = ["compare", "--from_runs", str(tmp_path / "out"), "--out", str(tmp_path / "rebuilt")]
     assert train.main([*again, "--baselines", "false"]) == 0
     assert list(read_csv(tmp_path / "out/moons.csv")) == ["linear", "mlp"]
@@ -250,7 +249,6 @@ def test_exact_pixel_column_only_where_the_data_has_it():
                                   "epoch,val/acc\n0,0.5\n",  # no seconds: the plot's KeyError
                                   "epoch,seconds,val/acc\n0,inf,0.5\n", "epoch,seconds,val/acc\n0,1,93\n"])
 def test_a_damaged_history_is_named_not_a_traceback(compared, tmp_path, capsys, text):
-
     copy = tmp_path / "out"
     shutil.copytree(compared / "out", copy)
     (copy / "runs/moons/mlp/seed0/history.csv").write_text(text)
@@ -281,7 +279,6 @@ DAMAGES = [
 
 @pytest.mark.parametrize("name, text, words", DAMAGES)
 def test_damaged_results_files_are_named_not_a_traceback(compared, tmp_path, capsys, name, text, words):
-
     copy = tmp_path / "out"
     shutil.copytree(compared / "out", copy)
     path = copy / name
@@ -297,7 +294,6 @@ def test_damaged_results_files_are_named_not_a_traceback(compared, tmp_path, cap
 
 
 def test_a_damaged_compare_args_file_is_named_when_the_run_is_reused(compared, tmp_path, capsys):
-
     shutil.copytree(compared / "runs", tmp_path / "runs")
     args = (tmp_path / "runs/moons/linear/seed0/compare-args.json")
     args.write_text('{"not": "a list"}')
