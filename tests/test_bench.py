@@ -279,3 +279,13 @@ def test_steptimer_counts_the_steps_after_the_warm_up(tmp_path, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if '"img_per_s"' in x)
     result = json.loads(line)
     assert result["steps"] == 4 and result["images"] > 0 and result["img_per_s"] > 0
+
+
+@pytest.mark.filterwarnings("ignore:.*could not find the monitored key")  # 3 steps: no validation epoch
+def test_steptimer_says_when_nothing_was_timed(tmp_path, capsys):
+    import train
+
+    assert train.main(["fit", "--trainer.max_steps", "3", "--quiet", "true", "--runs_root", str(tmp_path),
+                       "--trainer.callbacks+=bench.steptimer.StepTimer"]) == 0
+    out, err = capsys.readouterr()
+    assert '"img_per_s"' not in out and "no step after the 3 warm-up steps was timed" in err
