@@ -5,8 +5,15 @@
 # and data; bench/steptimer.py, loaded as a Lightning callback, times the optimizer steps after the first 3.
 #   bash bench/code_vs_code.sh OLD [NEW] [ROUNDS]    # e.g. 392ca07 HEAD 3 > results/code_vs_code_zen5.txt
 set -euo pipefail
+usage="usage: bash bench/code_vs_code.sh OLD [NEW] [ROUNDS], with OLD and NEW commits of this repository (NEW: HEAD) and ROUNDS a positive number of alternations (3)"
+[ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 old=$1 new=${2:-HEAD} rounds=${3:-3}
 root=$(git rev-parse --show-toplevel)
+for commit in "$old" "$new"; do
+  git -C "$root" rev-parse -q --verify "$commit^{commit}" >/dev/null \
+    || { echo "code_vs_code: '$commit' is not a commit of this repository. $usage" >&2; exit 2; }
+done
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "code_vs_code: ROUNDS must be a positive number, got '$rounds'. $usage" >&2; exit 2; }
 py=$root/.venv/bin/python
 tmp=$(mktemp -d)
 trap 'git -C "$root" worktree remove --force "$tmp/old" 2>/dev/null; git -C "$root" worktree remove --force "$tmp/new" 2>/dev/null; rm -rf "$tmp"' EXIT
