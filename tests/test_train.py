@@ -280,6 +280,26 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "sync_dist" not in out.stderr and "all_gather" not in out.stderr, out.stderr[-3000:]
 
 
+def test_a_finished_command_destroys_its_process_group_and_a_failed_one_does_not(monkeypatch):
+    """Left to the interpreter's exit, a DDP process group's Gloo threads could abort the process and hang
+    torchrun's other node (the two-node test below, about 1 run in 6); zoo.cli.main destroys it after
+    success only, since after an error a peer may still be inside a collective."""
+    import zoo.cli
+    from zoo.errors import ZooError
+
+    destroyed = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda *a, **k: destroyed.append(1))
+    monkeypatch.setattr(zoo.cli, "cli_main", lambda args: None)
+    assert zoo.cli.main(["fit"]) == 0 and destroyed == [1]
+
+    def fails(args):
+        raise ZooError("a refused run")
+
+    monkeypatch.setattr(zoo.cli, "cli_main", fails)
+    assert zoo.cli.main(["fit"]) == 2 and destroyed == [1]
+
+
 def test_two_node_torchrun_on_loopback(tmp_path):
     port, run = free_port(), tmp_path / "moons/mlp/two-node"
     procs = [subprocess.Popen(
