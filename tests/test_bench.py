@@ -289,3 +289,30 @@ def test_steptimer_says_when_nothing_was_timed(tmp_path, capsys):
                        "--trainer.callbacks+=bench.steptimer.StepTimer"]) == 0
     out, err = capsys.readouterr()
     assert '"img_per_s"' not in out and "no step after the 3 warm-up steps was timed" in err
+
+
+def test_the_conv_bound_probe_counts_batchnorm_outputs_and_splits_a_step(capsys):
+    """bench/conv_bound.py (issue 16): BatchNorm outputs of ResNet-20 at batch 128 in bf16, the convolutions'
+    share of a profiled step, and its usage line for a malformed target."""
+    import torch
+
+    from bench.conv_bound import BATCH, batchnorm_outputs, conv_share, copy_bandwidth, main
+    from zoo.models.registry import create_model
+
+    total, largest = batchnorm_outputs(create_model("resnet20", (3, 32, 32), 10), [3, 32, 32])
+    # 7 BatchNorms at 16x32x32, 6 at 32x16x16 and 6 at 64x8x8 (stem, 3 stages of 3 blocks x 2; no BN on shortcuts)
+    assert largest == BATCH * 16 * 32 * 32 * 2
+    assert total == BATCH * 2 * (7 * 16 * 32 * 32 + 6 * 32 * 16 * 16 + 6 * 64 * 8 * 8)
+
+    class Loop:  # a conv and a ReLU, as BareLoop times a step
+        conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def seconds_per_step(self, steps, warmup):
+            for _ in range(steps):
+                torch.relu(self.conv(torch.randn(4, 8, 16, 16))).sum().backward()
+
+    assert 0 < conv_share(Loop()) < 1
+    assert copy_bandwidth(2**20) > 0
+    for bad in ([], ["resnet20"], ["resnet20:0"], ["resnet20:x"], ["resnet20:100", "two"]):
+        assert main(bad) == 2
+        assert "usage: python bench/conv_bound.py MODEL:IMAGES_PER_S" in capsys.readouterr().err

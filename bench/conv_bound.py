@@ -1,0 +1,114 @@
+"""How fast can a conv net's training step get here, with the convolution kernels torch has? (issue 16)
+
+Issue 16 asks for ResNet-20 and MobileNetV2 to train at 2x and 3x the images/s of the code of its day. A step
+is convolutions (oneDNN's kernels, in bf16 where they are faster) plus everything else (BatchNorm, activations,
+the residual adds, the optimizer, the data). This measures both in one process, on the bare bf16
+channels_last step of bench/convsteps.py (the recipe's optimizer, the in-memory loader, batch 128, freed memory
+kept as train.py keeps it), and sets them beside the CPU's matmul peak (bench/ceiling.py's 2048^3 bf16 product,
+the same threads) and the step's training FLOPs (zoo.models.profile's forward FLOPs x 3, convolutions and the linear
+layer). For each MODEL:IMAGES_PER_S target it prints the step time the target allows, what the convolutions
+alone take today, and what they would take at the matmul peak; and the same step without oneDNN (torch's own
+convolution kernels, the only other ones it has on a CPU):
+
+    python bench/conv_bound.py resnet20:3232 mobilenetv2:660 [THREADS] > results/conv_bound_zen5.txt
+"""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.ceiling import matmul_gflops  # noqa: E402
+from bench.common import machine, med, now_utc  # noqa: E402
+from bench.loops import BareLoop, setup_data  # noqa: E402
+from zoo.models.profile import profile  # noqa: E402
+from zoo.module import keep_freed_memory  # noqa: E402
+
+BATCH, PROFILED_STEPS = 128, 3
+
+
+def conv_share(loop: BareLoop) -> float:
+    """The convolutions' share (forward and backward) of a step's profiled self time. A share, because the
+    profiler slows the many small operations more than the convolutions (up to 1.3x for MobileNetV2's step)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loop.seconds_per_step(PROFILED_STEPS, warmup=0)
+    events = prof.key_averages()
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+    return conv / sum(e.self_cpu_time_total for e in events)
+
+
+def batchnorm_outputs(model: torch.nn.Module, input_shape: list[int]) -> tuple[int, int]:
+    """Bytes of all BatchNorm outputs of a training batch in bf16, and of the largest one."""
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * 2))
+             for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        model(torch.randn(BATCH, *input_shape).contiguous(memory_format=torch.channels_last))
+    for h in hooks:
+        h.remove()
+    return sum(sizes), max(sizes)
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """GB/s of clone() of a bf16 tensor of `nbytes` (read once, written once), median of 15 after 3."""
+    x = torch.randn(nbytes // 2).to(torch.bfloat16)
+    times = []
+    for i in range(18):
+        start = time.perf_counter()
+        x.clone()
+        times.append(time.perf_counter() - start)
+    return 2 * nbytes / med(times[3:]) / 1e9
+
+
+def main(args: list[str]) -> int:
+    targets = [a.split(":") for a in args if ":" in a]
+    threads = [a for a in args if ":" not in a]
+    if not targets or any(len(t) != 2 or not t[1].isdigit() or int(t[1]) == 0 for t in targets) or len(threads) > 1 \
+            or (threads and not threads[0].isdigit()):
+        print("usage: python bench/conv_bound.py MODEL:IMAGES_PER_S [MODEL:IMAGES_PER_S ...] [THREADS], "
+              "e.g. resnet20:3232 mobilenetv2:660 2", file=sys.stderr)
+        return 2
+    if threads:
+        torch.set_num_threads(int(threads[0]))
+    keep_freed_memory()
+    dm = setup_data("cifar10", batch_size=BATCH)
+    print(f"# {now_utc()}; python bench/conv_bound.py {' '.join(args)}; batch {BATCH}")
+    for key, value in machine().items():
+        print(f"# {key}: {value}")
+    peak = {name: matmul_gflops(2048, dtype) for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    print(f"torch.mm 2048x2048: bf16 {peak['bf16']:.0f} GFLOP/s, fp32 {peak['fp32']:.0f} GFLOP/s (median over 2 s)")
+    for arch, target in targets:
+        loop = BareLoop(dm, arch, channels_last=True, bf16=True)
+        loop.seconds_per_step(1, warmup=2)  # oneDNN builds its primitives
+        step_ms = 1e3 * loop.seconds_per_step(6 if arch == "mobilenetv2" else 15, warmup=0)
+        conv_ms = step_ms * conv_share(loop)
+        gflop = 3 * profile(loop.model, list(dm.input_shape))["flops"] * BATCH / 1e9
+        bn_bytes, bn_largest = batchnorm_outputs(loop.model, list(dm.input_shape))
+        bandwidth = copy_bandwidth(bn_largest)
+        # BatchNorm + activation at their fewest passes over each output, fused: forward reads x twice (the
+        # statistics, then normalise) and writes y; backward reads the gradient and x for its two sums, then both
+        # again to write the input's gradient. 8 passes at the speed of a copy of the largest output.
+        bn_floor = 8 * bn_bytes / bandwidth / 1e6
+        allowed, at_peak = 1e3 * BATCH / int(target), gflop / peak["bf16"] * 1e3
+        print(f"\n{arch}, bf16 channels_last: {BATCH / step_ms * 1e3:.0f} img/s, {step_ms:.1f} ms a step; "
+              f"{gflop:.1f} GFLOP of training arithmetic; BatchNorm outputs {bn_bytes / 2**20:.0f} MiB a step\n"
+              f"  convolutions (forward and backward): {conv_ms:.1f} ms, {conv_ms / step_ms:.0%} of the profiled step, "
+              f"{gflop / conv_ms * 1e3:.0f} GFLOP/s = {gflop / conv_ms * 1e3 / peak['bf16']:.0%} of the bf16 matmul "
+              f"peak (the linear layer's few FLOPs counted in); everything else {step_ms - conv_ms:.1f} ms\n"
+              f"  BatchNorm and activation fused at 8 passes at {bandwidth:.0f} GB/s (a copy of the largest "
+              f"output): at least {bn_floor:.1f} ms\n"
+              f"  target {target} img/s allows {allowed:.1f} ms a step. Floors: today's convolutions + that "
+              f"BatchNorm {conv_ms + bn_floor:.1f} ms ({BATCH / (conv_ms + bn_floor) * 1e3:.0f} img/s); "
+              f"convolutions at the matmul peak ({at_peak:.1f} ms) + that BatchNorm {at_peak + bn_floor:.1f} ms "
+              f"({BATCH / (at_peak + bn_floor) * 1e3:.0f} img/s)", flush=True)
+        with torch.backends.mkldnn.flags(enabled=False):
+            plain = BareLoop(dm, arch, channels_last=True, bf16=True)
+            plain.seconds_per_step(1, warmup=1)
+            print(f"  without oneDNN: {BATCH / plain.seconds_per_step(2, warmup=0):.0f} img/s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
