@@ -12,6 +12,7 @@ convolution kernels, the only other ones it has on a CPU):
 
     python bench/conv_bound.py resnet20:3232 mobilenetv2:660 [THREADS] > results/conv_bound_zen5.txt
 """
+import math
 import sys
 import time
 from pathlib import Path
@@ -39,16 +40,35 @@ def conv_share(loop: BareLoop) -> float:
     return conv / sum(e.self_cpu_time_total for e in events)
 
 
-def batchnorm_outputs(model: torch.nn.Module, input_shape: list[int]) -> tuple[int, int]:
-    """Bytes of all BatchNorm outputs of a training batch in bf16, and of the largest one."""
-    sizes = []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * 2))
+def batchnorm_outputs(model: torch.nn.Module, input_shape: list[int]) -> tuple[int, tuple[int, ...]]:
+    """Bytes of all BatchNorm outputs of a training batch in bf16, and the shape of the largest one."""
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
              for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         model(torch.randn(BATCH, *input_shape).contiguous(memory_format=torch.channels_last))
     for h in hooks:
         h.remove()
-    return sum(sizes), max(sizes)
+    return sum(2 * math.prod(shape) for shape in shapes), max(shapes, key=math.prod)
+
+
+def batchnorm_block_ms(shape: tuple[int, ...], relu6: bool, compiled: bool) -> float:
+    """Milliseconds of one BatchNorm + ReLU (ReLU6) forward and backward at `shape`, bf16 channels_last, eager or
+    torch.compile'd (which fuses them into generated loops; its compile is not timed): the fusing the library
+    offers, beside the floor of a perfect one."""
+    bn = torch.nn.BatchNorm2d(shape[1])
+    block = torch.nn.Sequential(bn, torch.nn.ReLU6() if relu6 else torch.nn.ReLU())
+    block = torch.compile(block) if compiled else block
+    x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    grad = torch.randn_like(x)
+    times = []
+    for _ in range(13):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = block(x)
+        y.backward(grad)
+        times.append(time.perf_counter() - start)
+    return 1e3 * med(times[3:])
 
 
 def copy_bandwidth(nbytes: int) -> float:
@@ -86,7 +106,7 @@ def main(args: list[str]) -> int:
         conv_ms = step_ms * conv_share(loop)
         gflop = 3 * profile(loop.model, list(dm.input_shape))["flops"] * BATCH / 1e9
         bn_bytes, bn_largest = batchnorm_outputs(loop.model, list(dm.input_shape))
-        bandwidth = copy_bandwidth(bn_largest)
+        bandwidth = copy_bandwidth(2 * math.prod(bn_largest))
         # BatchNorm + activation at their fewest passes over each output, fused: forward reads x twice (the
         # statistics, then normalise) and writes y; backward reads the gradient and x for its two sums, then both
         # again to write the input's gradient. 8 passes at the speed of a copy of the largest output.
@@ -103,6 +123,11 @@ def main(args: list[str]) -> int:
               f"BatchNorm {conv_ms + bn_floor:.1f} ms ({BATCH / (conv_ms + bn_floor) * 1e3:.0f} img/s); "
               f"convolutions at the matmul peak ({at_peak:.1f} ms) + that BatchNorm {at_peak + bn_floor:.1f} ms "
               f"({BATCH / (at_peak + bn_floor) * 1e3:.0f} img/s)", flush=True)
+        relu6 = arch == "mobilenetv2"
+        eager, compiled = (batchnorm_block_ms(bn_largest, relu6, c) for c in (False, True))
+        print(f"  one BatchNorm + {'ReLU6' if relu6 else 'ReLU'} at the largest output {list(bn_largest)}, forward and "
+              f"backward: eager {eager:.1f} ms, torch.compile {compiled:.1f} ms, the 8-pass floor "
+              f"{8 * 2 * math.prod(bn_largest) / bandwidth / 1e6:.1f} ms", flush=True)
         with torch.backends.mkldnn.flags(enabled=False):
             plain = BareLoop(dm, arch, channels_last=True, bf16=True)
             plain.seconds_per_step(1, warmup=1)

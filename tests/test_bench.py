@@ -296,12 +296,12 @@ def test_the_conv_bound_probe_counts_batchnorm_outputs_and_splits_a_step(capsys)
     share of a profiled step, and its usage line for a malformed target."""
     import torch
 
-    from bench.conv_bound import BATCH, batchnorm_outputs, conv_share, copy_bandwidth, main
+    from bench.conv_bound import BATCH, batchnorm_block_ms, batchnorm_outputs, conv_share, copy_bandwidth, main
     from zoo.models.registry import create_model
 
     total, largest = batchnorm_outputs(create_model("resnet20", (3, 32, 32), 10), [3, 32, 32])
     # 7 BatchNorms at 16x32x32, 6 at 32x16x16 and 6 at 64x8x8 (stem, 3 stages of 3 blocks x 2; no BN on shortcuts)
-    assert largest == BATCH * 16 * 32 * 32 * 2
+    assert largest == (BATCH, 16, 32, 32)
     assert total == BATCH * 2 * (7 * 16 * 32 * 32 + 6 * 32 * 16 * 16 + 6 * 64 * 8 * 8)
 
     class Loop:  # a conv and a ReLU, as BareLoop times a step
@@ -313,6 +313,7 @@ def test_the_conv_bound_probe_counts_batchnorm_outputs_and_splits_a_step(capsys)
 
     assert 0 < conv_share(Loop()) < 1
     assert copy_bandwidth(2**20) > 0
+    assert batchnorm_block_ms((2, 4, 3, 3), relu6=True, compiled=False) > 0
     for bad in ([], ["resnet20"], ["resnet20:0"], ["resnet20:x"], ["resnet20:100", "two"]):
         assert main(bad) == 2
         assert "usage: python bench/conv_bound.py MODEL:IMAGES_PER_S" in capsys.readouterr().err
