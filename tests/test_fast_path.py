@@ -719,10 +719,11 @@ def test_gpu_probe_is_skipped_only_where_no_gpu_is_visible(monkeypatch):
 # A block over glibc's largest mmap threshold (32 MiB), touched, freed and taken again: how many pages fault the
 # last time. Mapped anew, all of them (16,384 of 4 KiB, or 32 huge pages); kept by malloc, none (the heap takes a
 # round or two to settle: the first block freed may be split by the small ones torch allocates meanwhile).
+# argv[1]: the largest block keep_freed_memory is told a step allocates.
 REUSE_PROBE = """
-import resource, torch
+import resource, sys, torch
 from zoo.module import keep_freed_memory
-applied = keep_freed_memory()
+applied = keep_freed_memory(int(sys.argv[1]))
 def touch():
     x = torch.empty(16 * 2**20)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -733,26 +734,47 @@ print(applied, [touch() for _ in range(4)][-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_freed_memory_is_kept_for_the_next_step_unless_the_user_set_mallocs_own_variables():
+def test_freed_memory_is_kept_only_for_blocks_over_the_mmap_ceiling_and_not_over_the_users_malloc_settings():
+    from zoo.module import MMAP_CEILING
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     root = Path(__file__).resolve().parents[1]
 
-    def probe(**extra) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", REUSE_PROBE], env={**env, **extra}, cwd=root,
+    def probe(block: int, **extra) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", REUSE_PROBE, str(block)], env={**env, **extra}, cwd=root,
                              capture_output=True, text=True, check=True).stdout.split()
         return out[0], int(out[1])
 
-    applied, faults = probe()
+    applied, faults = probe(MMAP_CEILING + 1)
     assert applied == "True" and faults < 100, faults
-    applied, faults = probe(MALLOC_TOP_PAD_="0")  # the user's own malloc settings stand: nothing applied
+    applied, faults = probe(MMAP_CEILING)  # glibc's own adaptive threshold keeps such blocks: left alone
+    assert applied == "False" and faults >= 32, faults
+    applied, faults = probe(2**30, MALLOC_TOP_PAD_="0")  # the user's own malloc settings stand
     assert applied == "False" and faults >= 32, faults
 
 
-def test_a_training_command_keeps_freed_memory(tmp_path, monkeypatch):
+def test_mobilenetv2_steps_outgrow_the_mmap_ceiling_and_resnet20_steps_do_not():
+    # at the recipe's batch 128, counted as fp32 as zoo.run does
+    from zoo.models.registry import create_model
+    from zoo.module import MMAP_CEILING, largest_layer_output
+
+    def step_block(arch: str) -> int:
+        return 4 * 128 * largest_layer_output(create_model(arch, (3, 32, 32), 10), (3, 32, 32))
+
+    assert step_block("mobilenetv2") == 4 * 128 * 144 * 32 * 32 > MMAP_CEILING
+    assert step_block("resnet20") == 4 * 128 * 16 * 32 * 32 <= MMAP_CEILING
+
+
+def test_a_fit_tells_keep_freed_memory_its_largest_block(tmp_path, monkeypatch):
+    import zoo.run
+
     calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(zoo.run, "keep_freed_memory", calls.append)
+    monkeypatch.setattr(zoo.run, "largest_layer_output", lambda network, shape: 1000)
     assert train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST, "--trainer.max_epochs", "1"]) == 0
-    assert calls == [1]
+    (config,) = tmp_path.glob("moons/mlp/*/config.yaml")
+    batch = yaml.safe_load(config.read_text())["data"]["init_args"]["batch_size"]
+    assert calls == [4 * batch * 1000]
 
 
 def test_a_fit_without_a_gpu_makes_the_per_step_gpu_probe_cheap(tmp_path, monkeypatch):

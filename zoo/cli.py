@@ -36,7 +36,7 @@ from datamodules import DATAMODULES, TensorDataModule, registered_name
 from zoo import ZooError, ZooModule, errors, insight, loggers
 from zoo.checkpoint import YAML_VALUES_CAP, expands_past
 from zoo.models.registry import RECIPES, Fraction
-from zoo.module import keep_freed_memory, skip_gpu_probes
+from zoo.module import skip_gpu_probes
 from zoo.run import Run, fill_in_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,6 @@ class ZooCLI(LightningCLI):
             cfg.steps_per_execution = int(cfg.steps_per_execution)
         check_trainer_options(cfg)
         skip_gpu_probes()
-        keep_freed_memory()
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
             os.environ["OMP_NUM_THREADS"] = str(cfg.threads)  # DDP workers started from here inherit it

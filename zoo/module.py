@@ -942,19 +942,40 @@ def skip_gpu_probes() -> None:
 
 # glibc's own switches for the same settings: where the user set any, theirs stand.
 MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+MMAP_CEILING = 32 * 2**20  # glibc's largest mmap threshold on 64-bit: a block over it is always mapped anew
 
 
-def keep_freed_memory() -> bool:
+def largest_layer_output(network: torch.nn.Module, input_shape) -> int:
+    """Values in the largest output of any of the network's layers, for one sample (a forward of a CPU copy)."""
+    import copy
+
+    network, most = copy.deepcopy(network).cpu().eval(), 0
+
+    def hook(module, inputs, output) -> None:
+        nonlocal most
+        if isinstance(output, torch.Tensor):
+            most = max(most, output.numel())  # (a batch of one)
+
+    hooks = [m.register_forward_hook(hook) for m in network.modules()]
+    with torch.no_grad():
+        network(torch.zeros(1, *input_shape))
+    for h in hooks:
+        h.remove()
+    return most
+
+
+def keep_freed_memory(largest_block: int) -> bool:
     """glibc's malloc serves a block over its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it on
-    free, so a training step whose activations are that large (MobileNetV2's 128x144x32x32 in bf16 is 38 MiB)
-    gets new pages every step and faults on each 4 KiB of them: ~1 million page faults in a 16-step MobileNetV2
-    fit, half of its time in the kernel. Told to map nothing and to keep what is freed (mallopt M_MMAP_MAX 0,
-    M_TRIM_THRESHOLD at its maximum), it hands the same pages back: MobileNetV2's steps ran 1.2-1.3x faster on
-    the Zen 5 VM, ResNet-20's (8 MiB blocks, under the threshold) as before (results/README.md). The cost: freed
-    memory stays with the process until it ends. Linux with glibc only, and never over the MALLOC_* variables
-    above; returns whether it applied."""
-    if not sys.platform.startswith("linux") or any(k in os.environ for k in MALLOC_ENV) \
-            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+    free, so a training step whose activations are larger (MobileNetV2's 128x144x32x32 in bf16 is 38 MiB) gets
+    new pages every step and faults on each 4 KiB of them: ~1 million page faults in a 16-step MobileNetV2 fit,
+    half of its time in the kernel. Told to map nothing and to keep what is freed (mallopt M_MMAP_MAX 0,
+    M_TRIM_THRESHOLD at its maximum), it hands the same pages back: MobileNetV2's steps ran 1.26x faster in
+    train.py on the Zen 5 VM (results/README.md). The cost is memory kept until the process ends, more of it
+    than the mapped blocks took, so only where a step's largest block (`largest_block` bytes) is over that
+    ceiling; ResNet-20's 8 MiB blocks, which glibc's own adaptive threshold keeps, gained nothing. Linux with glibc
+    only, and never over the MALLOC_* variables above or GLIBC_TUNABLES; returns whether it applied."""
+    if largest_block <= MMAP_CEILING or not sys.platform.startswith("linux") \
+            or any(k in os.environ for k in MALLOC_ENV) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     import ctypes
     import platform

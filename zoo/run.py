@@ -39,7 +39,14 @@ from zoo.checkpoint import atomic_write_bytes, io_mismatch, load_checkpoint
 from zoo.errors import ZooError
 from zoo.models import profile
 from zoo.models.registry import check_model_name
-from zoo.module import RESOLVED, default_precision, emulated_bf16_note, resolve_hparams
+from zoo.module import (
+    RESOLVED,
+    default_precision,
+    emulated_bf16_note,
+    keep_freed_memory,
+    largest_layer_output,
+    resolve_hparams,
+)
 from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale_temp_files
 
 # The run directory, for the DDP workers Lightning starts by re-running the command (LOCAL_RANK 1, 2, ...):
@@ -314,6 +321,9 @@ class Run:
             for p in remove_stale_temp_files(self.dir):
                 print(f"Removed {p.name}, left by an interrupted save.", file=sys.stderr)
         self.stats = profile(model.model, model.hparams.input_shape)
+        # Counted as fp32 (4 bytes), the widest a step's activations and their gradients are.
+        batch = getattr(datamodule, "batch_size", 0)
+        keep_freed_memory(4 * batch * largest_layer_output(model.model, model.hparams.input_shape))
         self.set_steps_per_execution(trainer, model, datamodule)
         if trainer.is_global_zero:
             print(f"{self.arch} on {self.data}: {self.stats['params']:,} parameters, "
