@@ -756,25 +756,33 @@ def test_freed_memory_is_kept_only_for_blocks_over_the_mmap_ceiling_and_not_over
 def test_mobilenetv2_steps_outgrow_the_mmap_ceiling_and_resnet20_steps_do_not():
     # at the recipe's batch 128, counted as fp32 as zoo.run does
     from zoo.models.registry import create_model
-    from zoo.module import MMAP_CEILING, largest_layer_output
+    from zoo.module import MMAP_CEILING, largest_block
 
     def step_block(arch: str) -> int:
-        return 4 * 128 * largest_layer_output(create_model(arch, (3, 32, 32), 10), (3, 32, 32))
+        return largest_block(create_model(arch, (3, 32, 32), 10), (3, 32, 32), 128)
 
     assert step_block("mobilenetv2") == 4 * 128 * 144 * 32 * 32 > MMAP_CEILING
     assert step_block("resnet20") == 4 * 128 * 16 * 32 * 32 <= MMAP_CEILING
 
 
-def test_a_fit_tells_keep_freed_memory_its_largest_block(tmp_path, monkeypatch):
+def test_fit_test_and_evaluate_tell_keep_freed_memory_their_largest_block(tmp_path, monkeypatch):
+    # fit: the training batch's; `train.py test` and evaluate.py: the evaluation batch's
+    import zoo.commands.evaluate  # noqa: F401 (imports zoo.module's names when it runs)
+    import zoo.module
     import zoo.run
 
     calls = []
-    monkeypatch.setattr(zoo.run, "keep_freed_memory", calls.append)
-    monkeypatch.setattr(zoo.run, "largest_layer_output", lambda network, shape: 1000)
-    assert train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST, "--trainer.max_epochs", "1"]) == 0
-    (config,) = tmp_path.glob("moons/mlp/*/config.yaml")
-    batch = yaml.safe_load(config.read_text())["data"]["init_args"]["batch_size"]
-    assert calls == [4 * batch * 1000]
+    for where in (zoo.run, cli, zoo.module):
+        monkeypatch.setattr(where, "keep_freed_memory", calls.append)
+        monkeypatch.setattr(where, "largest_block", lambda network, shape, batch: ("block", list(shape), batch))
+    assert train.main(["fit", "--data", "moons", "--runs_root", str(tmp_path), *FAST, "--trainer.max_epochs", "1",
+                       "--data.batch_size", "24", "--data.eval_batch_size", "50"]) == 0
+    (run,) = tmp_path.glob("moons/mlp/*")
+    assert calls == [("block", [2], 24)]
+    assert train.main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "best.ckpt"),
+                       "--quiet", "true"]) == 0
+    assert evaluate.main([str(run / "best.ckpt")]) == 0
+    assert calls == [("block", [2], 24), ("block", [2], 50), ("block", [2], 50)]
 
 
 def test_a_fit_without_a_gpu_makes_the_per_step_gpu_probe_cheap(tmp_path, monkeypatch):

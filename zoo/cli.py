@@ -36,7 +36,7 @@ from datamodules import DATAMODULES, TensorDataModule, registered_name
 from zoo import ZooError, ZooModule, errors, insight, loggers
 from zoo.checkpoint import YAML_VALUES_CAP, expands_past
 from zoo.models.registry import RECIPES, Fraction
-from zoo.module import skip_gpu_probes
+from zoo.module import keep_freed_memory, largest_block, skip_gpu_probes
 from zoo.run import Run, fill_in_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,6 +204,8 @@ class ZooCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self.run.check_checkpoint_fits(self.model)
+        batch = getattr(self.datamodule, "eval_batch_size", 0)
+        keep_freed_memory(largest_block(self.model.model, self.model.hparams.input_shape, batch))
 
     before_test = before_validate
 

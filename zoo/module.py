@@ -945,8 +945,9 @@ MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHO
 MMAP_CEILING = 32 * 2**20  # glibc's largest mmap threshold on 64-bit: a block over it is always mapped anew
 
 
-def largest_layer_output(network: torch.nn.Module, input_shape) -> int:
-    """Values in the largest output of any of the network's layers, for one sample (a forward of a CPU copy)."""
+def largest_block(network: torch.nn.Module, input_shape, batch: int) -> int:
+    """Bytes of the largest output of any of the network's layers for a batch of `batch`, counted as fp32 (the
+    widest a step's activations and their gradients are): traced by a forward of a CPU copy on one sample."""
     import copy
 
     network, most = copy.deepcopy(network).cpu().eval(), 0
@@ -961,7 +962,7 @@ def largest_layer_output(network: torch.nn.Module, input_shape) -> int:
         network(torch.zeros(1, *input_shape))
     for h in hooks:
         h.remove()
-    return most
+    return 4 * batch * most
 
 
 def keep_freed_memory(largest_block: int) -> bool:
@@ -970,9 +971,10 @@ def keep_freed_memory(largest_block: int) -> bool:
     new pages every step and faults on each 4 KiB of them: ~1 million page faults in a 16-step MobileNetV2 fit,
     half of its time in the kernel. Told to map nothing and to keep what is freed (mallopt M_MMAP_MAX 0,
     M_TRIM_THRESHOLD at its maximum), it hands the same pages back: MobileNetV2's steps ran 1.26x faster in
-    train.py on the Zen 5 VM (results/README.md). The cost is memory kept until the process ends, more of it
-    than the mapped blocks took, so only where a step's largest block (`largest_block` bytes) is over that
-    ceiling; ResNet-20's 8 MiB blocks, which glibc's own adaptive threshold keeps, gained nothing. Linux with glibc
+    train.py on the Zen 5 VM, and its evaluate.py 2.5x (results/README.md). The cost is memory kept until the
+    process ends, more of it than the mapped blocks took, so only where the largest block (`largest_block`
+    bytes) is over that ceiling; ResNet-20's training blocks (8 MiB at batch 128), which glibc's own adaptive
+    threshold keeps, gained nothing. Linux with glibc
     only, and never over the MALLOC_* variables above or GLIBC_TUNABLES; returns whether it applied."""
     if largest_block <= MMAP_CEILING or not sys.platform.startswith("linux") \
             or any(k in os.environ for k in MALLOC_ENV) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):

@@ -44,7 +44,7 @@ from zoo.module import (
     default_precision,
     emulated_bf16_note,
     keep_freed_memory,
-    largest_layer_output,
+    largest_block,
     resolve_hparams,
 )
 from zoo.rundir import RunLock, claim_run_dir, global_rank, job_id, remove_stale_temp_files
@@ -321,9 +321,8 @@ class Run:
             for p in remove_stale_temp_files(self.dir):
                 print(f"Removed {p.name}, left by an interrupted save.", file=sys.stderr)
         self.stats = profile(model.model, model.hparams.input_shape)
-        # Counted as fp32 (4 bytes), the widest a step's activations and their gradients are.
-        batch = getattr(datamodule, "batch_size", 0)
-        keep_freed_memory(4 * batch * largest_layer_output(model.model, model.hparams.input_shape))
+        # The training steps' blocks decide (validation's larger batches, without gradients, are 2-3% of a fit)
+        keep_freed_memory(largest_block(model.model, model.hparams.input_shape, getattr(datamodule, "batch_size", 0)))
         self.set_steps_per_execution(trainer, model, datamodule)
         if trainer.is_global_zero:
             print(f"{self.arch} on {self.data}: {self.stats['params']:,} parameters, "

@@ -87,10 +87,11 @@ def evaluate(path: str, data_dir: str | None = None, device: str = "auto", preci
                        f"it without --tta (or --tta none).")
     from lightning.pytorch import Trainer  # here, not at the top: start-up (see the note there)
 
-    from zoo.module import ZooModule, emulated_bf16_note
+    from zoo.module import ZooModule, emulated_bf16_note, keep_freed_memory, largest_block
 
     model = ZooModule.from_checkpoint(ckpt)
     dm = rebuild_datamodule(ckpt, data_dir, ckpt_path)
+    keep_freed_memory(largest_block(model.model, shape, getattr(dm, "eval_batch_size", 0)))
     model.tta = tta
     # The test loader is unshuffled and runs on one device here, so test_correct is in test-set order.
     model.keep_test_correct = dm.exact_test is not None
