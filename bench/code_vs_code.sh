@@ -3,11 +3,18 @@
 # MobileNetV2, each with the defaults of its own commit) at two commits of this repository, in fresh processes
 # that alternate on this machine. Each side runs from a git worktree of its commit, with this checkout's .venv
 # and data; bench/steptimer.py, loaded as a Lightning callback, times the optimizer steps after the first 3.
+# Given checkpoints, it times `evaluate.py CHECKPOINT` instead: the whole process, start to exit.
 #   bash bench/code_vs_code.sh OLD [NEW] [ROUNDS]    # e.g. 392ca07 HEAD 3 > results/code_vs_code_zen5.txt
+#   bash bench/code_vs_code.sh OLD NEW ROUNDS CHECKPOINT...
 set -euo pipefail
-usage="usage: bash bench/code_vs_code.sh OLD [NEW] [ROUNDS], with OLD and NEW commits of this repository (NEW: HEAD) and ROUNDS a positive number of alternations (3)"
+usage="usage: bash bench/code_vs_code.sh OLD [NEW] [ROUNDS] [CHECKPOINT...], with OLD and NEW commits of this repository (NEW: HEAD), ROUNDS a positive number of alternations (3) and checkpoints to time evaluate.py on instead of training"
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 old=$1 new=${2:-HEAD} rounds=${3:-3}
+checkpoints=()
+for c in "${@:4}"; do
+  [ -f "$c" ] || { echo "code_vs_code: no checkpoint file '$c'. $usage" >&2; exit 2; }
+  checkpoints+=("$(cd "$(dirname "$c")" && pwd)/$(basename "$c")")
+done
 root=$(git rev-parse --show-toplevel)
 for commit in "$old" "$new"; do
   git -C "$root" rev-parse -q --verify "$commit^{commit}" >/dev/null \
@@ -22,8 +29,20 @@ git -C "$root" worktree add -q --detach "$tmp/new" "$new"
 mkdir "$tmp/cb" && cp "$root/bench/steptimer.py" "$tmp/cb/"  # the callback alone on the path, not all of bench/
 echo "# bash bench/code_vs_code.sh $*: old $(git -C "$root" rev-parse --short "$old"), new $(git -C "$root" rev-parse --short "$new"), $(date -u '+%Y-%m-%d %H:%M') UTC"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, torch threads: default; one process at a time"
-for spec in "resnet20 14" "mobilenetv2 12"; do
-  set -- $spec
+for checkpoint in "${checkpoints[@]}"; do
+  for r in $(seq "$rounds"); do
+    for side in old new; do
+      start=$(date +%s.%N)
+      out=$(cd "$tmp/$side" && ZOO_DATA=${ZOO_DATA:-$root/data} "$py" evaluate.py "$checkpoint" 2>&1) \
+        || { echo "evaluate.py $checkpoint ($side) failed: $out" >&2; exit 1; }
+      acc=$(grep -o 'test accuracy [0-9.]*' <<<"$out" | cut -d' ' -f3)
+      seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+      echo "{\"tag\": \"$checkpoint $side\", \"seconds\": $seconds, \"test_acc\": ${acc:-null}}"
+    done
+  done
+done | tee "$tmp/eval_lines"
+for spec in $([ ${#checkpoints[@]} -eq 0 ] && echo "resnet20:14 mobilenetv2:12"); do
+  set -- ${spec/:/ }
   for r in $(seq "$rounds"); do
     for side in old new; do
       (cd "$tmp/$side" && ZOO_DATA=${ZOO_DATA:-$root/data} PYTHONPATH=$tmp/cb TAG="$1 $side" "$py" train.py fit \
@@ -33,10 +52,11 @@ for spec in "resnet20 14" "mobilenetv2 12"; do
     done
   done
 done | tee "$tmp/lines"
-"$py" - "$tmp/lines" <<'PY'
+"$py" - "$tmp/lines" "$tmp/eval_lines" <<'PY'
 import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-for model in dict.fromkeys(r["tag"].split()[0] for r in rows):
-    med = {side: statistics.median(r["img_per_s"] for r in rows if r["tag"] == f"{model} {side}") for side in ("old", "new")}
-    print(f"{model}: median img/s old {med['old']:.0f}, new {med['new']:.0f}: new / old {med['new'] / med['old']:.2f}x")
+for path, key, what, f in ((sys.argv[1], "img_per_s", "img/s", ".0f"), (sys.argv[2], "seconds", "seconds of evaluate.py", ".2f")):
+    rows = [json.loads(line) for line in open(path)]
+    for name in dict.fromkeys(r["tag"].rsplit(" ", 1)[0] for r in rows):
+        med = {side: statistics.median(r[key] for r in rows if r["tag"] == f"{name} {side}") for side in ("old", "new")}
+        print(f"{name}: median {what} old {med['old']:{f}}, new {med['new']:{f}}: new / old {med['new'] / med['old']:.2f}x")
 PY
