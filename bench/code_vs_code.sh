@@ -3,7 +3,8 @@
 # MobileNetV2, each with the defaults of its own commit) at two commits of this repository, in fresh processes
 # that alternate on this machine. Each side runs from a git worktree of its commit, with this checkout's .venv
 # and data; bench/steptimer.py, loaded as a Lightning callback, times the optimizer steps after the first 3.
-# Given checkpoints, it times `evaluate.py CHECKPOINT` instead: the whole process, start to exit.
+# MODELS="arch:steps ..." picks the models (default "resnet20:14 mobilenetv2:12"). Given checkpoints, it times
+# `evaluate.py CHECKPOINT` instead: the whole process, start to exit.
 #   bash bench/code_vs_code.sh OLD [NEW] [ROUNDS]    # e.g. 392ca07 HEAD 3 > results/code_vs_code_zen5.txt
 #   bash bench/code_vs_code.sh OLD NEW ROUNDS CHECKPOINT...
 set -euo pipefail
@@ -41,7 +42,7 @@ for checkpoint in "${checkpoints[@]}"; do
     done
   done
 done | tee "$tmp/eval_lines"
-for spec in $([ ${#checkpoints[@]} -eq 0 ] && echo "resnet20:14 mobilenetv2:12"); do
+for spec in $([ ${#checkpoints[@]} -eq 0 ] && echo "${MODELS:-resnet20:14 mobilenetv2:12}"); do
   set -- ${spec/:/ }
   for r in $(seq "$rounds"); do
     for side in old new; do
