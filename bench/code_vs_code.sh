@@ -28,7 +28,7 @@ trap 'git -C "$root" worktree remove --force "$tmp/old" 2>/dev/null; git -C "$ro
 git -C "$root" worktree add -q --detach "$tmp/old" "$old"
 git -C "$root" worktree add -q --detach "$tmp/new" "$new"
 mkdir "$tmp/cb" && cp "$root/bench/steptimer.py" "$tmp/cb/"  # the callback alone on the path, not all of bench/
-echo "# bash bench/code_vs_code.sh $*: old $(git -C "$root" rev-parse --short "$old"), new $(git -C "$root" rev-parse --short "$new"), $(date -u '+%Y-%m-%d %H:%M') UTC"
+echo "# ${MODELS:+MODELS=\"$MODELS\" }bash bench/code_vs_code.sh $*: old $(git -C "$root" rev-parse --short "$old"), new $(git -C "$root" rev-parse --short "$new"), $(date -u '+%Y-%m-%d %H:%M') UTC"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, torch threads: default; one process at a time"
 for checkpoint in "${checkpoints[@]}"; do
   for r in $(seq "$rounds"); do
