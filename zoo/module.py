@@ -965,18 +965,18 @@ def largest_block(network: torch.nn.Module, input_shape, batch: int) -> int:
     return 4 * batch * most
 
 
-def keep_freed_memory(largest_block: int) -> bool:
+def keep_freed_memory(block_bytes: int) -> bool:
     """glibc's malloc serves a block over its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it on
     free, so a training step whose activations are larger (MobileNetV2's 128x144x32x32 in bf16 is 38 MiB) gets
     new pages every step and faults on each 4 KiB of them: ~1 million page faults in a 16-step MobileNetV2 fit,
     half of its time in the kernel. Told to map nothing and to keep what is freed (mallopt M_MMAP_MAX 0,
-    M_TRIM_THRESHOLD at its maximum), it hands the same pages back: MobileNetV2's steps ran 1.26x faster in
-    train.py on the Zen 5 VM, and its evaluate.py 2.5x (results/README.md). The cost is memory kept until the
-    process ends, more of it than the mapped blocks took, so only where the largest block (`largest_block`
-    bytes) is over that ceiling; ResNet-20's training blocks (8 MiB at batch 128), which glibc's own adaptive
-    threshold keeps, gained nothing. Linux with glibc
-    only, and never over the MALLOC_* variables above or GLIBC_TUNABLES; returns whether it applied."""
-    if largest_block <= MMAP_CEILING or not sys.platform.startswith("linux") \
+    M_TRIM_THRESHOLD at its maximum), it hands the same pages back: MobileNetV2 trained 1.24x faster in train.py
+    on the Zen 5 VM and its evaluate.py ran 2.6x faster (results/README.md). The cost is memory kept until the
+    process ends, more of it than the mapped blocks took, so only where the largest block (`block_bytes`, from
+    largest_block) is over that ceiling: ResNet-20's training blocks (8 MiB at batch 128), which glibc's own
+    adaptive threshold keeps, gained nothing. Linux with glibc only, and never over the MALLOC_* variables above
+    or GLIBC_TUNABLES; returns whether it applied."""
+    if block_bytes <= MMAP_CEILING or not sys.platform.startswith("linux") \
             or any(k in os.environ for k in MALLOC_ENV) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     import ctypes
@@ -986,4 +986,4 @@ def keep_freed_memory(largest_block: int) -> bool:
         return False
     mallopt = ctypes.CDLL(None).mallopt
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(mallopt(m_mmap_max, 0)) & bool(mallopt(m_trim_threshold, 2**31 - 1))
+    return all([mallopt(m_mmap_max, 0), mallopt(m_trim_threshold, 2**31 - 1)])  # (both called; 1 is success)
