@@ -33,7 +33,8 @@ BATCH, PROFILED_STEPS = 128, 3
 
 def conv_share(loop: BareLoop) -> float:
     """The convolutions' share (forward and backward) of a step's profiled self time. A share, because the
-    profiler slows the many small operations more than the convolutions (up to 1.3x for MobileNetV2's step)."""
+    profiler slows the many small operations more than the convolutions (up to 1.3x for MobileNetV2's step):
+    applied to the unprofiled step, it underestimates the convolutions' time, if anything."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         loop.seconds_per_step(PROFILED_STEPS, warmup=0)
     events = prof.key_averages()
