@@ -970,12 +970,12 @@ def keep_freed_memory(block_bytes: int) -> bool:
     free, so a training step whose activations are larger (MobileNetV2's 128x144x32x32 in bf16 is 38 MiB) gets
     new pages every step and faults on each 4 KiB of them: ~1 million page faults in a 16-step MobileNetV2 fit,
     half of its time in the kernel. Told to map nothing and to keep what is freed (mallopt M_MMAP_MAX 0,
-    M_TRIM_THRESHOLD at its maximum), it hands the same pages back: MobileNetV2 trained 1.24x faster in train.py
-    on the Zen 5 VM and its evaluate.py ran 2.6x faster (results/README.md). The cost is memory kept until the
-    process ends, more of it than the mapped blocks took, so only where the largest block (`block_bytes`, from
-    largest_block) is over that ceiling: ResNet-20's training blocks (8 MiB at batch 128), which glibc's own
-    adaptive threshold keeps, gained nothing. Linux with glibc only, and never over the MALLOC_* variables above
-    or GLIBC_TUNABLES; returns whether it applied."""
+    M_TRIM_THRESHOLD at its maximum), it hands the same pages back: MobileNetV2 trained 1.14x faster over 200
+    steps of train.py on the Zen 5 VM and its evaluate.py ran 2.6x faster (results/README.md). The cost is
+    memory kept until the process ends, more of it than the mapped blocks took, so only where the largest block
+    (`block_bytes`, from largest_block) is over that ceiling: ResNet-20's training blocks (8 MiB at batch 128),
+    which glibc's own adaptive threshold keeps, gained nothing. Linux with glibc only, and never over the
+    MALLOC_* variables above or GLIBC_TUNABLES; returns whether it applied."""
     if block_bytes <= MMAP_CEILING or not sys.platform.startswith("linux") \
             or any(k in os.environ for k in MALLOC_ENV) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
