@@ -22,6 +22,10 @@ for commit in "$old" "$new"; do
     || { echo "code_vs_code: '$commit' is not a commit of this repository. $usage" >&2; exit 2; }
 done
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "code_vs_code: ROUNDS must be a positive number, got '$rounds'. $usage" >&2; exit 2; }
+for spec in ${MODELS:-}; do
+  [[ $spec =~ ^[a-z0-9_]+:[1-9][0-9]*$ ]] \
+    || { echo "code_vs_code: MODELS takes arch:steps entries (e.g. \"airbench94:8 resnet20:14\"), got '$spec'." >&2; exit 2; }
+done
 py=$root/.venv/bin/python
 tmp=$(mktemp -d)
 trap 'git -C "$root" worktree remove --force "$tmp/old" 2>/dev/null; git -C "$root" worktree remove --force "$tmp/new" 2>/dev/null; rm -rf "$tmp"' EXIT

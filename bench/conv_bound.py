@@ -25,7 +25,9 @@ import torch  # noqa: E402
 from bench.ceiling import matmul_gflops  # noqa: E402
 from bench.common import machine, med, now_utc  # noqa: E402
 from bench.loops import BareLoop, setup_data  # noqa: E402
+from zoo.errors import ZooError  # noqa: E402
 from zoo.models.profile import profile  # noqa: E402
+from zoo.models.registry import check_model_name  # noqa: E402
 from zoo.module import keep_freed_memory  # noqa: E402
 
 BATCH, PROFILED_STEPS = 128, 3
@@ -77,7 +79,7 @@ def copy_bandwidth(nbytes: int) -> float:
     """GB/s of clone() of a bf16 tensor of `nbytes` (read once, written once), median of 15 after 3."""
     x = torch.randn(nbytes // 2).to(torch.bfloat16)
     times = []
-    for i in range(18):
+    for _ in range(18):
         start = time.perf_counter()
         x.clone()
         times.append(time.perf_counter() - start)
@@ -92,8 +94,18 @@ def main(args: list[str]) -> int:
         print("usage: python bench/conv_bound.py MODEL:IMAGES_PER_S [MODEL:IMAGES_PER_S ...] [THREADS], "
               "e.g. resnet20:3232 mobilenetv2:660 2", file=sys.stderr)
         return 2
+    try:
+        for arch, _ in targets:  # a mistyped name, before minutes of measuring
+            check_model_name(arch)
+        return measure(targets, args, int(threads[0]) if threads else None)
+    except ZooError as err:  # that, or CIFAR-10 missing: one paragraph, not a traceback
+        print(f"bench/conv_bound.py: {err}", file=sys.stderr)
+        return 2
+
+
+def measure(targets: list[list[str]], args: list[str], threads: int | None) -> int:
     if threads:
-        torch.set_num_threads(int(threads[0]))
+        torch.set_num_threads(threads)
     # As train.py keeps it for MobileNetV2, whose step's blocks are over glibc's mmap ceiling (ResNet-20's steps run
     # as fast either way: results/README.md)
     keep_freed_memory(2**63)

@@ -317,3 +317,5 @@ def test_the_conv_bound_probe_counts_batchnorm_outputs_and_splits_a_step(capsys)
     for bad in ([], ["resnet20"], ["resnet20:0"], ["resnet20:x"], ["resnet20:100", "two"]):
         assert main(bad) == 2
         assert "usage: python bench/conv_bound.py MODEL:IMAGES_PER_S" in capsys.readouterr().err
+    assert main(["resnet21:100"]) == 2  # refused by name, before any data is loaded
+    assert "bench/conv_bound.py: unknown model 'resnet21'" in capsys.readouterr().err
