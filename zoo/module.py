@@ -968,8 +968,8 @@ def largest_block(network: torch.nn.Module, input_shape, batch: int) -> int:
 def keep_freed_memory(block_bytes: int) -> bool:
     """glibc's malloc serves a block over its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it on
     free, so a training step whose activations are larger (MobileNetV2's 128x144x32x32 in bf16 is 38 MiB) gets
-    new pages every step and faults on each 4 KiB of them: ~1 million page faults in a 16-step MobileNetV2 fit,
-    half of its time in the kernel. Told to map nothing and to keep what is freed (mallopt M_MMAP_MAX 0,
+    new pages every step and faults on each 4 KiB of them: 4-6 million page faults in a 16-step MobileNetV2
+    fit, about half of its time in the kernel. Told to map nothing and to keep what is freed (mallopt M_MMAP_MAX 0,
     M_TRIM_THRESHOLD at its maximum), it hands the same pages back: MobileNetV2 trained 1.14x faster over 200
     steps of train.py on the Zen 5 VM and its evaluate.py ran 2.6x faster (results/README.md). The cost is
     memory kept until the process ends, more of it than the mapped blocks took, so only where the largest block
